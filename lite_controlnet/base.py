@@ -1,0 +1,155 @@
+"""Load the frozen base model (SD1.5 or any SD-style folder) as separate components.
+
+Real use passes a Hugging Face Hub id (default SD1.5) or a local folder in the diffusers
+layout. `"tiny"` builds a small random stand-in (see `tiny_base.py`) once and loads it
+through the same code path, so tests and demos run offline.
+
+A base may have no VAE (a `vae/` folder is absent, or `model_index.json` lists it as null):
+it then works in pixel space, encode and decode are the identity, and `vae_scale_factor` is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import CLIPTextModel, CLIPTokenizer
+
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_BASE = "tiny"
+
+
+class BaseModelError(OSError):
+    """A base model could not be found or loaded; the message says what to pass instead."""
+
+
+@dataclass
+class BaseModels:
+    """The frozen parts of a Stable Diffusion model. `vae` is None for a pixel-space base."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    scheduler: SchedulerMixin
+    vae: AutoencoderKL | None = None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel: 8 for SD's VAE, 1 without a VAE."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def freeze(self) -> BaseModels:
+        """Switch every network to eval mode with gradients off."""
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.requires_grad_(False).eval()
+        return self
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> BaseModels:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        return self
+
+
+def cache_dir() -> Path:
+    """Where generated models are kept: $LITE_CONTROLNET_CACHE or ~/.cache/lite_controlnet."""
+    return Path(os.environ.get("LITE_CONTROLNET_CACHE", Path.home() / ".cache" / "lite_controlnet"))
+
+
+def resolve_base(base: str | Path) -> str:
+    """Turn the aliases ("tiny") into a folder; pass hub ids and folders through."""
+    if str(base) == TINY_BASE:
+        from .tiny_base import make_tiny_base
+
+        folder = cache_dir() / "tiny-sd"
+        if not (folder / "model_index.json").is_file():
+            make_tiny_base(folder)
+        return str(folder)
+    return str(base)
+
+
+def _has_vae(base: str, local: bool) -> bool:
+    if local:
+        index = Path(base) / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("vae", [None])[0] is None:
+            return False
+        return (Path(base) / "vae" / "config.json").is_file()
+    return True  # hub models in the SD layout all have one
+
+
+def load_base(
+    base: str | Path = DEFAULT_BASE,
+    torch_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **load_kwargs: Any,
+) -> BaseModels:
+    """Load tokenizer, text encoder, UNet, VAE and scheduler of a base model, frozen.
+
+    Args:
+        base: a hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"), a local folder in
+            the diffusers layout, or "tiny" for the offline test model.
+        torch_dtype: dtype of the networks (e.g. torch.float16 on a GPU).
+        device: where to put the networks.
+        load_kwargs: passed to every `from_pretrained` (e.g. `revision`, `variant`, `cache_dir`).
+    """
+    base = resolve_base(base)
+    local = Path(base).expanduser().is_dir()
+    if local:
+        base = str(Path(base).expanduser())
+        if not (Path(base) / "unet").is_dir():
+            raise BaseModelError(
+                f"{base} is a folder but not a diffusers model: it has no unet/ subfolder. Expected "
+                "the layout of a diffusers pipeline (unet/, text_encoder/, tokenizer/, scheduler/, "
+                "and vae/ unless the base works in pixel space)."
+            )
+    elif base.startswith((".", "/", "~")) or base.count("/") > 1:
+        raise BaseModelError(f"Base model folder {base} does not exist.")
+
+    def load(component: str, cls: Any, **kwargs: Any) -> Any:
+        try:
+            return cls.from_pretrained(base, subfolder=component, **load_kwargs, **kwargs)
+        except (OSError, ValueError) as error:
+            if local:
+                raise BaseModelError(f"Could not load {component}/ of the base model folder {base}: {error}") from error
+            raise BaseModelError(
+                f"Could not load the {component} of base model {base!r} from the Hugging Face Hub "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                "The hub may be unreachable (no internet, or HF_HUB_OFFLINE=1), the id may be wrong, "
+                "or the model may need a login. Pass a local folder in the diffusers layout instead: "
+                f"download it once where there is internet (`huggingface-cli download {base} "
+                "--local-dir sd15`) and pass --base sd15, or use --base tiny for the offline test model."
+            ) from error
+
+    dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    scheduler_config = load("scheduler", _SchedulerConfig)
+    scheduler_cls = getattr(diffusers, scheduler_config["_class_name"], diffusers.DDPMScheduler)
+    models = BaseModels(
+        tokenizer=load("tokenizer", CLIPTokenizer),
+        text_encoder=load("text_encoder", CLIPTextModel, **dtype_kwargs),
+        unet=load("unet", UNet2DConditionModel, **dtype_kwargs),
+        scheduler=scheduler_cls.from_config(scheduler_config),
+        vae=load("vae", AutoencoderKL, **dtype_kwargs) if _has_vae(base, local) else None,
+    )
+    models.freeze()
+    if device is not None:
+        models.to(device=device)
+    return models
+
+
+class _SchedulerConfig:
+    """Loads only a scheduler's config, so any scheduler class in the folder is accepted."""
+
+    @staticmethod
+    def from_pretrained(base: str, subfolder: str, **kwargs: Any) -> dict[str, Any]:
+        kwargs = {k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "local_files_only", "token")}
+        return dict(diffusers.DDPMScheduler.load_config(base, subfolder=subfolder, **kwargs))

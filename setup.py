@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+for line in Path("lite_controlnet/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="lite-controlnet",
+    version=version["__version__"],
+    description="A lightweight ControlNet (pixel-wise MLPs) for Stable Diffusion 1.5 that trains on a free Colab GPU.",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["lite_controlnet", "lite_controlnet.*"]),
+    python_requires=">=3.10",
+    # torch is required but never pinned upward: install it first (Colab has it already);
+    # a lower bound that any recent install satisfies keeps pip from replacing it.
+    install_requires=[
+        "torch>=2.1",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "accelerate>=0.30",
+        "safetensors>=0.4",
+        "pillow>=9",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "ipywidgets>=7.6,<9",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        "colab": ["bitsandbytes>=0.43"],
+    },
+    entry_points={"console_scripts": ["lite-controlnet=lite_controlnet.cli:main"]},
+)
