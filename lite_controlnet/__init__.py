@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .base import DEFAULT_BASE, BaseModelError, BaseModels, load_base
 from .controls import ControlResiduals, build_control, control_residuals, load_control
 from .model import LiteControlNetModel, LiteControlNetOutput
+from .pipeline import LiteControlNetPipeline
 
 __all__ = [
     "DEFAULT_BASE",
@@ -13,6 +14,7 @@ __all__ = [
     "ControlResiduals",
     "LiteControlNetModel",
     "LiteControlNetOutput",
+    "LiteControlNetPipeline",
     "build_control",
     "control_residuals",
     "load_base",

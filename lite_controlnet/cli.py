@@ -1,0 +1,115 @@
+"""Command line: `python -m lite_controlnet <command>` (or `lite-controlnet <command>`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .base import DEFAULT_BASE
+
+
+def _make_fill50k(args: argparse.Namespace) -> None:
+    from .fill50k import make_fill50k
+
+    out = make_fill50k(args.out_dir, num=args.num, size=args.size, seed=args.seed, workers=args.workers,
+                       overwrite=args.overwrite)
+    print(f"Wrote {args.num} pairs to {out}")
+
+
+def _make_tiny_base(args: argparse.Namespace) -> None:
+    from .tiny_base import make_tiny_base
+
+    out = Path(args.out_dir)
+    if (out / "model_index.json").exists() and not args.overwrite:
+        raise SystemExit(f"{out} already holds a model (model_index.json); pass --overwrite to replace it.")
+    make_tiny_base(out, seed=args.seed)
+    print(f"Wrote a tiny random SD stack to {out}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import PIL.Image
+    import torch
+
+    from .pipeline import LiteControlNetPipeline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = LiteControlNetPipeline.from_base(
+        args.base, controlnet=args.control_model, scheduler=args.scheduler, torch_dtype=dtype, device=device
+    )
+    image = None
+    if args.image:
+        try:
+            image = PIL.Image.open(args.image).convert("RGB")
+        except OSError as error:
+            raise SystemExit(f"Cannot read control image {args.image}: {error}") from error
+    result = pipe(
+        args.prompt,
+        image,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        controlnet_conditioning_scale=args.scale,
+        control_guidance_start=args.control_start,
+        control_guidance_end=args.control_end,
+        height=args.height,
+        width=args.width,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.images[0].save(out)
+    print(f"Saved {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lite_controlnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("make-fill50k", help="write a synthetic Fill50k (circle outline -> filled circle)")
+    p.add_argument("out_dir")
+    p.add_argument("--num", type=int, default=50000)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in out_dir")
+    p.set_defaults(func=_make_fill50k)
+
+    p = commands.add_parser("make-tiny-base", help="write a tiny random SD stack for offline tests and demos")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_make_tiny_base)
+
+    p = commands.add_parser("sample", help="generate an image from a prompt and a control image")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, or 'tiny'")
+    p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: base alone)")
+    p.add_argument("--image", default=None, help="control image (e.g. a Fill50k source/N.png)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--scale", type=float, default=1.0, help="control strength (0: base model alone)")
+    p.add_argument("--control-start", type=float, default=0.0)
+    p.add_argument("--control-end", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", choices=["unipc", "ddim"], default="unipc")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
+    p.add_argument("--out", default="out.png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as error:  # user errors: print the message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error

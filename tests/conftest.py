@@ -1,0 +1,41 @@
+import os
+
+# Tests never reach a model hub: everything they load is built in code.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory):
+    """A tiny random SD stack on disk, loaded by tests through the real `load_base` path."""
+    from lite_controlnet.tiny_base import make_tiny_base
+
+    return make_tiny_base(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_base_dir):
+    from lite_controlnet import load_base
+
+    return load_base(tiny_base_dir)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # Generated models ("tiny") go to a per-test folder, never the user's ~/.cache.
+    monkeypatch.setenv("LITE_CONTROLNET_CACHE", str(tmp_path / "cache"))
+
+
+def randomize_(module, std=0.2, seed=0):
+    """Give every parameter random values, so a zero-initialised module has an effect."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return module

@@ -1,0 +1,174 @@
+import pytest
+import torch
+
+from conftest import randomize_
+from lite_controlnet import LiteControlNetModel, build_control, control_residuals, load_control
+from lite_controlnet.controls import ControlResiduals
+from lite_controlnet.model import SD15_RESIDUAL_CHANNELS, unet_residual_layout
+from lite_controlnet.sd_configs import SD15_UNET_CONFIG, SD21_UNET_CONFIG, empty_unet
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def unet_inputs(base, batch=2, size=64):
+    torch.manual_seed(0)
+    latents = torch.randn(batch, 4, size // 8, size // 8)
+    text = torch.randn(batch, 77, base.unet.config.cross_attention_dim)
+    return latents, torch.tensor([500] * batch), text
+
+
+def unet_skip_shapes(unet, latents, t, text):
+    """The shapes of the skip residuals the UNet collects on its down path, recorded by hooks."""
+    shapes = []
+    hooks = [unet.conv_in.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))]
+    for block in unet.down_blocks:
+        hooks.append(block.register_forward_hook(lambda m, i, o: shapes.extend(tuple(s.shape) for s in o[1])))
+    mid = []
+    hooks.append(unet.mid_block.register_forward_hook(lambda m, i, o: mid.append(tuple(o.shape))))
+    with torch.no_grad():
+        unet(latents, t, encoder_hidden_states=text)
+    for h in hooks:
+        h.remove()
+    return shapes, mid[0]
+
+
+def test_zero_initialised_module_leaves_unet_output_unchanged(tiny_base):
+    lite = LiteControlNetModel.from_unet(tiny_base.unet)
+    latents, t, text = unet_inputs(tiny_base)
+    control = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = tiny_base.unet(latents, t, encoder_hidden_states=text).sample
+        res = control_residuals(lite, sample=latents, timestep=t, encoder_hidden_states=text, controlnet_cond=control)
+        controlled = tiny_base.unet(latents, t, encoder_hidden_states=text, **res.unet_kwargs()).sample
+    assert torch.equal(plain, controlled)
+    # and once trained (random weights here), the same call does change the output
+    randomize_(lite)
+    with torch.no_grad():
+        res = control_residuals(lite, sample=latents, timestep=t, encoder_hidden_states=text, controlnet_cond=control)
+        changed = tiny_base.unet(latents, t, encoder_hidden_states=text, **res.unet_kwargs()).sample
+    assert (changed - plain).abs().max() > 1e-3
+
+
+def test_residual_shapes_match_tiny_unet(tiny_base):
+    lite = LiteControlNetModel.from_unet(tiny_base.unet)
+    latents, t, text = unet_inputs(tiny_base)
+    expected_down, expected_mid = unet_skip_shapes(tiny_base.unet, latents, t, text)
+    out = lite(torch.rand(2, 3, 64, 64))
+    assert [tuple(r.shape) for r in out.down_block_res_samples] == expected_down
+    assert tuple(out.mid_block_res_sample.shape) == expected_mid
+
+
+def test_residual_shapes_match_sd15_layout():
+    lite = LiteControlNetModel.from_unet(empty_unet(SD15_UNET_CONFIG))
+    assert lite.config.residual_channels == LiteControlNetModel().config.residual_channels  # the defaults are SD1.5
+    out = lite(torch.rand(1, 3, 512, 512))
+    sizes = [64] * 3 + [32] * 3 + [16] * 3 + [8] * 3
+    assert [tuple(r.shape) for r in out.down_block_res_samples] == [
+        (1, c, s, s) for c, s in zip(SD15_RESIDUAL_CHANNELS, sizes)
+    ]
+    assert tuple(out.mid_block_res_sample.shape) == (1, 1280, 8, 8)
+
+
+def test_sd21_layout_derived_from_config():
+    channels, levels, mid = unet_residual_layout(SD21_UNET_CONFIG)
+    assert len(channels) == 12 and mid == 1280
+    lite = LiteControlNetModel.from_unet(SD21_UNET_CONFIG)
+    out = lite(torch.rand(1, 3, 768, 768))
+    assert out.down_block_res_samples[0].shape == (1, 320, 96, 96)
+    assert out.mid_block_res_sample.shape == (1, 1280, 12, 12)
+
+
+def test_sd15_parameter_count_is_under_one_percent_of_controlnet():
+    unet = empty_unet(SD15_UNET_CONFIG)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        controlnet = build_control("controlnet", unet)
+    lite = build_control("lite", unet)
+    assert n_params(unet) == 859_520_964  # the real SD1.5 UNet
+    assert 360e6 < n_params(controlnet) < 362e6
+    assert n_params(lite) <= 0.01 * n_params(controlnet)
+    assert n_params(lite) <= n_params(controlnet) / 300
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_base):
+    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, level_channels=48))
+    lite.save_pretrained(tmp_path / "lite")
+    assert (tmp_path / "lite" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = LiteControlNetModel.from_pretrained(tmp_path / "lite")
+    control = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = lite(control), loaded(control)
+    assert loaded.config.level_channels == 48
+    for x, y in zip(a.down_block_res_samples + (a.mid_block_res_sample,), b.down_block_res_samples + (b.mid_block_res_sample,)):
+        assert torch.equal(x, y)
+    half = load_control(tmp_path / "lite", torch_dtype=torch.float16)
+    assert isinstance(half, LiteControlNetModel) and half.dtype == torch.float16
+
+
+def test_earlier_layers_learn_once_the_zero_projection_moves():
+    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG, level_channels=16, pixel_mlp_channels=(8,))
+    optimizer = torch.optim.SGD(lite.parameters(), lr=0.1)
+    control = torch.rand(1, 3, 64, 64)
+    for step in range(2):
+        optimizer.zero_grad()
+        out = lite(control)
+        loss = sum(r.square().mean() - r.mean() for r in out.down_block_res_samples)
+        loss.backward()
+        grad = lite.pixel_mlp[0].weight.grad.abs().sum()
+        if step == 0:  # only the zero projections receive gradient at first ...
+            assert grad == 0 and lite.zero_convs[0].weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert grad > 0  # ... and after one update the pixel MLP learns too
+
+
+def test_conditioning_scale_multiplies_residuals(tiny_base):
+    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet))
+    control = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        one, half, zero = (lite(control, conditioning_scale=s) for s in (1.0, 0.5, 0.0))
+    torch.testing.assert_close(half.mid_block_res_sample, 0.5 * one.mid_block_res_sample)
+    assert all(torch.count_nonzero(r) == 0 for r in zero.down_block_res_samples)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 1, 64, 64), "shape"), ((1, 3, 60, 64), "multiple of vae_scale_factor"), ((3, 64, 64), "shape")],
+)
+def test_bad_control_input_is_refused(shape, message):
+    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG)
+    with pytest.raises(ValueError, match=message):
+        lite(torch.rand(*shape))
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="one level per residual"):
+        LiteControlNetModel(residual_channels=(32, 32), residual_levels=(0,))
+    with pytest.raises(ValueError, match="level_mlp_layers"):
+        LiteControlNetModel(level_mlp_layers=-1)
+
+
+@pytest.mark.parametrize("kind", ["lite", "controlnet"])
+def test_both_kinds_work_through_the_shared_interface(kind, tiny_base, tmp_path):
+    control_module = randomize_(build_control(kind, tiny_base.unet), std=0.05)
+    latents, t, text = unet_inputs(tiny_base)
+    expected_down, expected_mid = unet_skip_shapes(tiny_base.unet, latents, t, text)
+    with torch.no_grad():
+        res = control_residuals(
+            control_module, sample=latents, timestep=t, encoder_hidden_states=text, controlnet_cond=torch.rand(2, 3, 64, 64)
+        )
+        out = tiny_base.unet(latents, t, encoder_hidden_states=text, **res.unet_kwargs()).sample
+    assert isinstance(res, ControlResiduals)
+    assert [tuple(r.shape) for r in res.down] == expected_down and tuple(res.mid.shape) == expected_mid
+    assert torch.isfinite(out).all()
+    control_module.save_pretrained(tmp_path / kind)
+    assert type(load_control(tmp_path / kind)) is type(control_module)
+
+
+def test_unknown_kind_and_missing_folder_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="lite"):
+        build_control("t2i", SD15_UNET_CONFIG)
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        load_control(tmp_path / "nothing")
