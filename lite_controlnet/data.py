@@ -1,0 +1,427 @@
+"""Paired (control image, target image, prompt) datasets read from a manifest.
+
+Two layouts are read, both as JSON Lines with paths relative to the dataset
+folder:
+
+* the original ControlNet layout (lllyasviel/ControlNet, ``docs/train.md``):
+  ``prompt.json`` with lines ``{"source": ..., "target": ..., "prompt": ...}``;
+* the diffusers / Hugging Face layout (``train_controlnet.py``):
+  ``metadata.jsonl`` or ``train.jsonl`` with lines
+  ``{"image": ..., "conditioning_image": ..., "text": ...}``, where ``image``
+  is the target and ``conditioning_image`` the control.
+
+Images are opened lazily in ``__getitem__`` so that constructing a 50k-sample
+dataset only parses the manifest. ``check()`` opens every image up front.
+Transforms follow ControlNet / diffusers: resize the shorter side to
+``resolution`` (bilinear), centre-crop a square, identically for both images;
+the target is scaled to [-1, 1] (the VAE's range), the control to [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+__all__ = ["MANIFEST_NAMES", "DatasetError", "PairRecord", "DataProblem", "DataReport", "PairedDataset"]
+
+# Looked for in this order when no manifest is named.
+MANIFEST_NAMES = ("prompt.json", "metadata.jsonl", "train.jsonl")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    source: str  # key of the control image
+    target: str  # key of the target image
+    prompt: str
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        return (self.source, self.target, self.prompt)
+
+    def describe(self) -> str:
+        return f"{self.name} layout needs keys {', '.join(map(repr, self.keys))}"
+
+
+_CONTROLNET = _Layout("ControlNet", source="source", target="target", prompt="prompt")
+_DIFFUSERS = _Layout("diffusers", source="conditioning_image", target="image", prompt="text")
+_LAYOUTS = (_CONTROLNET, _DIFFUSERS)
+_ACCEPTED_KEYS = f"the {_CONTROLNET.describe()}; the {_DIFFUSERS.describe()}"
+
+
+class DatasetError(ValueError):
+    """A problem with a dataset, located by manifest file, line and image file.
+
+    Attributes:
+        manifest: the manifest file, if known.
+        line: 1-based line number in the manifest, if known.
+        file: the offending image file, if any.
+    """
+
+    def __init__(self, message: str, manifest: Path | None = None, line: int | None = None, file: Path | None = None):
+        where = f"{manifest}, line {line}: " if line is not None else f"{manifest}: " if manifest is not None else ""
+        super().__init__(where + message)
+        self.manifest, self.line, self.file = manifest, line, file
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One usable manifest line.
+
+    Args:
+        index: position in the dataset.
+        line: 1-based line number in the manifest.
+        source: control image path.
+        target: target image path.
+        prompt: text prompt.
+    """
+
+    index: int
+    line: int
+    source: Path
+    target: Path
+    prompt: str
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """A skipped manifest line or image: where it is and what is wrong."""
+
+    line: int
+    file: Path | None
+    message: str  # the full DatasetError message, naming manifest and line
+
+
+@dataclass
+class DataReport:
+    """What reading a dataset found.
+
+    Args:
+        manifest: the manifest file read.
+        layout: ``"ControlNet"`` or ``"diffusers"``.
+        ok: usable records.
+        skipped: records (manifest lines or image pairs) skipped, with ``on_error="skip"``.
+        converted: images converted to RGB (only counted by ``check()``).
+        problems: one entry per skipped record.
+    """
+
+    manifest: Path
+    layout: str
+    ok: int = 0
+    skipped: int = 0
+    converted: int = 0
+    problems: list[DataProblem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.manifest} ({self.layout} layout): {self.ok} ok, {self.skipped} skipped, "
+            f"{self.converted} images converted to RGB"
+        ]
+        lines += [f"  {problem.message}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class PairedDataset(Dataset):
+    """A torch Dataset of (target, control, prompt) triples from a manifest.
+
+    Args:
+        root: the dataset folder; image paths in the manifest are relative to it
+            and may not leave it.
+        resolution: square output size in pixels, or None to keep native sizes.
+        manifest: the manifest file (relative to ``root`` unless absolute); by
+            default the first of ``MANIFEST_NAMES`` found in ``root``.
+        on_error: ``"raise"`` to stop at the first bad manifest line (or, in
+            ``check()``, bad image); ``"skip"`` to leave it out and record it in
+            ``self.report``.
+        convert_mode: convert non-RGB images (grey, palette, RGBA, 16-bit grey)
+            to RGB instead of raising. Alpha is dropped, not composited.
+
+    Each item is a dict with ``pixel_values`` (target, float 3xHxW in [-1, 1]),
+    ``conditioning_pixel_values`` (control, float 3xHxW in [0, 1]), ``prompt``
+    and ``index``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int | None = 512,
+        manifest: str | os.PathLike | None = None,
+        on_error: str = "raise",
+        convert_mode: bool = False,
+    ):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+            raise ValueError(f"resolution must be a positive integer or None (native size), got {resolution!r}.")
+        self.root = Path(root).absolute()
+        if not self.root.is_dir():
+            raise DatasetError(f"Dataset folder {self.root} does not exist or is not a folder.")
+        # Plain strings for the per-line path checks: pathlib is slow on 50k lines.
+        self._root_str = str(self.root)
+        self._root_prefix = os.path.join(self._root_str, "")
+        self.resolution = resolution
+        self.on_error = on_error
+        self.convert_mode = convert_mode
+        self.manifest = self._find_manifest(manifest)
+        self._warned_conversion = False
+        # Rows are (line, source, target, prompt) with plain-string paths: building
+        # 100k Path objects would double the construction time of a 50k dataset.
+        self._rows, self.report = self._read_manifest()
+        self._records: list[PairRecord] | None = None
+        if not self._rows:
+            detail = f" All {self.report.skipped} lines were skipped:\n{self.report}" if self.report.skipped else ""
+            raise DatasetError(f"no usable records: the dataset is empty.{detail}", self.manifest)
+
+    # -- manifest -----------------------------------------------------------
+
+    def _find_manifest(self, manifest: str | os.PathLike | None) -> Path:
+        if manifest is not None:
+            path = self.root / manifest  # an absolute `manifest` replaces root
+            if not path.is_file():
+                raise DatasetError(f"Manifest {path} does not exist or is not a file.")
+            return path
+        found = [self.root / name for name in MANIFEST_NAMES if (self.root / name).is_file()]
+        if not found:
+            raise DatasetError(
+                f"No manifest found in {self.root}: looked for prompt.json (ControlNet layout, keys "
+                f"source/target/prompt), metadata.jsonl or train.jsonl (diffusers layout, keys "
+                f"image/conditioning_image/text). Pass manifest='...' to name another file."
+            )
+        if len(found) > 1:
+            names = ", ".join(path.name for path in found)
+            raise DatasetError(f"{self.root} holds several manifests ({names}); pass manifest='...' to choose one.")
+        return found[0]
+
+    @property
+    def records(self) -> list[PairRecord]:
+        """One ``PairRecord`` per usable manifest line, in manifest order (built on first use)."""
+        if self._records is None:
+            self._records = [self._record(index) for index in range(len(self._rows))]
+        return self._records
+
+    def _record(self, index: int) -> PairRecord:
+        line, source, target, prompt = self._rows[index]
+        return PairRecord(index, line, Path(source), Path(target), prompt)
+
+    def _read_manifest(self) -> tuple[list[tuple[int, str, str, str]], DataReport]:
+        # Decode line by line so that a bad byte is reported with its line number.
+        raw_lines = self.manifest.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
+        preferred = _CONTROLNET if self.manifest.name == "prompt.json" else _DIFFUSERS
+        layout: _Layout | None = None
+        rows: list[tuple[int, str, str, str]] = []
+        problems: list[DataProblem] = []
+        for line_number, raw in enumerate(raw_lines, start=1):
+            if not raw.strip():
+                continue  # blank lines (e.g. the trailing newline) hold no record
+            try:
+                entry = _parse_line(raw)
+                if layout is None:
+                    layout = _detect_layout(entry, preferred)
+                source, target, prompt = self._check_entry(entry, layout)
+            except DatasetError as error:
+                located = DatasetError(str(error), self.manifest, line_number, error.file)
+                if self.on_error == "raise":
+                    raise located from None
+                problems.append(DataProblem(line_number, error.file, str(located)))
+                continue
+            rows.append((line_number, source, target, prompt))
+        report = DataReport(
+            manifest=self.manifest,
+            layout=(layout or preferred).name,
+            ok=len(rows),
+            skipped=len(problems),
+            problems=problems,
+        )
+        return rows, report
+
+    def _check_entry(self, entry: dict, layout: _Layout) -> tuple[str, str, str]:
+        missing = [key for key in layout.keys if key not in entry]
+        if missing:
+            raise DatasetError(
+                f"missing key(s) {', '.join(map(repr, missing))} (found {sorted(entry)}). "
+                f"Earlier lines use the {layout.name} layout; accepted: {_ACCEPTED_KEYS}."
+            )
+        prompt = entry[layout.prompt]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DatasetError(f"{layout.prompt!r} must be a non-empty text prompt, got {prompt!r}.")
+        return self._resolve(entry[layout.source], layout.source), self._resolve(entry[layout.target], layout.target), prompt
+
+    def _resolve(self, value: object, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise DatasetError(f"{key!r} must be an image path relative to {self.root}, got {value!r}.")
+        # A lexical check, not Path.resolve(): symlinked images inside the
+        # folder (a common way to share data) stay allowed; '..' escapes do not.
+        path = os.path.normpath(os.path.join(self._root_str, value))
+        if not path.startswith(self._root_prefix):
+            raise DatasetError(
+                f"{key!r} path {value!r} leaves the dataset folder {self.root}; "
+                f"paths must be relative to it and stay inside it.",
+                file=Path(path),
+            )
+        return path
+
+    # -- images -------------------------------------------------------------
+
+    def _open_rgb(self, record: PairRecord, path: Path, role: str) -> tuple[Image.Image, bool]:
+        """Open an image as RGB; return it and whether it had to be converted."""
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # read now, so a truncated file fails here, with its name
+                image = opened
+        except FileNotFoundError:
+            raise DatasetError(f"{role} image {path} not found.", self.manifest, record.line, path) from None
+        except (OSError, Image.DecompressionBombError) as error:
+            raise DatasetError(
+                f"cannot read {role} image {path}: {error}. Expected an image file Pillow can open (PNG, JPEG, ...).",
+                self.manifest,
+                record.line,
+                path,
+            ) from None
+        if image.mode == "RGB":
+            return image, False
+        if not self.convert_mode or image.mode in ("I", "F"):
+            hint = (
+                "its value range is unknown; convert it to 8-bit RGB yourself"
+                if image.mode in ("I", "F")
+                else "convert it, or pass convert_mode=True to convert such images to RGB on load (alpha is dropped)"
+            )
+            raise DatasetError(
+                f"{role} image {path} has mode {image.mode!r}; expected 'RGB': {hint}.",
+                self.manifest,
+                record.line,
+                path,
+            )
+        if image.mode.startswith("I;16"):
+            # Pillow's own conversion clips 16-bit values at 255; keep the top byte instead.
+            image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+        return image.convert("RGB"), True
+
+    def _open_pair(self, record: PairRecord) -> tuple[Image.Image, Image.Image, int]:
+        source, source_converted = self._open_rgb(record, record.source, "source (control)")
+        target, target_converted = self._open_rgb(record, record.target, "target")
+        if source.size != target.size:
+            raise DatasetError(
+                f"source {record.source} is {source.size[0]}x{source.size[1]} but target {record.target} is "
+                f"{target.size[0]}x{target.size[1]}; a pair must have the same size.",
+                self.manifest,
+                record.line,
+                record.source,
+            )
+        return source, target, source_converted + target_converted
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not -len(self._rows) <= index < len(self._rows):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self._rows)} pairs")
+        record = self._record(index % len(self._rows))
+        source, target, converted = self._open_pair(record)
+        if converted and not self._warned_conversion:
+            self._warned_conversion = True
+            warnings.warn(
+                f"{self.manifest}, line {record.line}: converted non-RGB image(s) to RGB (convert_mode=True). "
+                f"Further conversions are not warned about; dataset.check() counts them all.",
+                stacklevel=2,
+            )
+        if self.resolution is not None:
+            source = _resize_and_crop(source, self.resolution)
+            target = _resize_and_crop(target, self.resolution)
+        return {
+            "pixel_values": _to_tensor(target) * 2.0 - 1.0,
+            "conditioning_pixel_values": _to_tensor(source),
+            "prompt": record.prompt,
+            "index": record.index,
+        }
+
+    def check(self, progress: bool = False) -> DataReport:
+        """Open every image and report what was found; also stored as ``self.report``.
+
+        With ``on_error="raise"`` the first bad image raises a ``DatasetError``.
+        With ``on_error="skip"`` bad pairs are listed in the report and removed
+        from the dataset, so a training run will not meet them.
+
+        Args:
+            progress: show a tqdm progress bar.
+        """
+        report = replace(self.report, ok=0, converted=0, problems=list(self.report.problems))
+        kept: list[tuple[int, str, str, str]] = []
+        for index in tqdm(range(len(self._rows)), desc="Checking images", disable=not progress):
+            record = self._record(index)
+            try:
+                _, _, converted = self._open_pair(record)
+            except DatasetError as error:
+                if self.on_error == "raise":
+                    raise
+                report.problems.append(DataProblem(record.line, error.file, str(error)))
+                report.skipped += 1
+                continue
+            report.converted += converted
+            kept.append(self._rows[index])
+        if not kept:
+            raise DatasetError(f"no usable records: every image pair failed the check.\n{report}", self.manifest)
+        self._rows, self._records = kept, None
+        report.ok = len(kept)
+        self.report = report
+        return report
+
+    def __repr__(self) -> str:
+        return (
+            f"PairedDataset({str(self.root)!r}, manifest={self.manifest.name!r}, layout={self.report.layout!r}, "
+            f"records={len(self)}, resolution={self.resolution})"
+        )
+
+
+def _parse_line(raw: bytes) -> dict:
+    try:
+        entry = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"not UTF-8 text ({error}).") from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"not valid JSON ({error}); each line must be one JSON object.") from None
+    if not isinstance(entry, dict):
+        raise DatasetError(f"expected a JSON object, got {type(entry).__name__}: accepted: {_ACCEPTED_KEYS}.")
+    return entry
+
+
+def _detect_layout(entry: dict, preferred: _Layout) -> _Layout:
+    """The layout whose keys the first good line has, preferring the file name's."""
+    for layout in sorted(_LAYOUTS, key=lambda layout: layout is not preferred):
+        if all(key in entry for key in layout.keys):
+            return layout
+    raise DatasetError(f"cannot tell the layout from keys {sorted(entry)}; accepted: {_ACCEPTED_KEYS}.")
+
+
+def _resize_and_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the shorter side to ``resolution`` (bilinear), then centre-crop a square.
+
+    Rounds like torchvision's ``Resize(resolution)`` + ``CenterCrop(resolution)``,
+    the transforms of diffusers' ``train_controlnet.py``.
+    """
+    width, height = image.size
+    if min(width, height) != resolution:
+        if width <= height:
+            width, height = resolution, int(resolution * height / width)
+        else:
+            width, height = int(resolution * width / height), resolution
+        image = image.resize((width, height), Image.BILINEAR)
+    if (width, height) != (resolution, resolution):
+        left = int(round((width - resolution) / 2.0))
+        top = int(round((height - resolution) / 2.0))
+        image = image.crop((left, top, left + resolution, top + resolution))
+    return image
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a float 3xHxW tensor in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
