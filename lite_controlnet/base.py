@@ -57,7 +57,7 @@ class BaseModels:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> BaseModels:
         for module in (self.text_encoder, self.unet, self.vae):
             if module is not None:
-                module.to(device=device, dtype=dtype)
+                module.to(device) if dtype is None else module.to(device, dtype)
         return self
 
 

@@ -65,6 +65,13 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"Saved {out}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .config import config_from_args
+    from .trainer import train
+
+    train(config_from_args(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lite_controlnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out.png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_sample)
+
+    from .config import add_config_arguments
+
+    p = commands.add_parser("train", help="train a control module (resumes from --output's checkpoints)")
+    p.add_argument("--config", default=None, help="JSON or YAML file of TrainConfig settings (flags win)")
+    add_config_arguments(p)
+    p.set_defaults(func=_train)
     return parser
 
 

@@ -344,6 +344,17 @@ class PairedDataset(Dataset):
             "index": record.index,
         }
 
+    def control_image(self, index: int) -> torch.Tensor:
+        """The control image of one pair alone, 3xHxW in [0, 1], transformed as in ``__getitem__``.
+
+        Training with cached latents needs only this: the target is not read.
+        """
+        record = self._record(int(index))
+        source, _ = self._open_rgb(record, record.source, "source (control)")
+        if self.resolution is not None:
+            source = _resize_and_crop(source, self.resolution)
+        return _to_tensor(source)
+
     def check(self, progress: bool = False) -> DataReport:
         """Open every image and report what was found; also stored as ``self.report``.
 

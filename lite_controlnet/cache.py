@@ -1,0 +1,162 @@
+"""Latents of every target and text embeddings of every distinct prompt, encoded once.
+
+An epoch then reads them instead of running the VAE encoder and the text encoder at every
+step. The cache is a folder of numpy files (memory-mapped, so 50k latents need no RAM), keyed
+by the dataset's manifest, the resolution and the base model, so another dataset or size gets
+its own. It is built in chunks and records its progress: after a disconnect, building
+continues where it stopped, and a later session reuses it.
+
+Latents are the VAE posterior's mean (its spread is negligible for SD's VAE), scaled by the
+VAE's scaling factor, stored as float16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .base import BaseModels
+from .data import PairedDataset
+from .latents import encode_text
+
+TEXT_CACHE_LIMIT = 4 * 2**30  # above this many bytes of embeddings, the text encoder runs per step
+FLUSH_EVERY = 64  # batches between progress saves
+
+
+def cache_key(dataset: PairedDataset, resolution: int, base_name: str) -> str:
+    """A short hash of what the cached values depend on."""
+    digest = hashlib.sha256()
+    digest.update(Path(dataset.manifest).read_bytes())
+    digest.update(f"|{len(dataset)}|{resolution}|{base_name}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TrainingCache:
+    """Cached latents (N, C, h, w) and text embeddings (P, L, D) with each sample's prompt id."""
+
+    folder: Path
+    latents: np.ndarray
+    prompt_ids: np.ndarray
+    prompts: list[str]
+    text: np.ndarray | None  # None when too large: encode per step instead
+
+    def latent_batch(self, indices: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.latents[i] for i in indices]))
+
+    def text_batch(self, indices: list[int], base: BaseModels | None = None, drop: list[bool] | None = None) -> torch.Tensor:
+        """Embeddings of the samples' prompts; `drop[k]` swaps in the empty prompt (index 0)."""
+        ids = [0 if drop and drop[k] else int(self.prompt_ids[i]) for k, i in enumerate(indices)]
+        if self.text is not None:
+            return torch.from_numpy(np.stack([self.text[i] for i in ids]))
+        return encode_text(base.tokenizer, base.text_encoder, [self.prompts[i] for i in ids]).cpu()
+
+
+def build_cache(
+    dataset: PairedDataset,
+    base: BaseModels,
+    folder: Path,
+    base_name: str,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> TrainingCache:
+    """Encode what is missing from the cache in `folder`, then open it.
+
+    Args:
+        dataset: the training pairs, at the training resolution.
+        base: the frozen base (its VAE and text encoder do the encoding).
+        folder: the cache root; a subfolder per dataset/resolution/base is used.
+        base_name: the base's id or folder, part of the cache key.
+        batch_size: images per VAE call.
+        num_workers: data loader processes.
+        device: where to run the encoders.
+    """
+    if dataset.resolution is None:
+        raise ValueError("The training cache needs a dataset with a fixed resolution (resolution=None was given).")
+    folder = Path(folder) / cache_key(dataset, dataset.resolution, base_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(dataset)
+
+    # 1. prompts: distinct ones, the empty prompt first (for prompt dropout)
+    prompts_file = folder / "prompts.json"
+    if prompts_file.is_file():
+        prompts = json.loads(prompts_file.read_text())
+    else:
+        prompts = list(dict.fromkeys([""] + [r.prompt for r in dataset.records]))
+        _atomic_write(prompts_file, json.dumps(prompts).encode())
+    ids = {p: i for i, p in enumerate(prompts)}
+    prompt_ids = np.array([ids[r.prompt] for r in dataset.records], dtype=np.int32)
+
+    # 2. text embeddings, unless too large to keep
+    text = None
+    sample = encode_text(base.tokenizer, base.text_encoder, [""], device)
+    text_bytes = len(prompts) * sample[0].numel() * 2
+    if text_bytes <= TEXT_CACHE_LIMIT:
+        text_file = folder / "text.npy"
+        if not text_file.is_file():
+            chunks = []
+            for start in tqdm(range(0, len(prompts), 64), desc="Encoding prompts", disable=not progress):
+                emb = encode_text(base.tokenizer, base.text_encoder, prompts[start : start + 64], device)
+                chunks.append(emb.float().cpu().numpy().astype(np.float16))
+            _atomic_write_npy(text_file, np.concatenate(chunks))
+        text = np.load(text_file, mmap_mode="r")
+
+    # 3. latents, in chunks, resumable
+    with torch.no_grad():
+        first = dataset[0]["pixel_values"][None]
+        latent_shape = tuple(_encode(base, first, device).shape[1:])
+    latents_file, done_file = folder / "latents.npy", folder / "latents_done.npy"
+    if not latents_file.is_file():
+        np.lib.format.open_memmap(latents_file, mode="w+", dtype=np.float16, shape=(n, *latent_shape)).flush()
+    done = np.load(done_file) if done_file.is_file() else np.zeros(n, dtype=bool)
+    todo = np.flatnonzero(~done)
+    if len(todo):
+        latents = np.load(latents_file, mmap_mode="r+")
+        loader = DataLoader(Subset(dataset, todo.tolist()), batch_size=batch_size, num_workers=num_workers)
+        with tqdm(total=len(todo), desc="Encoding latents", disable=not progress) as bar:
+            for k, batch in enumerate(loader):
+                with torch.no_grad():
+                    encoded = _encode(base, batch["pixel_values"], device)
+                index = batch["index"].numpy()
+                latents[index] = encoded.float().cpu().numpy().astype(np.float16)
+                done[index] = True
+                bar.update(len(index))
+                if (k + 1) % FLUSH_EVERY == 0:
+                    latents.flush()
+                    _atomic_write_npy(done_file, done)
+        latents.flush()
+        del latents
+        _atomic_write_npy(done_file, done)
+    (folder / "info.json").write_text(json.dumps(
+        {"manifest": str(dataset.manifest), "records": n, "resolution": dataset.resolution, "base": base_name,
+         "latent_shape": list(latent_shape), "prompts": len(prompts), "text_cached": text is not None}, indent=2))
+    return TrainingCache(folder, np.load(latents_file, mmap_mode="r"), prompt_ids, prompts, text)
+
+
+def _encode(base: BaseModels, pixels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    if base.vae is None:
+        return pixels
+    vae = base.vae
+    return vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    partial = path.with_name(path.name + ".partial.npy")
+    np.save(partial, array)
+    os.replace(partial, path)

@@ -1,0 +1,517 @@
+"""Train a control module on a frozen base: `train(TrainConfig(...))`.
+
+Only the control module trains; UNet, VAE and text encoder are frozen, and latents and text
+embeddings come from a cache built once. Backward runs only through the UNet's decoder: the
+residuals enter the skip connections, and nothing before them needs a gradient.
+
+Resuming is exact. Each optimizer step reads the samples `permutation(seed, epoch)[s*B:(s+1)*B]`
+and draws its noise, timesteps and prompt dropout from a generator seeded by `(seed, step)`,
+so a run restarted from a checkpoint continues with the very batch and noise it would have
+seen; with the model, optimizer, loss scaler and counters restored, a run killed at any
+moment ends, on CPU, with the same weights bit for bit as one never interrupted. The random
+draws do not depend on the per-step batch either, so a smaller one after an out-of-memory
+error sees the same samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import random
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .base import load_base
+from .cache import build_cache
+from .checkpoint import (
+    MANIFEST,
+    Checkpoint,
+    RunLock,
+    list_checkpoints,
+    load_latest,
+    load_state,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from .config import TrainConfig
+from .controls import build_control, control_residuals
+from .data import PairedDataset
+from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
+from .logs import LossLog
+from .validation import save_grid, validation_grid
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Settings a checkpoint can only be resumed with unchanged (they define the data order and model).
+RESUME_INVARIANTS = ("control", "resolution", "batch_size", "seed")
+
+
+@dataclass
+class EpochEnd:
+    """What `on_epoch_end` receives: epoch 0 is the grid before training."""
+
+    epoch: int
+    step: int
+    grid: PIL.Image.Image | None
+    grid_path: Path | None
+    output: Path
+
+
+def derived_seed(*numbers: int) -> int:
+    """A 63-bit seed mixed from several integers (seed, epoch or step, purpose)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(2, dtype=np.uint32).astype(np.uint64)
+               .dot([1 << 31, 1])) & ((1 << 63) - 1)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the samples in `epoch`, fixed by `seed`."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch, 1))).tolist()
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant as ControlNet."""
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr
+
+
+class _StepControls(Dataset):
+    """One item per optimizer step: the control images of this process's share of the step."""
+
+    def __init__(self, dataset: PairedDataset, steps: list[list[int]]):
+        self.dataset, self.steps = dataset, steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, k: int) -> tuple[list[int], torch.Tensor]:
+        indices = self.steps[k]
+        return indices, torch.stack([self.dataset.control_image(i) for i in indices])
+
+
+class Trainer:
+    """Holds one run's models and state; `run()` trains to the end (or `max_steps`)."""
+
+    def __init__(self, cfg: TrainConfig, on_epoch_end: Callable[[EpochEnd], None] | None = None,
+                 progress: bool = True, plan: HardwarePlan | None = None):
+        self.cfg, self.on_epoch_end, self.progress = cfg, on_epoch_end, progress
+        self.output = Path(cfg.output)
+        self.info = detect_device()
+        self.accelerator = Accelerator(cpu=self.info.kind == "cpu")
+        self.main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world}).")
+        self.share = cfg.batch_size // self.world  # samples per process per optimizer step
+        self.forced_plan = plan
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)
+
+    def _find_resume(self) -> tuple[Checkpoint, dict] | None:
+        cfg = self.cfg
+        if cfg.resume == "never":
+            return None
+        if cfg.resume != "auto":  # an explicit checkpoint folder: it must verify
+            ckpt = Checkpoint(Path(cfg.resume), json.loads((Path(cfg.resume) / MANIFEST).read_text())["step"])
+            verify_checkpoint(ckpt)
+            return ckpt, self._read_checkpoint(ckpt)
+        return load_latest(self.output, self._read_checkpoint)
+
+    @staticmethod
+    def _read_checkpoint(ckpt: Checkpoint) -> dict:
+        return {
+            "state": load_state(ckpt.path / "state.pt"),
+            "config": json.loads((ckpt.path / "train_config.json").read_text()),
+            "plan": json.loads((ckpt.path / "plan.json").read_text()),
+        }
+
+    def _check_same_run(self, saved: dict, ckpt: Checkpoint) -> None:
+        changed = [k for k in RESUME_INVARIANTS if saved.get(k) != getattr(self.cfg, k)]
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            raise ValueError(
+                f"{ckpt.path} was made with other settings ({details}). Resume with the same settings, "
+                f"or start a new run with --resume never or another --output."
+            )
+
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        resume = self._find_resume()
+        self.resume_from = resume
+        # 1. the hardware plan: reused from the checkpoint unless the device changed
+        plan = self.forced_plan
+        if plan is None and resume is not None:
+            saved = HardwarePlan.from_dict(resume[1]["plan"])
+            if saved.device_name == self.info.name and saved.effective_batch == self.share:
+                plan = saved
+            else:
+                self._log(f"The device changed ({saved.device_name} -> {self.info.name}): planning again.")
+        self.precision = plan.precision if plan else None
+        # 2. the frozen base, in the training precision
+        precision = self.precision or choose_precision(self.info, cfg.precision)[0]
+        self.weight_dtype = DTYPES[precision]
+        self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
+        self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
+        # 3. data and cache (the main process encodes; the others wait, then read)
+        self.dataset = PairedDataset(cfg.data, resolution=cfg.resolution)
+        if len(self.dataset) < cfg.batch_size:
+            raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
+        self.steps_per_epoch = len(self.dataset) // cfg.batch_size
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        if self.main:
+            build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=self.progress)
+        acc.wait_for_everyone()
+        self.cache = build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=False)
+        # 4. the control module, in fp32 (master weights), and the plan
+        self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor)
+        self.control.to(acc.device).train()
+        if plan is None:
+            plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
+                                 cfg.use_8bit_adam, cfg.xformers, probe=self._probe if self.info.kind == "cuda" else None)
+        self.plan = plan
+        self._apply_plan()
+        self._log("Hardware plan:\n" + plan.table())
+        # 5. optimizer, loss scaler, and the state of the run
+        self.optimizer = self._make_optimizer(self.plan.use_8bit_adam, cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
+        self.control_ddp = acc.prepare(self.control) if self.world > 1 else self.control
+        self.global_step = self.epoch = self.step_in_epoch = 0
+        self.nonfinite_total = self.nonfinite_run = 0
+        self.elapsed = 0.0
+        if resume is not None:
+            self._restore(*resume)
+
+    def _apply_plan(self) -> None:
+        plan = self.plan
+        if plan.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if plan.gradient_checkpointing:
+            self.base.unet.enable_gradient_checkpointing()
+            if hasattr(self.control, "enable_gradient_checkpointing") and self.control._supports_gradient_checkpointing:
+                self.control.enable_gradient_checkpointing()
+        if plan.xformers:
+            self.base.unet.enable_xformers_memory_efficient_attention()
+
+    def _make_optimizer(self, eight_bit: bool, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in self.control.parameters() if p.requires_grad]
+        if eight_bit:
+            try:
+                import bitsandbytes as bnb
+            except ImportError as error:
+                raise RuntimeError("8-bit AdamW needs bitsandbytes: pip install bitsandbytes") from error
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
+
+    def _restore(self, ckpt: Checkpoint, loaded: dict) -> None:
+        from safetensors.torch import load_file
+
+        self._check_same_run(loaded["config"], ckpt)
+        weights = load_file(ckpt.path / "control" / "diffusion_pytorch_model.safetensors")
+        self.control.load_state_dict(weights)
+        state = loaded["state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step, self.epoch, self.step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.elapsed = state.get("elapsed", 0.0)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state((rng["numpy_kind"], rng["numpy_keys"].numpy(), *rng["numpy_rest"]))
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        self._log(f"Resumed from {ckpt.path} at step {self.global_step} (epoch {self.epoch + 1}, "
+                  f"step {self.step_in_epoch} of {self.steps_per_epoch}).")
+
+    # -- one optimizer step ------------------------------------------------------------------
+
+    def _draws(self, step: int, count: int, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """Noise, timesteps and prompt dropout of `step`, for this process's `count` samples."""
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, step, 2))
+        # Draw for the whole effective batch, then take this process's share: the same samples
+        # get the same draws whatever the number of processes or the per-step batch.
+        total = self.cfg.batch_size
+        noise = torch.randn((total, *latent_shape), generator=generator)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (total,), generator=generator)
+        drop = (torch.rand(total, generator=generator) < self.cfg.prompt_dropout).tolist()
+        start = self.accelerator.process_index * count
+        return noise[start : start + count], timesteps[start : start + count], drop[start : start + count]
+
+    def _autocast(self):
+        if self.plan.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.accelerator.device.type, dtype=DTYPES[self.plan.precision])
+
+    def _loss(self, latents: torch.Tensor, text: torch.Tensor, controls: torch.Tensor,
+              noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        device, unet = self.accelerator.device, self.base.unet
+        latents, noise = latents.to(device, torch.float32), noise.to(device, torch.float32)
+        timesteps = timesteps.to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        noisy, text = noisy.to(self.weight_dtype), text.to(device, self.weight_dtype)
+        with self._autocast():
+            residuals = control_residuals(self.control_ddp, sample=noisy, timestep=timesteps,
+                                          encoder_hidden_states=text, controlnet_cond=controls.to(device))
+            pred = unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False,
+                        down_block_additional_residuals=tuple(r.to(self.weight_dtype) for r in residuals.down),
+                        mid_block_additional_residual=residuals.mid.to(self.weight_dtype))[0]
+        return F.mse_loss(pred.float(), target.float())
+
+    def _optimizer_step(self, step: int, indices: list[int], controls: torch.Tensor) -> float:
+        """Forward/backward over micro-batches, then one update. Returns the mean loss (NaN if skipped)."""
+        micro, count = self.plan.micro_batch, len(indices)
+        latents = self.cache.latent_batch(indices)
+        noise, timesteps, drop = self._draws(step, count, tuple(latents.shape[1:]))
+        text = self.cache.text_batch(indices, self.base, drop)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.cfg.lr, self.cfg.lr_warmup_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for start in range(0, count, micro):
+            part = slice(start, start + micro)
+            last = start + micro >= count
+            sync = nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.control_ddp)
+            with sync:
+                loss = self._loss(latents[part], text[part], controls[part], noise[part], timesteps[part])
+                scaled = loss * (min(micro, count - start) / count)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(loss.detach() * min(micro, count - start))
+        mean = torch.stack(losses).sum() / count
+        mean = self.accelerator.reduce(mean, reduction="mean") if self.world > 1 else mean
+        if not torch.isfinite(mean):
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.control.parameters(), self.cfg.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return float(mean)
+
+    def _probe(self, micro: int, checkpointing: bool, eight_bit: bool) -> int:
+        """Peak reserved GPU memory of two training steps at `micro`, plus a validation-sized UNet call."""
+        self.plan = HardwarePlan(self.info.kind, self.info.name, self.precision or "fp16", micro, 1,
+                                 gradient_checkpointing=checkpointing, use_8bit_adam=eight_bit)
+        if checkpointing:
+            self.base.unet.enable_gradient_checkpointing()
+        else:
+            self.base.unet.disable_gradient_checkpointing()
+        self.control_ddp = self.control
+        self.optimizer = self._make_optimizer(eight_bit, lr=0.0)  # lr 0: the probe leaves the weights alone
+        self.scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            indices = list(range(micro))
+            controls = torch.stack([self.dataset.control_image(i) for i in indices])
+            for step in range(2):
+                self._optimizer_step(step, indices, controls)
+            with torch.no_grad(), self._autocast():  # validation with guidance: twice the batch
+                k = 2 * min(self.cfg.num_validation, len(self.dataset))
+                latents = self.cache.latent_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
+                text = self.cache.text_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
+                self.base.unet(latents, torch.full((k,), 500, device=latents.device), encoder_hidden_states=text)
+            return torch.cuda.max_memory_reserved()
+        finally:
+            del self.optimizer
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    # -- checkpoints and validation ------------------------------------------------------------
+
+    def _save(self) -> None:
+        if not self.main:
+            return
+        cfg, plan = self.cfg, self.plan
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        state = {
+            "global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy_kind": np_state[0], "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "numpy_rest": list(np_state[2:]),
+                "python": [py_state[0], list(py_state[1]), py_state[2]],
+            },
+        }
+
+        def write(folder: Path) -> None:
+            self.control.save_pretrained(folder / "control")
+            torch.save(state, folder / "state.pt")
+            (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
+
+        save_checkpoint(self.output, self.global_step, write, keep=cfg.keep_checkpoints,
+                        info={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch})
+        self.last_save = time.monotonic()
+
+    def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
+        indices = list(range(min(self.cfg.num_validation, len(self.dataset))))
+        with self._autocast() if self.plan.precision != "fp32" else nullcontext():
+            grid = validation_grid(self.base, self.control, self.dataset, self.cache, indices,
+                                   steps=self.cfg.validation_steps, guidance=self.cfg.validation_guidance,
+                                   seed=self.cfg.seed, title=title)
+        return grid, save_grid(grid, self.output, name)
+
+    def _epoch_grid(self, epoch: int) -> None:
+        """The grid after `epoch` epochs (0: before training), saved and handed to the callback."""
+        if not self.main:
+            return
+        grid, path = self._grid(f"epoch-{epoch:03d}", f"epoch {epoch}, step {self.global_step}")
+        LossLog(self.output).plot()
+        if self.on_epoch_end:
+            self.on_epoch_end(EpochEnd(epoch, self.global_step, grid, path, self.output))
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        self.setup()
+        cfg, acc = self.cfg, self.accelerator
+        lock = RunLock(self.output).acquire() if self.main else None
+        try:
+            if self.main:
+                (self.output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            log = LossLog(self.output)
+            if self.main:
+                log.truncate_after(self.global_step)
+            self.last_save = time.monotonic()
+            if self.global_step == 0 and not (self.output / "samples" / "epoch-000.png").exists():
+                self._epoch_grid(0)
+            elif self.step_in_epoch == 0 and self.epoch > 0 and not (self.output / "samples" / f"epoch-{self.epoch:03d}.png").exists():
+                self._epoch_grid(self.epoch)  # cut off between the epoch's checkpoint and its grid
+            bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.progress and self.main),
+                       desc=f"train {cfg.control}", dynamic_ncols=True)
+            while self.global_step < self.total_steps:
+                self._run_epoch(bar, log, lock)
+            bar.close()
+            if self.main and not any(c.step == self.global_step for c in list_checkpoints(self.output)):
+                self._save()
+            final = self.output / "final"
+            if self.main:
+                self.control.save_pretrained(final)
+                if self.step_in_epoch != 0:  # stopped by max_steps inside an epoch
+                    grid, path = self._grid(f"step-{self.global_step:08d}", f"final, step {self.global_step}")
+                LossLog(self.output).plot()
+                self._log(f"Done: {self.global_step} steps. Control module saved to {final}")
+            acc.wait_for_everyone()
+            return final
+        finally:
+            if lock:
+                lock.release()
+
+    def _run_epoch(self, bar: tqdm, log: LossLog, lock: RunLock | None) -> None:
+        cfg, share = self.cfg, self.share
+        order = epoch_permutation(len(self.dataset), cfg.seed, self.epoch)
+        first = self.step_in_epoch
+        last = min(self.steps_per_epoch, first + self.total_steps - self.global_step)
+        rank = self.accelerator.process_index
+        steps = [order[s * cfg.batch_size + rank * share : s * cfg.batch_size + (rank + 1) * share] for s in range(first, last)]
+        loader = DataLoader(_StepControls(self.dataset, steps), batch_size=None, num_workers=cfg.num_workers,
+                            persistent_workers=False)
+        started = time.monotonic()
+        for indices, controls in loader:
+            loss = self._step_with_retry(indices, controls)
+            self.elapsed += time.monotonic() - started
+            started = time.monotonic()
+            self.global_step += 1
+            self.step_in_epoch += 1
+            epoch_done = self.step_in_epoch == self.steps_per_epoch
+            if epoch_done:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if self.main:
+                log.append(self.global_step, self.epoch, loss, lr_at(self.global_step - 1, cfg.lr, cfg.lr_warmup_steps), self.elapsed)
+                bar.update(1)
+                postfix = {"loss": f"{loss:.4f}"}
+                if torch.cuda.is_available():
+                    postfix["VRAM"] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
+                bar.set_postfix(postfix)
+                if lock and self.global_step % cfg.log_every == 0:
+                    lock.refresh()
+            due = (self.global_step % cfg.checkpoint_every == 0
+                   or time.monotonic() - self.last_save >= 60 * cfg.checkpoint_minutes
+                   or epoch_done or self.global_step == self.total_steps)
+            if due:
+                self._save()
+            if epoch_done:
+                self._epoch_grid(self.epoch)
+            elif cfg.validation_every and self.global_step % cfg.validation_every == 0 and self.main:
+                self._grid(f"step-{self.global_step:08d}", f"step {self.global_step}")
+            if self.global_step >= self.total_steps:
+                break
+
+    def _step_with_retry(self, indices: list[int], controls: torch.Tensor) -> float:
+        """One optimizer step; on out-of-memory, a smaller per-step batch and the same step again."""
+        while True:
+            try:
+                loss = self._optimizer_step(self.global_step, indices, controls)
+                break
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+                smaller = [b for b in range(self.plan.micro_batch - 1, 0, -1) if self.share % b == 0]
+                if not smaller:
+                    raise
+                self.plan = self.plan.with_micro_batch(smaller[0], f"lowered after out-of-memory at step {self.global_step}")
+                self._log(f"Out of memory at step {self.global_step}: batch per step now {self.plan.micro_batch}, "
+                          f"accumulation {self.plan.accumulation} (same effective batch); the step is redone.")
+        if math.isnan(loss):
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+            self._log(f"Step {self.global_step}: non-finite loss, update skipped ({self.nonfinite_total} so far).")
+            if self.nonfinite_run >= self.cfg.max_nonfinite:
+                raise RuntimeError(
+                    f"The loss was not finite for {self.nonfinite_run} steps in a row (step {self.global_step}); "
+                    f"training stopped. The last good checkpoint is kept in {self.output / 'checkpoints'}. "
+                    "Try a lower learning rate, or precision fp32."
+                )
+        else:
+            self.nonfinite_run = 0
+        return loss
+
+
+def train(cfg: TrainConfig, on_epoch_end: Callable[[EpochEnd], None] | None = None, progress: bool = True,
+          plan: HardwarePlan | None = None) -> Path:
+    """Train the control module of `cfg`; resume from the output folder's checkpoints (`cfg.resume`).
+
+    Args:
+        cfg: the run's settings.
+        on_epoch_end: called after each epoch's validation grid (and with epoch 0 before training).
+        progress: show progress bars.
+        plan: a hardware plan to use instead of detecting and probing.
+    Returns:
+        The folder of the final control module (`<output>/final`).
+    """
+    return Trainer(cfg, on_epoch_end, progress, plan).run()

@@ -1,0 +1,76 @@
+"""Validation grids during training: the same samples and seeds every time."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import PIL.Image
+import torch
+
+from .base import BaseModels
+from .cache import TrainingCache
+from .data import PairedDataset
+from .grids import GridRow, make_grid
+from .latents import decode_latents
+from .pipeline import LiteControlNetPipeline
+
+
+def _to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
+    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [PIL.Image.fromarray(a) for a in images]
+
+
+@torch.no_grad()
+def validation_grid(
+    base: BaseModels,
+    control: torch.nn.Module,
+    dataset: PairedDataset,
+    cache: TrainingCache,
+    indices: list[int],
+    steps: int = 20,
+    guidance: float = 7.5,
+    seed: int = 0,
+    title: str | None = None,
+) -> PIL.Image.Image:
+    """Prompt | Control | Reconstruction | Text only | Samples, one row per index.
+
+    Text only and Samples use the same seed per row, so they differ only by the control.
+    """
+    was_training = control.training
+    control.eval()
+    device = base.unet.device
+    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+    pipe.set_scheduler("unipc")
+    pipe.set_progress_bar_config(disable=True)
+    items = [dataset[i] for i in indices]
+    prompts = [item["prompt"] for item in items]
+    controls = [item["conditioning_pixel_values"] for item in items]
+    latents = cache.latent_batch(indices).to(device=device, dtype=base.unet.dtype)
+    reconstructions = _to_pil(decode_latents(base.vae, latents))
+
+    def generate(use_control: bool) -> list[PIL.Image.Image]:
+        generator = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
+        return pipe(prompts, controls if use_control else None, num_inference_steps=steps, guidance_scale=guidance,
+                    generator=generator, height=controls[0].shape[-2], width=controls[0].shape[-1]).images
+
+    text_only, samples = generate(False), generate(True)
+    rows = [
+        GridRow(p, _to_pil(c[None] * 2 - 1)[0], r, t, s)
+        for p, c, r, t, s in zip(prompts, controls, reconstructions, text_only, samples)
+    ]
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # validation is where ControlNet users run out of memory
+    control.train(was_training)
+    return make_grid(rows, title=title)
+
+
+def save_grid(grid: PIL.Image.Image, output: str | Path, name: str) -> Path:
+    path = Path(output) / "samples" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.png")
+    grid.save(partial)
+    partial.replace(path)
+    return path
