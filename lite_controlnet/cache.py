@@ -99,8 +99,7 @@ def build_cache(
 
     # 2. text embeddings, unless too large to keep
     text = None
-    sample = encode_text(base.tokenizer, base.text_encoder, [""], device)
-    text_bytes = len(prompts) * sample[0].numel() * 2
+    text_bytes = len(prompts) * base.tokenizer.model_max_length * base.text_encoder.config.hidden_size * 2
     if text_bytes <= TEXT_CACHE_LIMIT:
         text_file = folder / "text.npy"
         if not text_file.is_file():
@@ -112,9 +111,8 @@ def build_cache(
         text = np.load(text_file, mmap_mode="r")
 
     # 3. latents, in chunks, resumable
-    with torch.no_grad():
-        first = dataset[0]["pixel_values"][None]
-        latent_shape = tuple(_encode(base, first, device).shape[1:])
+    size = dataset.resolution // base.vae_scale_factor
+    latent_shape = (base.vae.config.latent_channels if base.vae is not None else 3, size, size)
     latents_file, done_file = folder / "latents.npy", folder / "latents_done.npy"
     if not latents_file.is_file():
         np.lib.format.open_memmap(latents_file, mode="w+", dtype=np.float16, shape=(n, *latent_shape)).flush()
@@ -137,9 +135,10 @@ def build_cache(
         latents.flush()
         del latents
         _atomic_write_npy(done_file, done)
-    (folder / "info.json").write_text(json.dumps(
-        {"manifest": str(dataset.manifest), "records": n, "resolution": dataset.resolution, "base": base_name,
-         "latent_shape": list(latent_shape), "prompts": len(prompts), "text_cached": text is not None}, indent=2))
+    if len(todo) or not (folder / "info.json").is_file():
+        (folder / "info.json").write_text(json.dumps(
+            {"manifest": str(dataset.manifest), "records": n, "resolution": dataset.resolution, "base": base_name,
+             "latent_shape": list(latent_shape), "prompts": len(prompts), "text_cached": text is not None}, indent=2))
     return TrainingCache(folder, np.load(latents_file, mmap_mode="r"), prompt_ids, prompts, text)
 
 

@@ -183,6 +183,7 @@ class Trainer:
         acc.wait_for_everyone()
         self.cache = build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=False)
         # 4. the control module, in fp32 (master weights), and the plan
+        torch.manual_seed(derived_seed(cfg.seed, 0, 3))  # the module's initial weights follow the seed
         self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor)
         self.control.to(acc.device).train()
         if plan is None:

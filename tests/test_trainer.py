@@ -1,0 +1,220 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lite_controlnet.checkpoint import RunLock, RunLockedError, list_checkpoints, load_latest
+from lite_controlnet.config import TrainConfig
+from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.grids import COLUMNS
+from lite_controlnet.hardware import HardwarePlan
+from lite_controlnet.trainer import Trainer, train
+
+QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
+
+
+@pytest.fixture(scope="module")
+def fill50k_small(tmp_path_factory):
+    return make_fill50k(tmp_path_factory.mktemp("fill50k"), num=32, size=64, progress=False)
+
+
+def config(tiny_base_dir, data, output, **overrides):
+    return TrainConfig(**{"base": str(tiny_base_dir), "data": str(data), "output": str(output), **QUICK, **overrides})
+
+
+def final_weights(output):
+    return load_file(Path(output) / "final" / "diffusion_pytorch_model.safetensors")
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def cli(tiny_base_dir, data, output, *extra):
+    args = [sys.executable, "-m", "lite_controlnet", "train", "--base", str(tiny_base_dir), "--data", str(data),
+            "--output", str(output), "--resolution", "64", "--epochs", "2", "--num-workers", "0",
+            "--num-validation", "1", "--validation-steps", "1", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return args, env
+
+
+def rows(output):
+    path = Path(output) / "logs" / "loss.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_base_dir, fill50k_small, tmp_path):
+    # The reference: never interrupted.
+    args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "ref", "--checkpoint-every", "3")
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    # The same command, killed with SIGKILL at a random step, then started again.
+    kill_at = random.randint(2, 14)
+    args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "cut", "--checkpoint-every", "3")
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while rows(tmp_path / "cut") < kill_at and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "cut" / "final").exists(), f"the run finished before the kill at step {kill_at}"
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Resumed from" in result.stderr or "Resumed from" in result.stdout or kill_at < 3
+    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "cut"))
+    # the loss log holds each step once, as in the reference
+    assert rows(tmp_path / "cut") == rows(tmp_path / "ref") == 16
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_base_dir, fill50k_small, tmp_path):
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "straight", max_steps=12), progress=False)
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=8, checkpoint_every=4), progress=False)
+    newest = list_checkpoints(tmp_path / "run")[0]
+    assert newest.step == 8
+    weights = newest.path / "control" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short
+    with pytest.warns(UserWarning, match="step-00000008"):
+        train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=12, checkpoint_every=4), progress=False)
+    # resumed from step 4: nothing lost, and the result is the uninterrupted one
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "run"))
+
+
+def test_unpublished_checkpoint_is_never_loaded(tiny_base_dir, fill50k_small, tmp_path):
+    train(config(tiny_base_dir, fill50k_small, tmp_path, max_steps=4, checkpoint_every=2), progress=False)
+    newest = list_checkpoints(tmp_path)[0]
+    (newest.path / "MANIFEST.json").unlink()  # as if cut off before publishing
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2]
+    found = load_latest(tmp_path, lambda c: c.step)
+    assert found[1] == 2
+
+
+def test_checkpoints_keep_the_last_k_and_each_samples_alone(tiny_base_dir, fill50k_small, tmp_path):
+    epochs = []
+    final = train(config(tiny_base_dir, fill50k_small, tmp_path, checkpoint_every=2, keep_checkpoints=2),
+                  on_epoch_end=epochs.append, progress=False)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [16, 14]
+    from lite_controlnet import load_control
+
+    module = load_control(list_checkpoints(tmp_path)[0].path / "control")
+    assert_same_weights(module.state_dict(), final_weights(tmp_path))
+    assert final == tmp_path / "final"
+    # the epoch grids: before training, then one per epoch, handed to the callback and saved
+    assert [e.epoch for e in epochs] == [0, 1, 2]
+    assert all(e.grid_path.is_file() for e in epochs)
+    grid = epochs[-1].grid
+    assert grid.size[0] == len(COLUMNS) * 128  # 64 px tiles are shown at 128 px
+    assert (tmp_path / "logs" / "loss.png").is_file()
+
+
+def test_resume_with_other_settings_is_refused(tiny_base_dir, fill50k_small, tmp_path):
+    train(config(tiny_base_dir, fill50k_small, tmp_path, max_steps=2), progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        train(config(tiny_base_dir, fill50k_small, tmp_path, max_steps=4, seed=1), progress=False)
+
+
+def test_out_of_memory_lowers_the_batch_and_carries_on(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
+    original = Trainer._loss
+    hits = []
+
+    def flaky_loss(self, latents, *args):
+        if len(latents) > 2:  # pretend a batch of 4 does not fit
+            hits.append(len(latents))
+            raise torch.OutOfMemoryError("simulated")
+        return original(self, latents, *args)
+
+    monkeypatch.setattr(Trainer, "_loss", flaky_loss)
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "oom", max_steps=4), progress=False)
+    monkeypatch.setattr(Trainer, "_loss", original)
+    assert hits == [4]  # failed once, then ran on at batch 2
+    plan = json.loads((list_checkpoints(tmp_path / "oom")[0].path / "plan.json").read_text())
+    assert (plan["micro_batch"], plan["accumulation"]) == (2, 2)
+    assert "out-of-memory" in plan["reasons"]["micro_batch"]
+    # same samples and noise as a run planned at batch 2 from the start
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "two", max_steps=4, micro_batch=2), progress=False)
+    a, b = final_weights(tmp_path / "oom"), final_weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
+    original = Trainer._loss
+    calls = []
+
+    def nan_on_some_steps(self, *args):
+        calls.append(1)
+        loss = original(self, *args)
+        return loss * float("nan") if len(calls) in (2, 3) else loss
+
+    monkeypatch.setattr(Trainer, "_loss", nan_on_some_steps)
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "some", max_steps=5), progress=False)
+    state = torch.load(list_checkpoints(tmp_path / "some")[0].path / "state.pt", weights_only=True)
+    assert state["nonfinite_total"] == 2 and state["global_step"] == 5
+
+    monkeypatch.setattr(Trainer, "_loss", lambda self, *args: original(self, *args) * float("nan"))
+    with pytest.raises(RuntimeError, match="not finite for 3 steps"):
+        train(config(tiny_base_dir, fill50k_small, tmp_path / "all", max_nonfinite=3), progress=False)
+
+
+def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
+    lock = RunLock(tmp_path).acquire()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        held = json.loads(lock.path.read_text())
+        lock.path.write_text(json.dumps({**held, "pid": other.pid}))  # another live process holds it
+        with pytest.raises(RunLockedError, match="in use by another training run"):
+            RunLock(tmp_path).acquire()
+    finally:
+        other.kill()
+        other.wait()
+    with pytest.warns(UserWarning, match="stale lock"):
+        RunLock(tmp_path).acquire()  # its process is gone: taken over
+    # a lock from another machine counts until it has been silent for stale_after seconds
+    lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time()}))
+    with pytest.raises(RunLockedError, match="expires in"):
+        RunLock(tmp_path).acquire()
+    lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time() - 1000}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        RunLock(tmp_path).acquire()
+
+
+def test_cache_is_built_once_and_reused(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "a", max_steps=1, cache_dir=str(tmp_path / "cache")), progress=False)
+    from diffusers import AutoencoderKL
+
+    calls = []
+    original = AutoencoderKL.encode
+    monkeypatch.setattr(AutoencoderKL, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "b", max_steps=1, cache_dir=str(tmp_path / "cache")), progress=False)
+    assert calls == []
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="control='t2i'"):
+        TrainConfig(data="d", output="o", control="t2i")
+    with pytest.raises(ValueError, match="micro_batch=3.*divisor"):
+        TrainConfig(data="d", output="o", micro_batch=3)
+    with pytest.raises(ValueError, match="resolution=500"):
+        TrainConfig(data="d", output="o", resolution=500)
+
+
+def test_config_file_and_flags(tmp_path):
+    from lite_controlnet.cli import build_parser
+    from lite_controlnet.config import config_from_args
+
+    (tmp_path / "run.json").write_text(json.dumps({"data": "d", "output": "o", "epochs": 3, "control": "controlnet"}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.json"), "--epochs", "5"])
+    cfg = config_from_args(args)
+    assert (cfg.epochs, cfg.control, cfg.lr) == (5, "controlnet", 1e-5)
+    (tmp_path / "bad.json").write_text(json.dumps({"data": "d", "output": "o", "epoch": 3}))
+    with pytest.raises(ValueError, match="unknown setting.*epoch"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
