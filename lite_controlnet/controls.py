@@ -93,7 +93,8 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
 
 def is_step_invariant(control: torch.nn.Module) -> bool:
     """True when the residuals depend only on the control image (compute once per generation)."""
-    return bool(getattr(control, "step_invariant", False))
+    module = getattr(control, "module", control)  # under DistributedDataParallel
+    return bool(getattr(module, "step_invariant", False))
 
 
 def control_residuals(

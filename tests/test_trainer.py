@@ -218,3 +218,61 @@ def test_config_file_and_flags(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"data": "d", "output": "o", "epoch": 3}))
     with pytest.raises(ValueError, match="unknown setting.*epoch"):
         config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
+
+
+def test_two_processes_train_and_resume_like_one(tiny_base_dir, fill50k_small, tmp_path):
+    def torchrun(max_steps):
+        args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "ddp", "--max-steps", str(max_steps),
+                        "--checkpoint-every", "2")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(random.randint(20000, 40000))]
+        result = subprocess.run(launcher + args[1:], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    torchrun(4)
+    resumed = torchrun(6)  # the second launch continues from step 4
+    assert "Resumed from" in resumed.stderr + resumed.stdout
+    assert [c.step for c in list_checkpoints(tmp_path / "ddp")] == [6, 4]
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "single", max_steps=6), progress=False)
+    # each process took half of every batch, with the same noise: the same run, up to rounding
+    a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_original_controlnet_trains_with_the_same_trainer(tiny_base_dir, fill50k_small, tmp_path):
+    final = train(config(tiny_base_dir, fill50k_small, tmp_path, control="controlnet", max_steps=2), progress=False)
+    from diffusers import ControlNetModel
+
+    from lite_controlnet import load_control
+
+    module = load_control(final)
+    assert isinstance(module, ControlNetModel)
+    zero_conv = module.controlnet_down_blocks[0].weight
+    assert zero_conv.abs().sum() > 0  # the zero convolutions have started to move
+
+
+def test_checkpoints_also_follow_the_clock(tiny_base_dir, fill50k_small, tmp_path):
+    train(config(tiny_base_dir, fill50k_small, tmp_path, max_steps=3, checkpoint_every=1000,
+                 checkpoint_minutes=1e-9, keep_checkpoints=3), progress=False)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [3, 2, 1]
+
+
+def test_colab_helpers_fall_back_to_local_folders(tmp_path, fill50k_small):
+    import shutil
+    import zipfile
+
+    from lite_controlnet.colab import copy_to_local, in_colab, run_folder
+
+    assert not in_colab()
+    assert run_folder("run1", local_root=tmp_path) == tmp_path / "run1"
+    with zipfile.ZipFile(tmp_path / "fill50k.zip", "w") as archive:  # zips often nest one folder
+        for path in fill50k_small.rglob("*"):
+            archive.write(path, Path("fill50k") / path.relative_to(fill50k_small))
+    local = copy_to_local(tmp_path / "fill50k.zip", tmp_path / "local")
+    assert (local / "prompt.json").read_text() == (fill50k_small / "prompt.json").read_text()
+    assert copy_to_local(tmp_path / "fill50k.zip", tmp_path / "local") == local  # reused, not copied again
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        copy_to_local(tmp_path / "missing.zip", tmp_path / "other")
+    shutil.rmtree(tmp_path / "local")

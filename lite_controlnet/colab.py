@@ -1,0 +1,76 @@
+"""Colab conveniences: Google Drive for what must survive a disconnect, local disk for speed.
+
+Outside Colab every function falls back to local folders, so notebooks run anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+DRIVE_MOUNT = Path("/content/drive")
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None
+
+
+def mount_drive(mount_point: str | Path = DRIVE_MOUNT) -> Path | None:
+    """Mount Google Drive in Colab (asks for permission once) and return `MyDrive`; None elsewhere."""
+    if not in_colab():
+        return None
+    from google.colab import drive
+
+    drive.mount(str(mount_point))
+    return Path(mount_point) / "MyDrive"
+
+
+def run_folder(name: str, local_root: str | Path = "outputs") -> Path:
+    """Where a run keeps checkpoints and outputs: `MyDrive/lite-controlnet/<name>` in Colab
+    (mounting Drive if needed), else `<local_root>/<name>`."""
+    drive = mount_drive() if in_colab() else None
+    root = drive / "lite-controlnet" if drive is not None else Path(local_root)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def copy_to_local(source: str | Path, destination: str | Path) -> Path:
+    """Copy a dataset (a folder, or a .zip of one) to local disk, once; return the dataset folder.
+
+    Drive is slow with many small files: training reads the local copy. An existing
+    destination is reused, never overwritten.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.exists():
+        return _dataset_root(destination)
+    if not source.exists():
+        raise FileNotFoundError(f"Dataset {source} does not exist: pass a folder with prompt.json "
+                                "(or metadata.jsonl), or a .zip of one.")
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if source.is_file() and source.suffix == ".zip":
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(partial)
+    elif source.is_dir():
+        shutil.copytree(source, partial)
+    else:
+        raise ValueError(f"{source} is neither a folder nor a .zip file.")
+    partial.rename(destination)
+    return _dataset_root(destination)
+
+
+def _dataset_root(folder: Path) -> Path:
+    """The folder holding the manifest: the folder itself, or its single subfolder (zips often nest)."""
+    from .data import MANIFEST_NAMES
+
+    if any((folder / name).is_file() for name in MANIFEST_NAMES):
+        return folder
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if any((child / name).is_file() for name in MANIFEST_NAMES):
+            return child
+    raise FileNotFoundError(f"No prompt.json, metadata.jsonl or train.jsonl in {folder} or its subfolders.")
