@@ -16,7 +16,12 @@ DRIVE_MOUNT = Path("/content/drive")
 
 def in_colab() -> bool:
     """True inside a Google Colab runtime."""
-    return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None
+    if "google.colab" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no `google` package at all
+        return False
 
 
 def mount_drive(mount_point: str | Path = DRIVE_MOUNT) -> Path | None:
