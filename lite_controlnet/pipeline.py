@@ -72,8 +72,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
         """
         models = load_base(base, torch_dtype=torch_dtype, **load_kwargs)
         if isinstance(controlnet, (str, Path)):
-            controlnet = load_control(controlnet)
-        if controlnet is not None and torch_dtype is not None:
+            controlnet = load_control(controlnet, **({"torch_dtype": torch_dtype} if torch_dtype else {}))
+        elif controlnet is not None and torch_dtype is not None and controlnet.dtype != torch_dtype:
             controlnet = controlnet.to(dtype=torch_dtype)
         pipe = cls(
             vae=models.vae,
