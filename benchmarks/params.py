@@ -1,15 +1,14 @@
 """Parameter counts at the real SD1.5 UNet configuration (no weights are downloaded or even
 allocated: the big models are built on PyTorch's meta device).
 
-    python benchmarks/params.py            # prints the table, writes benchmarks/results/params.json
-    python benchmarks/params.py --readme   # also refreshes the table in README.md
+    python benchmarks/params.py     # prints the table, writes benchmarks/results/params.json
+    python benchmarks/readme.py     # then refreshes README.md from the results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from accelerate import init_empty_weights
@@ -46,30 +45,14 @@ def measure() -> dict[str, int]:
     return counts
 
 
-def table(counts: dict[str, int]) -> str:
-    controlnet = counts["ControlNet (diffusers ControlNetModel.from_unet)"]
-    lines = ["| model | parameters | vs. ControlNet |", "|---|---:|---:|"]
-    for name, n in counts.items():
-        lines.append(f"| {name} | {n:,} | {n / controlnet:.2%} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="rewrite the table between the params markers in README.md")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     counts = measure()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(counts, indent=2) + "\n")
-    print(table(counts))
-    if args.readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        block = f"<!-- params:start (benchmarks/params.py --readme) -->\n{table(counts)}\n<!-- params:end -->"
-        new = re.sub(r"<!-- params:start.*?<!-- params:end -->", block, text, flags=re.S)
-        if new == text and block not in text:
-            raise SystemExit("README.md has no <!-- params:start --> ... <!-- params:end --> markers.")
-        readme.write_text(new)
+    width = max(map(len, counts))
+    for name, n in counts.items():
+        print(f"{name:<{width}}  {n:>13,}")
 
 
 if __name__ == "__main__":

@@ -3,20 +3,30 @@
 __version__ = "0.1.0"
 
 from .base import DEFAULT_BASE, BaseModelError, BaseModels, load_base
+from .config import TrainConfig
 from .controls import ControlResiduals, build_control, control_residuals, load_control
+from .data import DatasetError, PairedDataset
+from .fill50k import make_fill50k
 from .model import LiteControlNetModel, LiteControlNetOutput
 from .pipeline import LiteControlNetPipeline
+from .trainer import EpochEnd, train
 
 __all__ = [
     "DEFAULT_BASE",
     "BaseModelError",
     "BaseModels",
     "ControlResiduals",
+    "DatasetError",
+    "EpochEnd",
     "LiteControlNetModel",
     "LiteControlNetOutput",
     "LiteControlNetPipeline",
+    "PairedDataset",
+    "TrainConfig",
     "build_control",
     "control_residuals",
     "load_base",
     "load_control",
+    "make_fill50k",
+    "train",
 ]
