@@ -1,0 +1,254 @@
+"""The benchmark suite: Lite against the original ControlNet (and T2I-Adapter) at the real
+SD1.5 size, with random weights (timings and memory do not depend on weight values).
+
+    python benchmarks/run.py                     # CPU defaults: 256 px, 1 thread
+    python benchmarks/run.py --device cuda --resolution 512 --dtype fp16
+
+Writes benchmarks/results/<machine>.json and rewrites benchmarks/RESULTS.md from every
+results file. Each comparison is measured in one run, interleaved (variants take turns),
+after a warm-up, as the median of several repeats, so a noisy machine moves all sides alike:
+the ratios are the result; absolute CPU seconds are context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    PNDMScheduler,
+    StableDiffusionAdapterPipeline,
+    T2IAdapter,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline
+from lite_controlnet.sd_configs import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, random_model
+from lite_controlnet.tiny_base import tiny_vocabulary, write_tokenizer_files
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def machine_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name().replace(" ", "-").lower()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"cpu-{os.cpu_count()}core-" + "-".join(cpu.lower().split()[:3])
+
+
+def sd15_components(device: torch.device, dtype: torch.dtype) -> dict:
+    folder = Path(tempfile.mkdtemp())
+    write_tokenizer_files(folder, tiny_vocabulary())  # its ids fit CLIP's vocabulary; speed is the same
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    torch.manual_seed(0)
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER_CONFIG)).to(device, dtype).eval(),
+        unet=random_model(UNet2DConditionModel, SD15_UNET_CONFIG).to(device, dtype).eval(),
+        vae=random_model(AutoencoderKL, SD15_VAE_CONFIG).to(device, dtype).eval(),
+        scheduler=UniPCMultistepScheduler.from_config(PNDMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+            skip_prk_steps=True, set_alpha_to_one=False).config),
+    )
+
+
+def sampling(args: argparse.Namespace) -> dict:
+    """Whole generations (text encoding, denoising with guidance, VAE decode) per variant."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    parts = sd15_components(device, dtype)
+    unet = parts["unet"]
+    lite = LiteControlNetModel.from_unet(unet).to(device, dtype).eval()
+    controlnet = ControlNetModel.from_unet(unet).to(device, dtype).eval()
+    adapter = T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
+                         adapter_type="full_adapter").to(device, dtype).eval()
+    pipes = {
+        "SD": LiteControlNetPipeline(**parts, controlnet=None),
+        "SD + Lite": LiteControlNetPipeline(**parts, controlnet=lite),
+        "SD + ControlNet": LiteControlNetPipeline(**parts, controlnet=controlnet),
+        "SD + T2I-Adapter": StableDiffusionAdapterPipeline(**parts, adapter=adapter, safety_checker=None,
+                                                           feature_extractor=None, requires_safety_checker=False),
+    }
+    import PIL.Image
+
+    image = PIL.Image.new("RGB", (args.resolution, args.resolution))
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+
+    def generate(name: str) -> float:
+        pipe = pipes[name]
+        kwargs = {} if name == "SD" else {"image": image}
+        sync(device)
+        start = time.perf_counter()
+        pipe("a red circle with blue background", num_inference_steps=args.sample_steps, guidance_scale=7.5,
+             height=args.resolution, width=args.resolution, generator=torch.Generator().manual_seed(0), **kwargs)
+        sync(device)
+        return time.perf_counter() - start
+
+    times = {name: [] for name in pipes}
+    for name in pipes:  # warm-up
+        generate(name)
+    for repeat in range(args.repeats):
+        names = list(pipes)
+        names = names[repeat % len(names):] + names[: repeat % len(names)]  # take turns
+        for name in names:
+            times[name].append(generate(name))
+            print(f"  sampling {name}: {times[name][-1]:.2f} s", file=sys.stderr)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "steps": args.sample_steps, "guidance": 7.5, "resolution": args.resolution, "repeats": args.repeats,
+        "seconds": {k: round(v, 3) for k, v in median.items()},
+        "overhead_vs_sd": {k: round(v / median["SD"] - 1, 4) for k, v in median.items() if k != "SD"},
+    }
+
+
+def training(args: argparse.Namespace) -> list[dict]:
+    """Train steps per variant and batch, each in its own process, taking turns."""
+    runs = []
+    for repeat in range(args.train_repeats):
+        for batch in args.batches:
+            for variant in ("floor", "lite", "controlnet"):
+                cmd = [sys.executable, str(HERE / "train_step.py"), "--variant", variant, "--batch", str(batch),
+                       "--resolution", str(args.resolution), "--steps", str(args.train_steps),
+                       "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    runs.append({"variant": variant, "batch": batch, "error": out.stderr.strip().splitlines()[-1]})
+                    continue
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  train {variant} batch {batch}: {runs[-1]['step_s']:.2f} s/step", file=sys.stderr)
+    # median over repeats, per (variant, batch)
+    merged = {}
+    for run in runs:
+        merged.setdefault((run["variant"], run["batch"]), []).append(run)
+    result = []
+    for (variant, batch), group in merged.items():
+        ok = [r for r in group if "error" not in r]
+        if not ok:
+            result.append(group[0])
+            continue
+        row = dict(ok[0])
+        for key in ("forward_s", "backward_s", "optimizer_s", "step_s", "peak_memory_bytes"):
+            row[key] = statistics.median(r[key] for r in ok)
+        result.append(row)
+    return result
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def write_markdown() -> Path:
+    """benchmarks/RESULTS.md from every results file."""
+    lines = ["# Benchmark results", "", "Written by `python benchmarks/run.py` from `benchmarks/results/*.json`; "
+             "random weights, real SD1.5 architecture.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "sampling" not in data:
+            continue
+        m = data["machine"]
+        lines += [f"## {m['name']}", "",
+                  f"{m['description']}; torch {m['torch']}, diffusers {m['diffusers']}; {m['threads']} thread(s); "
+                  f"{data['settings']['dtype']}, {data['settings']['resolution']} px; {m['date']}.", ""]
+        s = data["sampling"]
+        lines += [f"Whole generation ({s['steps']} steps, guidance {s['guidance']}, median of {s['repeats']}):", "",
+                  "| variant | seconds | overhead vs. SD |", "|---|---:|---:|"]
+        for name, sec in s["seconds"].items():
+            over = s["overhead_vs_sd"].get(name)
+            lines.append(f"| {name} | {sec:.2f} | {'' if over is None else f'{over:+.1%}'} |")
+        lines += ["", "Training step (forward + backward + AdamW; peak memory includes the frozen UNet):", "",
+                  "| variant | batch | forward s | backward s | optimizer s | step s | peak memory GiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in data["training"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} | | | | |")
+                continue
+            lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | "
+                         f"{r['optimizer_s']:.3f} | {r['step_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} |")
+        lines += [""] + [f"- {line}" for line in data["summary"]] + [""]
+    out = HERE / "RESULTS.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def summarize(data: dict) -> list[str]:
+    by = {(r["variant"], r["batch"]): r for r in data["training"] if "error" not in r}
+    lines = []
+    over = data["sampling"]["overhead_vs_sd"]
+    lines.append(f"sampling: Lite adds {over['SD + Lite']:+.1%} to a whole generation (target <= +2%), "
+                 f"ControlNet {over['SD + ControlNet']:+.1%}, T2I-Adapter {over['SD + T2I-Adapter']:+.1%}")
+    for batch in sorted({b for _, b in by}):
+        lite, cn, floor = by.get(("lite", batch)), by.get(("controlnet", batch)), by.get(("floor", batch))
+        if lite and cn:
+            lines.append(f"training, batch {batch}: Lite {cn['step_s'] / lite['step_s']:.2f}x faster than ControlNet "
+                         f"(target >= 1.6x); peak memory {lite['peak_memory_bytes'] / cn['peak_memory_bytes']:.0%} "
+                         f"of ControlNet's (target <= 50%)")
+        if lite and floor:
+            lines.append(f"training, batch {batch}: Lite's step is {lite['step_s'] / floor['step_s'] - 1:+.1%} above "
+                         f"the floor (target <= +10%)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads: 1 gives the steadiest CPU ratios")
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-repeats", type=int, default=2)
+    parser.add_argument("--skip-sampling", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    name = machine_name(args.device)
+    out = RESULTS / f"{name}.json"
+    data = json.loads(out.read_text()) if out.is_file() and args.skip_sampling else {}
+    data["machine"] = {
+        "name": name, "description": name if args.device.startswith("cuda") else f"{platform.machine()} CPU",
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "threads": args.threads, "date": datetime.date.today().isoformat(), "python": platform.python_version(),
+    }
+    data["settings"] = {"dtype": args.dtype, "resolution": args.resolution, "device": args.device}
+    if not args.skip_sampling:
+        data["sampling"] = sampling(args)
+    data["training"] = training(args)
+    data["summary"] = summarize(data)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print("\n".join(data["summary"]))
+    print(f"Wrote {out} and {write_markdown()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Time and memory of one training step at the real SD1.5 size, for one variant, in its own
+process (peak memory is per process). Called by `benchmarks/run.py`; prints one JSON line.
+
+    python benchmarks/train_step.py --variant lite --batch 4 --resolution 256 --steps 3
+
+Variants:
+- lite: the Lite module's step (its forward, the UNet with its residuals, backward, AdamW);
+- controlnet: the same for diffusers' ControlNetModel;
+- floor: what any module that injects into the skip connections must pay: the frozen UNet's
+  forward with residuals that need a gradient, and the backward through the decoder to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+from lite_controlnet.controls import build_control, control_residuals
+from lite_controlnet.model import unet_residual_layout
+from lite_controlnet.sd_configs import SD15_UNET_CONFIG, random_model
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=["lite", "controlnet", "floor"], required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps, after one warm-up step")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="of the frozen UNet")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    # 1. models: the frozen UNet (random weights: timing does not depend on them), the control
+    unet = random_model(UNet2DConditionModel, SD15_UNET_CONFIG).requires_grad_(False).eval()
+    control = None
+    if args.variant != "floor":
+        control = build_control(args.variant, unet) if args.variant == "lite" else ControlNetModel.from_unet(unet)
+        control.to(device).train()
+    unet.to(device, dtype)
+    params = [p for p in control.parameters()] if control is not None else []
+    optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
+    base_memory = peak_bytes(device)
+
+    # 2. a batch as the trainer sees it: cached latents, text embeddings, control images
+    b, size = args.batch, args.resolution // 8
+    latents = torch.randn(b, 4, size, size, device=device)
+    noise = torch.randn_like(latents)
+    text = torch.randn(b, 77, 768, device=device, dtype=dtype)
+    controls = torch.rand(b, 3, args.resolution, args.resolution, device=device)
+    timesteps = torch.randint(0, 1000, (b,), device=device)
+    noisy = (latents + noise).to(dtype)
+    channels, levels, mid = unet_residual_layout(SD15_UNET_CONFIG)
+
+    times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for step in range(args.steps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            if control is not None:
+                res = control_residuals(control, sample=noisy, timestep=timesteps, encoder_hidden_states=text,
+                                        controlnet_cond=controls)
+                down, mid_res = res.down, res.mid
+            else:  # the floor: residuals that need a gradient, from nothing
+                down = [torch.zeros(b, c, size >> lv, size >> lv, device=device, dtype=dtype, requires_grad=True)
+                        for c, lv in zip(channels, levels)]
+                mid_res = torch.zeros(b, mid, size >> max(levels), size >> max(levels), device=device, dtype=dtype,
+                                      requires_grad=True)
+            pred = unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False,
+                        down_block_additional_residuals=tuple(r.to(dtype) for r in down),
+                        mid_block_additional_residual=mid_res.to(dtype))[0]
+            loss = F.mse_loss(pred.float(), noise)
+        sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        t3 = time.perf_counter()
+        if step:  # the first step warms up
+            times["forward"].append(t1 - t0)
+            times["backward"].append(t2 - t1)
+            times["optimizer"].append(t3 - t2)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({
+        "variant": args.variant, "batch": b, "resolution": args.resolution, "dtype": args.dtype,
+        "device": str(device), "threads": args.threads, "steps": args.steps,
+        "trainable_params": sum(p.numel() for p in params),
+        **{f"{k}_s": round(v, 4) for k, v in medians.items()},
+        "step_s": round(sum(medians.values()), 4),
+        "peak_memory_bytes": peak_bytes(device), "memory_before_step_bytes": base_memory,
+    }))
+
+
+if __name__ == "__main__":
+    main()
