@@ -161,7 +161,7 @@ def plan_hardware(
     plan = HardwarePlan(info.kind, info.name, chosen_precision, micro_batch or batch_size, 1, reasons=reasons)
 
     if xformers is None:
-        usable, why = xformers_status() if info.kind == "cuda" else (False, f"no CUDA GPU")
+        usable, why = xformers_status() if info.kind == "cuda" else (False, "no CUDA GPU")
         plan.xformers, reasons["xformers"] = usable, why
     else:
         plan.xformers, reasons["xformers"] = xformers, "requested"

@@ -15,13 +15,11 @@ error sees the same samples.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
 import random
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,7 +378,7 @@ class Trainer:
 
     def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
         indices = list(range(min(self.cfg.num_validation, len(self.dataset))))
-        with self._autocast() if self.plan.precision != "fp32" else nullcontext():
+        with self._autocast():
             grid = validation_grid(self.base, self.control, self.dataset, self.cache, indices,
                                    steps=self.cfg.validation_steps, guidance=self.cfg.validation_guidance,
                                    seed=self.cfg.seed, title=title)

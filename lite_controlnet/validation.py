@@ -59,7 +59,6 @@ def validation_grid(
         GridRow(p, _to_pil(c[None] * 2 - 1)[0], r, t, s)
         for p, c, r, t, s in zip(prompts, controls, reconstructions, text_only, samples)
     ]
-    del pipe
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # validation is where ControlNet users run out of memory

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from lite_controlnet.checkpoint import RunLock, RunLockedError, list_checkpoints
 from lite_controlnet.config import TrainConfig
 from lite_controlnet.fill50k import make_fill50k
 from lite_controlnet.grids import COLUMNS
-from lite_controlnet.hardware import HardwarePlan
 from lite_controlnet.trainer import Trainer, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
