@@ -72,6 +72,39 @@ def _train(args: argparse.Namespace) -> None:
     train(config_from_args(args))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import PairedDataset
+    from .evaluate import evaluate, native_resolution, one_step_scores, write_report
+    from .pipeline import LiteControlNetPipeline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = LiteControlNetPipeline.from_base(args.base, controlnet=args.control_model, torch_dtype=dtype, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe.base_models()
+    dataset = PairedDataset(args.data, resolution=args.resolution or native_resolution(base))
+    report, grid = evaluate(pipe, dataset, num=args.num, steps=args.steps, seed=args.seed,
+                            guidance=args.guidance, scale=args.scale)
+    indices = list(range(args.num))
+    report["one_step"] = {"timestep": args.one_step_t,
+                          "with_control": one_step_scores(base, pipe.controlnet, dataset, indices, args.one_step_t, args.seed)}
+    if pipe.controlnet is not None:
+        report["one_step"]["shuffled_control"] = one_step_scores(base, pipe.controlnet, dataset, indices,
+                                                                 args.one_step_t, args.seed, shuffle=True)
+    report_path, grid_path = write_report(report, grid, out)
+    mean = report["mean"]
+    print(f"disk IoU {mean['disk_iou']:.3f}, circle colour error {mean['circle_colour_error'] or float('nan'):.1f}, "
+          f"background colour error {mean['background_colour_error'] or float('nan'):.1f}, edge F1 {mean['edge_f1']:.3f} "
+          f"over {mean['count']} samples; one-step IoU (t={args.one_step_t}) "
+          f"{report['one_step']['with_control']['disk_iou']:.3f}")
+    print(f"Wrote {report_path} and {grid_path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lite_controlnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out.png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_sample)
+
+    p = commands.add_parser("evaluate", help="sample held-out Fill50k pairs and score disk IoU, colours, edges")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, or 'tiny'")
+    p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
+    p.add_argument("--data", required=True, help="held-out pairs (e.g. make-fill50k data/heldout --seed 1)")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--resolution", type=int, default=None, help="default: the base's native size")
+    p.add_argument("--one-step-t", type=int, default=800, help="timestep of the one-step probe")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="report.json")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_evaluate)
 
     from .config import add_config_arguments
 

@@ -47,17 +47,27 @@ def make_grid(rows: list[GridRow], tile: int | None = None, title: str | None = 
     """One image with a row per sample and the columns of `COLUMNS`; tiles are `tile` px squares."""
     if not rows:
         raise ValueError("make_grid needs at least one row.")
-    tile = tile or max(128, rows[0].control.size[0])  # small images are enlarged, for legible titles
+    cells = [[r.prompt, r.control, r.reconstruction, r.text_only, r.sample] for r in rows]
+    return table_grid(COLUMNS, cells, tile=tile, title=title)
+
+
+def table_grid(columns: tuple[str, ...], rows: list[list[Image.Image | str]], tile: int | None = None,
+               title: str | None = None) -> Image.Image:
+    """A titled table of square tiles; a text cell is rendered as a prompt tile."""
+    if not rows or any(len(row) != len(columns) for row in rows):
+        raise ValueError(f"table_grid needs rows of {len(columns)} cells ({', '.join(columns)}).")
+    first_image = next(c for c in rows[0] if isinstance(c, Image.Image))
+    tile = tile or max(128, first_image.size[0])  # small images are enlarged, for legible titles
     header = HEADER + (HEADER if title else 0)
-    grid = Image.new("RGB", (tile * len(COLUMNS), header + tile * len(rows)), "white")
+    grid = Image.new("RGB", (tile * len(columns), header + tile * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
     font = _font(14)
     if title:
         draw.text((4, 4), title, fill="black", font=font)
-    for c, name in enumerate(COLUMNS):
+    for c, name in enumerate(columns):
         draw.text((c * tile + 4, header - HEADER + 4), name, fill="black", font=font)
     for r, row in enumerate(rows):
-        tiles = [prompt_tile(row.prompt, tile), row.control, row.reconstruction, row.text_only, row.sample]
-        for c, image in enumerate(tiles):
-            grid.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (c * tile, header + r * tile))
+        for c, cell in enumerate(row):
+            image = prompt_tile(cell, tile) if isinstance(cell, str) else cell.convert("RGB").resize((tile, tile), Image.NEAREST)
+            grid.paste(image, (c * tile, header + r * tile))
     return grid

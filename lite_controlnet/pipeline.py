@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, Uni
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from .base import DEFAULT_BASE, load_base
+from .base import DEFAULT_BASE, BaseModels, load_base
 from .controls import ControlResiduals, control_residuals, is_step_invariant, load_control
 from .latents import decode_latents, encode_text
 
@@ -85,6 +85,10 @@ class LiteControlNetPipeline(DiffusionPipeline):
         )
         pipe.set_scheduler(scheduler)
         return pipe.to(device) if device is not None else pipe
+
+    def base_models(self) -> BaseModels:
+        """The frozen base as `BaseModels` (shares the pipeline's modules)."""
+        return BaseModels(self.tokenizer, self.text_encoder, self.unet, self.scheduler, self.vae)
 
     def set_scheduler(self, name: str) -> None:
         """Switch the sampler: "unipc" or "ddim" (same noise schedule as the base)."""

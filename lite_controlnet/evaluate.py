@@ -1,0 +1,178 @@
+"""Fidelity of a control module as numbers: sample held-out Fill50k pairs and score them.
+
+Two measures:
+- `evaluate`: full sampling from noise (the pipeline, as a user samples), each image scored
+  with `metrics.fill50k_scores` (disk IoU, colour errors, edge F1) against its control;
+- `one_step_scores`: a steadier probe of the same question early in training. Held-out
+  targets are noised to a high timestep (t=800 of 1000: at t=500 the disk is still visible in
+  pixel space), the clean image is predicted in one UNet call, and the prediction's disk is
+  scored against the control. With a shuffled control (each sample given another's outline)
+  the score must not rise: that separates following the control from drawing any disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDPMScheduler
+
+from .base import BaseModels
+from .controls import control_residuals
+from .data import PairedDataset
+from .grids import table_grid
+from .latents import decode_latents, encode_images, encode_text
+from .metrics import aggregate_scores, fill50k_scores
+
+SCORE_COLUMNS = ("Prompt", "Control", "Target", "Sample")
+
+
+def _to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
+    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [PIL.Image.fromarray(a) for a in arrays]
+
+
+def native_resolution(base: BaseModels) -> int:
+    """The image size the base was trained at (512 for SD1.5)."""
+    return int(base.unet.config.sample_size) * base.vae_scale_factor
+
+
+@torch.no_grad()
+def one_step_predictions(
+    base: BaseModels,
+    control: torch.nn.Module | None,
+    targets: torch.Tensor,
+    controls: torch.Tensor,
+    prompts: list[str],
+    timestep: int = 800,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Clean images predicted in one step from targets noised to `timestep`; (B, 3, H, W) in [-1, 1].
+
+    Args:
+        base: the frozen base.
+        control: the control module, or None for the base alone.
+        targets: (B, 3, H, W) in [-1, 1].
+        controls: (B, 3, H, W) in [0, 1] (what the module sees; pass shuffled ones to test).
+        prompts: one per target.
+        timestep: the noise level, out of the base's training timesteps.
+        seed: seed of the noise.
+    """
+    device, dtype = base.unet.device, base.unet.dtype
+    scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    latents = encode_images(base.vae, targets.to(device), torch.Generator(device).manual_seed(seed)).to(torch.float32)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    t = torch.full((len(latents),), timestep, device=device, dtype=torch.long)
+    noisy = scheduler.add_noise(latents, noise, t)
+    text = encode_text(base.tokenizer, base.text_encoder, prompts, device).to(dtype)
+    kwargs: dict[str, Any] = {}
+    if control is not None:
+        residuals = control_residuals(control, sample=noisy.to(control.dtype), timestep=t,
+                                      encoder_hidden_states=text.to(control.dtype),
+                                      controlnet_cond=controls.to(device, control.dtype))
+        kwargs = {"down_block_additional_residuals": tuple(r.to(dtype) for r in residuals.down),
+                  "mid_block_additional_residual": residuals.mid.to(dtype)}
+    pred = base.unet(noisy.to(dtype), t, encoder_hidden_states=text, return_dict=False, **kwargs)[0].float()
+    alpha = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        clean = alpha.sqrt() * noisy - (1 - alpha).sqrt() * pred
+    elif kind == "epsilon":
+        clean = (noisy - (1 - alpha).sqrt() * pred) / alpha.sqrt()
+    else:  # "sample"
+        clean = pred
+    return decode_latents(base.vae, clean).float().clamp(-1, 1)
+
+
+def one_step_scores(
+    base: BaseModels,
+    control: torch.nn.Module | None,
+    dataset: PairedDataset,
+    indices: list[int],
+    timestep: int = 800,
+    seed: int = 0,
+    shuffle: bool = False,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Mean `fill50k_scores` of one-step predictions of `indices` (see `one_step_predictions`).
+
+    With `shuffle=True` the module sees the next sample's control, while the score is still
+    taken against each sample's own control.
+    """
+    scores = []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start : start + batch_size]]
+        targets = torch.stack([it["pixel_values"] for it in items])
+        controls = torch.stack([it["conditioning_pixel_values"] for it in items])
+        seen = controls.roll(1, dims=0) if shuffle else controls
+        preds = one_step_predictions(base, control, targets, seen, [it["prompt"] for it in items], timestep, seed + start)
+        for pred, item in zip(_to_pil(preds), items):
+            scores.append(fill50k_scores(pred, _to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0], item["prompt"]))
+    return aggregate_scores(scores)
+
+
+def evaluate(
+    pipe: Any,
+    dataset: PairedDataset,
+    num: int = 64,
+    steps: int = 20,
+    seed: int = 0,
+    guidance: float = 7.5,
+    scale: float = 1.0,
+    batch_size: int = 8,
+) -> tuple[dict[str, Any], PIL.Image.Image]:
+    """Sample the first `num` pairs of `dataset` with `pipe` and score each against its control.
+
+    Args:
+        pipe: a `LiteControlNetPipeline` (without `controlnet`: the text-only baseline).
+        dataset: held-out pairs (not trained on), at the resolution to sample.
+        num: how many pairs.
+        steps, guidance, scale: denoising steps, guidance scale, control strength.
+        seed: sample `i` uses seed `seed + i`.
+    Returns:
+        (report with "mean" and "per_sample" scores, a grid PNG of the first 8 samples)
+    """
+    if num > len(dataset):
+        raise ValueError(f"num={num} but {dataset.manifest} has only {len(dataset)} pairs.")
+    per_sample, scores, rows = [], [], []
+    for start in range(0, num, batch_size):
+        items = [dataset[i] for i in range(start, min(num, start + batch_size))]
+        controls = [_to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0] for it in items]
+        images = pipe([it["prompt"] for it in items], controls if pipe.controlnet is not None else None,
+                      num_inference_steps=steps, guidance_scale=guidance, controlnet_conditioning_scale=scale,
+                      height=dataset.resolution, width=dataset.resolution,
+                      generator=[torch.Generator().manual_seed(seed + start + k) for k in range(len(items))]).images
+        for k, (item, control, image) in enumerate(zip(items, controls, images)):
+            score = fill50k_scores(image, control, item["prompt"])
+            scores.append(score)
+            per_sample.append({"index": start + k, "prompt": item["prompt"], **score})
+            if len(rows) < 8:
+                rows.append([item["prompt"], control, _to_pil(item["pixel_values"][None])[0], image])
+    report = {
+        "settings": {"num": num, "steps": steps, "seed": seed, "guidance": guidance, "scale": scale,
+                     "resolution": dataset.resolution, "data": str(dataset.root),
+                     "control": type(pipe.controlnet).__name__ if pipe.controlnet is not None else None},
+        "mean": aggregate_scores(scores),
+        "per_sample": per_sample,
+    }
+    return report, table_grid(SCORE_COLUMNS, rows)
+
+
+def write_report(report: dict[str, Any], grid: PIL.Image.Image, out: str | Path) -> tuple[Path, Path]:
+    """Write the JSON report and, next to it, the grid (`<out stem>.png`)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    grid_path = out.with_suffix(".png")
+    grid.save(grid_path)
+    return out, grid_path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
