@@ -97,11 +97,12 @@ def one_step_scores(
     seed: int = 0,
     shuffle: bool = False,
     batch_size: int = 32,
+    empty_prompt: bool = False,
 ) -> dict[str, Any]:
     """Mean `fill50k_scores` of one-step predictions of `indices` (see `one_step_predictions`).
 
     With `shuffle=True` the module sees the next sample's control, while the score is still
-    taken against each sample's own control.
+    taken against each sample's own control. `empty_prompt=True` predicts without the prompts.
     """
     scores = []
     for start in range(0, len(indices), batch_size):
@@ -109,9 +110,11 @@ def one_step_scores(
         targets = torch.stack([it["pixel_values"] for it in items])
         controls = torch.stack([it["conditioning_pixel_values"] for it in items])
         seen = controls.roll(1, dims=0) if shuffle else controls
-        preds = one_step_predictions(base, control, targets, seen, [it["prompt"] for it in items], timestep, seed + start)
+        prompts = ["" if empty_prompt else it["prompt"] for it in items]
+        preds = one_step_predictions(base, control, targets, seen, prompts, timestep, seed + start)
         for pred, item in zip(_to_pil(preds), items):
-            scores.append(fill50k_scores(pred, _to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0], item["prompt"]))
+            control_image = _to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0]
+            scores.append(fill50k_scores(pred, control_image, None if empty_prompt else item["prompt"]))
     return aggregate_scores(scores)
 
 
@@ -124,6 +127,7 @@ def evaluate(
     guidance: float = 7.5,
     scale: float = 1.0,
     batch_size: int = 8,
+    empty_prompt: bool = False,
 ) -> tuple[dict[str, Any], PIL.Image.Image]:
     """Sample the first `num` pairs of `dataset` with `pipe` and score each against its control.
 
@@ -133,6 +137,7 @@ def evaluate(
         num: how many pairs.
         steps, guidance, scale: denoising steps, guidance scale, control strength.
         seed: sample `i` uses seed `seed + i`.
+        empty_prompt: generate with "" instead of each prompt (colour errors are then None).
     Returns:
         (report with "mean" and "per_sample" scores, a grid PNG of the first 8 samples)
     """
@@ -142,19 +147,19 @@ def evaluate(
     for start in range(0, num, batch_size):
         items = [dataset[i] for i in range(start, min(num, start + batch_size))]
         controls = [_to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0] for it in items]
-        images = pipe([it["prompt"] for it in items], controls if pipe.controlnet is not None else None,
+        images = pipe(["" if empty_prompt else it["prompt"] for it in items], controls if pipe.controlnet is not None else None,
                       num_inference_steps=steps, guidance_scale=guidance, controlnet_conditioning_scale=scale,
                       height=dataset.resolution, width=dataset.resolution,
                       generator=[torch.Generator().manual_seed(seed + start + k) for k in range(len(items))]).images
         for k, (item, control, image) in enumerate(zip(items, controls, images)):
-            score = fill50k_scores(image, control, item["prompt"])
+            score = fill50k_scores(image, control, None if empty_prompt else item["prompt"])
             scores.append(score)
             per_sample.append({"index": start + k, "prompt": item["prompt"], **score})
             if len(rows) < 8:
                 rows.append([item["prompt"], control, _to_pil(item["pixel_values"][None])[0], image])
     report = {
         "settings": {"num": num, "steps": steps, "seed": seed, "guidance": guidance, "scale": scale,
-                     "resolution": dataset.resolution, "data": str(dataset.root),
+                     "resolution": dataset.resolution, "data": str(dataset.root), "empty_prompt": empty_prompt,
                      "control": type(pipe.controlnet).__name__ if pipe.controlnet is not None else None},
         "mean": aggregate_scores(scores),
         "per_sample": per_sample,

@@ -442,8 +442,7 @@ class Trainer:
         started = time.monotonic()
         for indices, controls in loader:
             loss = self._step_with_retry(indices, controls)
-            self.elapsed += time.monotonic() - started
-            started = time.monotonic()
+            self.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
             self.global_step += 1
             self.step_in_epoch += 1
             epoch_done = self.step_in_epoch == self.steps_per_epoch
@@ -469,6 +468,7 @@ class Trainer:
                 self._grid(f"step-{self.global_step:08d}", f"step {self.global_step}")
             if self.global_step >= self.total_steps:
                 break
+            started = time.monotonic()
 
     def _step_with_retry(self, indices: list[int], controls: torch.Tensor) -> float:
         """One optimizer step; on out-of-memory, a smaller per-step batch and the same step again."""

@@ -1,0 +1,178 @@
+"""Lite against the original ControlNet at equal budget: fidelity against steps and seconds.
+
+    python benchmarks/fidelity.py                        # the committed proxy base, CPU
+    python benchmarks/fidelity.py --base stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 ...
+
+Both modules train on the same base and data with the same trainer, in chunks of
+`--eval-every` steps (each chunk resumes the run exactly), taking turns so a busy machine
+slows both alike. After each chunk: the one-step disk IoU (held-out targets noised to t=800,
+predicted in one step; also with shuffled controls, which must not help) and, every
+`--sample-every` chunks, full sampling (disk IoU, colour errors, edge F1). Wall-clock is the
+training time the trainer records (evaluation excluded). Also the text-only baseline and the
+no-prompt test (empty prompts). Writes benchmarks/results/fidelity-<base>.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control, make_fill50k, train
+from lite_controlnet.evaluate import evaluate, one_step_scores
+from lite_controlnet.pipeline import LiteControlNetPipeline
+from lite_controlnet.proxy_base import PROXY_BASE_DIR
+
+HERE = Path(__file__).resolve().parent
+KINDS = ("lite", "controlnet")
+
+
+def trained_seconds(output: Path) -> float:
+    with open(output / "logs" / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["seconds"]) if rows else 0.0
+
+
+def scores(base, control, heldout, args, full: bool) -> dict:
+    indices = list(range(args.heldout))
+    out = {
+        "one_step": one_step_scores(base, control, heldout, indices, args.timestep, seed=1),
+        "one_step_shuffled": one_step_scores(base, control, heldout, indices, args.timestep, seed=1, shuffle=True)
+        if control is not None else None,
+    }
+    if full:
+        pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+        pipe.set_progress_bar_config(disable=True)
+        out["sampling"] = evaluate(pipe, heldout, num=args.sample_num, steps=args.sample_steps, seed=1,
+                                   guidance=args.guidance)[0]["mean"]
+    return out
+
+
+def reached(curve: list[dict], key: str, fraction: float = 0.9) -> dict | None:
+    """The first point of `curve` whose `key` reaches `fraction` of the last point's."""
+    final = curve[-1][key]
+    for point in curve:
+        if point[key] >= fraction * final:
+            return {"step": point["step"], "seconds": point["seconds"]}
+    return None
+
+
+def at_seconds(curve: list[dict], seconds: float, key: str) -> float:
+    """`key` of the last point trained for at most `seconds`."""
+    points = [p for p in curve if p["seconds"] <= seconds]
+    return points[-1][key] if points else curve[0][key]
+
+
+def plot(result: dict, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
+    for kind in KINDS:
+        curve = result["curves"][kind]
+        for ax, x in zip(axes, ("step", "seconds")):
+            ax.plot([p[x] for p in curve], [p["one_step_iou"] for p in curve], marker="o", label=f"{kind}")
+            ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":", label=f"{kind}, shuffled control")
+    for ax, x in zip(axes, ("optimizer step", "training seconds")):
+        ax.axhline(result["text_only"]["one_step"]["disk_iou"], color="grey", ls="--", label="no control")
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"one-step disk IoU (t={result['settings']['timestep']})")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Lite vs ControlNet on {result['settings']['base_name']}, {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(PROXY_BASE_DIR))
+    parser.add_argument("--work", default="outputs/fidelity", help="data and runs (kept: re-running resumes)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--train-num", type=int, default=4000)
+    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs for the one-step probe")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--sample-every", type=int, default=4, help="full sampling every this many evaluations")
+    parser.add_argument("--sample-num", type=int, default=32)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--timestep", type=int, default=800)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lite-lr", type=float, default=None, help="default: TrainConfig's (1e-4)")
+    parser.add_argument("--controlnet-lr", type=float, default=None, help="default: TrainConfig's (1e-5)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    train_dir, heldout_dir = work / "train", work / "heldout"
+    if not (train_dir / "prompt.json").is_file():
+        make_fill50k(train_dir, num=args.train_num, size=args.resolution, seed=0)
+    if not (heldout_dir / "prompt.json").is_file():
+        make_fill50k(heldout_dir, num=max(args.heldout, args.sample_num), size=args.resolution, seed=1)
+    heldout = PairedDataset(heldout_dir, resolution=args.resolution)
+    base = load_base(args.base)
+    lrs = {"lite": args.lite_lr, "controlnet": args.controlnet_lr}
+
+    result = {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)"
+        if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "date": datetime.date.today().isoformat(),
+        "settings": {**vars(args), "base_name": Path(args.base).name},
+        "text_only": scores(base, None, heldout, args, full=True),
+        "curves": {kind: [] for kind in KINDS},
+    }
+    result["text_only"]["no_prompt"] = one_step_scores(base, None, heldout, list(range(args.heldout)),
+                                                       args.timestep, seed=1, empty_prompt=True)
+    evaluations = 0
+    for target in range(args.eval_every, args.steps + 1, args.eval_every):
+        evaluations += 1
+        full = evaluations % args.sample_every == 0 or target == args.steps
+        for kind in KINDS:
+            output = work / f"run-{kind}"
+            cfg = TrainConfig(data=str(train_dir), output=str(output), base=args.base, control=kind,
+                              resolution=args.resolution, batch_size=args.batch_size, epochs=1000,
+                              max_steps=target, learning_rate=lrs[kind], num_workers=0, num_validation=4,
+                              validation_steps=10, checkpoint_every=args.eval_every, keep_checkpoints=1)
+            final = train(cfg, progress=False)
+            control = load_control(final).eval()
+            point = {"step": target, "seconds": round(trained_seconds(output), 2), **scores(base, control, heldout, args, full)}
+            point["one_step_iou"] = point["one_step"]["disk_iou"]
+            point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
+            if target == args.steps:
+                point["no_prompt"] = one_step_scores(base, control, heldout, list(range(args.heldout)), args.timestep,
+                                                     seed=1, empty_prompt=True)
+            result["curves"][kind].append(point)
+            print(f"{kind:>10} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
+                  f"(shuffled {point['one_step_shuffled_iou']:.3f})"
+                  + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""), flush=True)
+
+    # the questions of the comparison
+    lite, cn = result["curves"]["lite"], result["curves"]["controlnet"]
+    equal_seconds = min(lite[-1]["seconds"], cn[-1]["seconds"])
+    result["summary"] = {
+        "reach_90pct_of_final_one_step_iou": {k: reached(result["curves"][k], "one_step_iou") for k in KINDS},
+        "equal_wall_clock_seconds": equal_seconds,
+        "one_step_iou_at_equal_wall_clock": {k: at_seconds(result["curves"][k], equal_seconds, "one_step_iou") for k in KINDS},
+        "text_only_one_step_iou": result["text_only"]["one_step"]["disk_iou"],
+        "no_prompt_one_step_iou": {k: result["curves"][k][-1]["no_prompt"]["disk_iou"] for k in KINDS},
+        "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
+    }
+    eq = result["summary"]["one_step_iou_at_equal_wall_clock"]
+    result["summary"]["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = eq["lite"] >= 0.9 * eq["controlnet"]
+    out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{Path(args.base).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(json.dumps(result["summary"], indent=1))
+    print(f"Wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
