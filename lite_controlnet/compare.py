@@ -1,0 +1,329 @@
+"""Lite vs the original ControlNet on the same base and data: the measurements of `03_compare.ipynb`.
+
+Equal budget: the same base, data, resolution, batch, number of optimizer steps and seed;
+each module with its own default learning rate (1e-4 for Lite, as the seed trains it; 1e-5
+for ControlNet, as its paper). Measured per module:
+
+- parameters, counted on the loaded module;
+- seconds per training step: the median of the steps in `<output>/logs/loss.csv` (its
+  `seconds` column is cumulative; the median leaves out steps that also saved a checkpoint
+  or drew a validation grid);
+- peak memory while training: `torch.cuda.max_memory_allocated` on a GPU, else the process's
+  peak resident memory (reset before each run where Linux allows it);
+- seconds per sampled image, and fidelity on held-out synthetic Fill50k samples when
+  `lite_controlnet.metrics` is available.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from PIL import ImageDraw
+
+from .base import BaseModels
+from .config import TrainConfig
+from .data import PairedDataset
+from .fill50k import render_fill50k_sample
+from .grids import prompt_tile
+from .logs import LossLog
+from .pipeline import LiteControlNetPipeline
+from .trainer import train
+
+# Held-out samples start here: far beyond any Fill50k index, so never seen in training.
+HELD_OUT_START = 10_000_000
+# The fidelity scores in the table (of `metrics.aggregate_scores`), with which way is better.
+FIDELITY_COLUMNS = {
+    "disk_iou": "disk IoU (higher is better)",
+    "edge_f1": "edge F1 (higher is better)",
+    "one_disk_share": "one disk (share, higher is better)",
+    "circle_colour_error": "circle colour error (CIEDE2000, lower is better)",
+    "background_colour_error": "background colour error (CIEDE2000, lower is better)",
+}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters of `module` (all of them, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _rss_peak() -> int:
+    """The process's peak resident memory in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # Unix only; imported here so the module loads everywhere
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the peak resident memory to the current one (Linux >= 4.0); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of what runs inside `with PeakMemory() as peak:`; then `peak.bytes`, `peak.kind`.
+
+    On a GPU: `torch.cuda.max_memory_allocated`, reset on entry. Elsewhere: the process's peak
+    resident memory, reset on entry on Linux; where it cannot be reset it counts from the
+    process's start, and `kind` says so.
+    """
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        self.bytes = 0
+        self.kind = "GPU max allocated" if self.cuda else "peak RSS"
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        elif not _reset_rss_peak():
+            self.kind = "peak RSS since the process started"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bytes = torch.cuda.max_memory_allocated() if self.cuda else _rss_peak()
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingStats:
+    """What one equal-budget training run measured."""
+
+    kind: str
+    steps: int  # optimizer steps in loss.csv
+    step_seconds: float  # median seconds per optimizer step
+    peak_memory: int | None  # bytes, while this call trained (None: the run was already complete)
+    memory_kind: str
+    final: Path  # the trained module's folder
+
+
+def step_seconds(output: str | Path) -> float:
+    """Median seconds per optimizer step from `<output>/logs/loss.csv` (NaN without steps)."""
+    seconds = [float(row["seconds"]) for row in LossLog(output).read()]
+    steps = [b - a for a, b in zip([0.0] + seconds, seconds)]
+    return statistics.median(steps) if steps else math.nan
+
+
+def equal_budget_configs(data: str | Path, output: str | Path, steps: int,
+                         kinds: Sequence[str] = ("lite", "controlnet"), **settings: Any) -> dict[str, TrainConfig]:
+    """One `TrainConfig` per control kind, the same in all but the kind (and its default learning rate).
+
+    Args:
+        data: the dataset folder.
+        output: the comparison's folder; kind `k` trains in `<output>/<k>`. Both share one cache
+            (`<output>/cache` unless `cache_dir` is given).
+        steps: optimizer steps for each kind (epochs are set to cover them).
+        kinds: the control kinds to train.
+        settings: any other `TrainConfig` field (base, resolution, batch_size, seed, ...).
+    """
+    output = Path(output)
+    settings.setdefault("cache_dir", str(output / "cache"))
+    batch_size = settings.get("batch_size", TrainConfig.batch_size)
+    pairs = len(PairedDataset(data, resolution=None))
+    epochs = max(1, math.ceil(steps / max(1, pairs // batch_size)))
+    return {kind: TrainConfig(data=str(data), output=str(output / kind), control=kind, max_steps=steps,
+                              epochs=epochs, **settings) for kind in kinds}
+
+
+def train_measured(cfg: TrainConfig, progress: bool = True) -> TrainingStats:
+    """Train `cfg` (resuming if it was cut off) and measure its step time and peak memory.
+
+    The step time covers every step in the log; the peak memory only the steps trained by this
+    call, and is None when the run was already complete (a notebook run again after the end).
+    """
+    steps_before = len(LossLog(cfg.output).read())
+    with PeakMemory() as peak:
+        final = train(cfg, progress=progress)
+    steps = len(LossLog(cfg.output).read())
+    memory = peak.bytes if steps > steps_before else None
+    return TrainingStats(cfg.control, steps, step_seconds(cfg.output), memory, peak.kind, final)
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingStats:
+    """Images sampled by one module, with the time each took and their fidelity scores."""
+
+    kind: str
+    seconds_per_image: float  # median over the images, after one untimed warm-up
+    images: list[PIL.Image.Image] = field(repr=False)
+    scores: dict[str, float] | None  # aggregate scores; None without `lite_controlnet.metrics`
+
+
+def load_metrics() -> tuple[Any, str]:
+    """`(lite_controlnet.metrics, "")` if it can be imported, else `(None, why not)`."""
+    try:
+        from . import metrics
+    except ImportError as error:
+        return None, (f"Fidelity scores left out: lite_controlnet.metrics cannot be imported ({error}). "
+                      "It provides fill50k_scores(image, control, prompt) and aggregate_scores(scores).")
+    missing = [name for name in ("fill50k_scores", "aggregate_scores") if not hasattr(metrics, name)]
+    if missing:
+        return None, f"Fidelity scores left out: lite_controlnet.metrics lacks {', '.join(missing)}."
+    return metrics, ""
+
+
+def held_out_samples(count: int, size: int, seed: int = 0) -> list[tuple[PIL.Image.Image, str]]:
+    """(control, prompt) of `count` synthetic Fill50k samples that no training set holds."""
+    samples = [render_fill50k_sample(HELD_OUT_START + k, size, seed) for k in range(count)]
+    return [(control, prompt) for control, _target, prompt in samples]
+
+
+def pipeline_for(base: BaseModels, control: torch.nn.Module | None) -> LiteControlNetPipeline:
+    """A sampling pipeline over an already loaded base (shared, not copied) and a control module."""
+    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+    pipe.set_scheduler("unipc")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def sample_and_score(pipe: LiteControlNetPipeline, kind: str, samples: Sequence[tuple[PIL.Image.Image, str]],
+                     steps: int = 20, guidance: float = 7.5, seed: int = 0, metrics: Any = None) -> SamplingStats:
+    """Generate one image per (control, prompt), one at a time, timing each; score them with `metrics`.
+
+    The k-th image uses the seed `seed + k` for every module, so modules see the same noise.
+    """
+    def generate(control: PIL.Image.Image, prompt: str, k: int) -> PIL.Image.Image:
+        return pipe(prompt, control, num_inference_steps=steps, guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(seed + k)).images[0]
+
+    generate(*samples[0], 0)  # warm-up (kernels, allocator): not timed
+    images, times = [], []
+    for k, (control, prompt) in enumerate(samples):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        images.append(generate(control, prompt, k))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    scores = None
+    if metrics is not None:
+        each = [metrics.fill50k_scores(image, control, prompt) for image, (control, prompt) in zip(images, samples)]
+        aggregate = metrics.aggregate_scores(each)
+        scores = {name: v for name, value in aggregate.items() if (v := _scalar(value)) is not None}
+    return SamplingStats(kind, statistics.median(times), images, scores)
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+def result_rows(parameters: dict[str, int], training: dict[str, TrainingStats],
+                sampling: dict[str, SamplingStats]) -> list[dict[str, Any]]:
+    """One row per kind: parameters, training and sampling measurements, and the fidelity scores
+    of `FIDELITY_COLUMNS` that were measured."""
+    rows = []
+    for kind in parameters:
+        t, s = training[kind], sampling[kind]
+        row = {"module": kind, "parameters": parameters[kind], "train s/step": t.step_seconds,
+               f"train memory GiB ({t.memory_kind})": math.nan if t.peak_memory is None else t.peak_memory / 2**30,
+               "sample s/image": s.seconds_per_image}
+        scores = s.scores or {}
+        row.update({title: scores[key] for key, title in FIDELITY_COLUMNS.items() if key in scores})
+        rows.append(row)
+    return rows
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of `rows` (dicts; the columns are all their keys, in first-seen order)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_format(row.get(c, "")) for c in columns] for row in rows]
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if k == 0 else "---:" for k in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def bar_plots(rows: list[dict[str, Any]], label: str = "module") -> Any:
+    """A matplotlib figure with one bar chart per numeric column of `rows` (parameters on a log scale).
+
+    Columns with a missing or NaN value in some row are left out (the table shows them as n/a).
+    """
+    from matplotlib.figure import Figure  # no pyplot: leaves the notebook's backend alone
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row)
+               if c != label and all(number(row.get(c)) for row in rows)]
+    per_row = min(5, len(columns))
+    lines = math.ceil(len(columns) / per_row)
+    fig = Figure(figsize=(3.0 * per_row, 3.2 * lines))
+    axes = list(fig.subplots(lines, per_row, squeeze=False).flat)
+    names = [str(row[label]) for row in rows]
+    for ax, column in zip(axes, columns):
+        values = [row[column] for row in rows]
+        ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:green", "tab:red"][: len(names)])
+        ax.set_title("\n".join(textwrap.wrap(column, 24)), fontsize=9)
+        if column == "parameters":
+            ax.set_yscale("log")
+        for k, v in enumerate(values):
+            ax.annotate(_format(v), (k, v), ha="center", va="bottom", fontsize=8)
+    for ax in axes[len(columns):]:
+        ax.set_visible(False)  # the unused places of the last line
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(samples: Sequence[tuple[PIL.Image.Image, str]], sampling: dict[str, SamplingStats],
+                count: int = 4) -> PIL.Image.Image:
+    """Prompt | control | one column per module, for the first `count` samples (same seed per row).
+
+    Tiles are the images' size, enlarged to at least 128 px (nearest neighbour) for legible prompts."""
+    tile = max(128, samples[0][0].size[0])
+    kinds = list(sampling)
+    header = 20
+    grid = PIL.Image.new("RGB", (tile * (2 + len(kinds)), header + tile * min(count, len(samples))), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, title in enumerate(["prompt", "control", *kinds]):
+        draw.text((c * tile + 4, 4), title, fill="black")
+    for r, (control, prompt) in enumerate(samples[:count]):
+        tiles = [prompt_tile(prompt, tile), control, *(sampling[k].images[r] for k in kinds)]
+        for c, image in enumerate(tiles):
+            grid.paste(image.convert("RGB").resize((tile, tile), PIL.Image.NEAREST), (c * tile, header + r * tile))
+    return grid

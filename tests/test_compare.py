@@ -1,0 +1,156 @@
+"""The comparison's measurements: equal-budget configs, step time, peak memory, sampling, the table."""
+
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from lite_controlnet.compare import (
+    PeakMemory,
+    bar_plots,
+    count_parameters,
+    equal_budget_configs,
+    held_out_samples,
+    load_metrics,
+    markdown_table,
+    pipeline_for,
+    result_rows,
+    sample_and_score,
+    sample_grid,
+    step_seconds,
+    train_measured,
+)
+from lite_controlnet.controls import load_control
+from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.logs import LossLog
+
+
+@pytest.fixture(scope="module")
+def fill50k_small(tmp_path_factory):
+    return make_fill50k(tmp_path_factory.mktemp("fill50k"), num=8, size=64, progress=False, workers=1)
+
+
+def test_count_parameters():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False))
+    assert count_parameters(module) == 3 * 4 + 4 + 4 * 2
+
+
+def test_step_seconds_is_the_median_step_of_the_cumulative_log(tmp_path):
+    log = LossLog(tmp_path)
+    for step, seconds in enumerate([1.0, 1.5, 2.0, 12.0, 12.5], start=1):  # step 4 also saved a checkpoint
+        log.append(step, 0, 0.1, 1e-4, seconds)
+    assert step_seconds(tmp_path) == pytest.approx(0.5)
+    assert np.isnan(step_seconds(tmp_path / "empty"))
+
+
+def test_peak_memory_sees_an_allocation_and_is_reset_between_runs():
+    with PeakMemory() as big:
+        block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+        del block
+    with PeakMemory() as small:
+        block = np.ones(10 * 2**20 // 8)
+        del block
+    assert big.bytes > 300 * 2**20
+    if big.kind == "peak RSS":  # Linux could reset it
+        assert small.bytes < big.bytes - 200 * 2**20
+
+
+def test_equal_budget_configs_differ_only_in_the_kind(fill50k_small, tmp_path):
+    configs = equal_budget_configs(fill50k_small, tmp_path, steps=5, base="tiny", resolution=64, batch_size=4)
+    lite, controlnet = configs["lite"].to_dict(), configs["controlnet"].to_dict()
+    assert {k for k in lite if lite[k] != controlnet[k]} == {"control", "output"}
+    assert configs["lite"].lr == 1e-4 and configs["controlnet"].lr == 1e-5  # each its own default
+    assert lite["max_steps"] == 5 and lite["epochs"] * (8 // 4) >= 5  # enough epochs for the steps
+    assert lite["cache_dir"] == str(tmp_path / "cache")  # one cache for both
+
+
+def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_base, fill50k_small, tmp_path):
+    configs = equal_budget_configs(fill50k_small, tmp_path, steps=2, base=str(tiny_base_dir), resolution=64,
+                                   batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
+    training = {kind: train_measured(cfg, progress=False) for kind, cfg in configs.items()}
+    samples = held_out_samples(2, 64)
+    fake_metrics = SimpleNamespace(
+        fill50k_scores=lambda image, control, prompt: {"disk_iou": float(np.asarray(image).mean() / 255),
+                                                       "circle_colour_error": None},
+        aggregate_scores=lambda scores: {"disk_iou": {"mean": float(np.mean([s["disk_iou"] for s in scores]))},
+                                         "circle_colour_error": None, "circle_colour_error_none": len(scores),
+                                         "count": len(scores), "note": "text"},
+    )
+    sampling, parameters = {}, {}
+    for kind, stats in training.items():
+        assert stats.kind == kind and stats.steps == 2 and stats.step_seconds > 0 and stats.peak_memory > 0
+        control = load_control(stats.final)
+        parameters[kind] = count_parameters(control)
+        pipe = pipeline_for(tiny_base, control)
+        sampling[kind] = sample_and_score(pipe, kind, samples, steps=2, metrics=fake_metrics)
+        # the k-th image is the pipeline's image for seed k
+        again = pipe(samples[1][1], samples[1][0], num_inference_steps=2,
+                     generator=torch.Generator().manual_seed(1)).images[0]
+        assert np.array_equal(np.asarray(sampling[kind].images[1]), np.asarray(again))
+        # numbers only (a mean is taken from a dict)
+        assert set(sampling[kind].scores) == {"disk_iou", "circle_colour_error_none", "count"}
+    assert parameters["controlnet"] > 10 * parameters["lite"]
+
+    again = train_measured(configs["lite"], progress=False)  # already complete: nothing trained, no memory
+    assert again.steps == 2 and again.peak_memory is None and again.step_seconds == training["lite"].step_seconds
+
+    rows = result_rows(parameters, training, sampling)
+    assert [row["module"] for row in rows] == ["lite", "controlnet"]
+    assert list(rows[0])[-1] == "disk IoU (higher is better)"  # the headline scores measured, named
+    table = markdown_table(rows)
+    assert table.splitlines()[0].startswith("| module | parameters | train s/step |")
+    assert f"{parameters['controlnet']:,}" in table and len(table.splitlines()) == 4
+    fig = bar_plots(rows)
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.get_axes() if ax.get_visible()]
+    assert titles == [c for c in rows[0] if c != "module"]
+    training["lite"] = again
+    rows = result_rows(parameters, training, sampling)
+    assert "| n/a |" in markdown_table(rows)
+    titles = [ax.get_title() for ax in bar_plots(rows).get_axes() if ax.get_visible()]
+    assert not any(title.startswith("train memory") for title in titles)  # n/a is not plotted
+    grid = sample_grid(samples, sampling, count=2)
+    assert grid.size == (128 * 4, 20 + 128 * 2)  # 64 px enlarged to 128 px tiles
+
+
+def test_missing_metrics_are_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", None)  # import fails
+    metrics, why = load_metrics()
+    assert metrics is None and "lite_controlnet.metrics" in why and "fill50k_scores" in why
+    monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", SimpleNamespace(fill50k_scores=len))
+    import lite_controlnet
+
+    monkeypatch.setattr(lite_controlnet, "metrics", sys.modules["lite_controlnet.metrics"], raising=False)
+    metrics, why = load_metrics()
+    assert metrics is None and "aggregate_scores" in why
+
+
+def test_held_out_samples_are_new_circles():
+    from lite_controlnet.fill50k import render_fill50k_sample
+
+    samples = held_out_samples(3, 64)
+    assert len(samples) == 3 and all(control.size == (64, 64) and " circle with " in prompt
+                                     for control, prompt in samples)
+    first_training_sample = render_fill50k_sample(0, 64)[0]
+    assert not np.array_equal(np.asarray(samples[0][0]), np.asarray(first_training_sample))
+
+
+def test_markdown_table_formats_numbers():
+    table = markdown_table([{"module": "lite", "parameters": 1084736, "s": 0.123456, "x": float("nan")}])
+    assert table.splitlines() == ["| module | parameters | s | x |", "|---|---:|---:|---:|",
+                                  "| lite | 1,084,736 | 0.123 | n/a |"]
+
+
+def test_scores_come_from_the_metrics_module(tiny_base):
+    pytest.importorskip("lite_controlnet.metrics", reason="lite_controlnet.metrics is not in this checkout")
+    from conftest import randomize_
+    from lite_controlnet import LiteControlNetModel
+
+    metrics, why = load_metrics()
+    assert metrics is not None, why
+    control = randomize_(LiteControlNetModel.from_unet(tiny_base.unet), std=0.3)
+    stats = sample_and_score(pipeline_for(tiny_base, control), "lite", held_out_samples(2, 64), steps=2,
+                             metrics=metrics)
+    assert 0.0 <= stats.scores["disk_iou"] <= 1.0 and 0.0 <= stats.scores["edge_f1"] <= 1.0
+    assert stats.scores["count"] == 2

@@ -1,0 +1,200 @@
+"""The notebooks, run top to bottom in fresh kernels, small and offline, as CI runs them.
+
+Each notebook gets the tiny parameters in a cell inserted after its `parameters` cell (as
+papermill does); all share one data folder, one run folder and one model cache, so they see
+each other's results in order. `02_train` runs twice: stopped early, then with *Run all*
+again, which must resume. The executed notebooks live in memory (and in the temporary
+folder): the repository's notebooks are never written.
+
+The whole module takes about 80 s on 2 CPU cores shared with other jobs (kernel start and
+imports are most of it); `pytest -s` prints the seconds of each notebook.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the dev extra: pip install -e '.[dev]'")
+nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the dev extra: pip install -e '.[dev]'")
+pytest.importorskip("ipykernel", reason="the notebook tests need the dev extra: pip install -e '.[dev]'")
+
+from lite_controlnet.checkpoint import list_checkpoints
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+ORDER = ("00_setup", "01_data", "02_train", "03_compare", "04_sample")
+REQUIRED_PARAMETERS = ("BASE_MODEL", "DATA_DIR", "OUTPUT_DIR", "QUICK")
+BADGE = "https://colab.research.google.com/github/{repo}/blob/main/notebooks/{name}.ipynb"
+CELL_TIMEOUT = 300  # seconds per cell; a whole cell never comes close in QUICK mode
+
+
+def read(name):
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def parameters_index(nb):
+    tagged = [k for k, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"expected one cell tagged 'parameters', found {len(tagged)}"
+    return tagged[0]
+
+
+def execute(name, overrides, workdir, env):
+    """Run notebook `name` with `overrides` injected; return the executed notebook (never saved)."""
+    nb = read(name)
+    source = "\n".join(f"{key} = {value!r}" for key, value in overrides.items())
+    injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(parameters_index(nb) + 1, injected)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
+                                     resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute(env=env)
+    finally:  # kept for a look after a failure
+        nbformat.write(nb, workdir / f"{name}.executed.ipynb")
+    return nb
+
+
+def stream_text(nb):
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+                   if out.output_type == "stream")
+
+
+def outputs_of(nb, kind):
+    """The outputs of code cells holding `kind` (e.g. "image/png"), in order."""
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+            if kind in out.get("data", {})]
+
+
+def widget_states(nb, model):
+    """The final state of each widget of class `model` (e.g. "IntSliderModel") that the notebook made."""
+    states = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    return [w["state"] for w in states.values() if w["model_name"] == model]
+
+
+def loss_steps(output):
+    with open(output / "logs" / "loss.csv", newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.ipynb"))}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """All notebooks in order; what the tests look at, with the state between the two training runs."""
+    tmp = tmp_path_factory.mktemp("notebooks")
+    before = digest(NOTEBOOKS)
+    # One thread per kernel: tiny models gain nothing from more, and on a busy machine
+    # oversubscribed threads make a step many times slower.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITE_CONTROLNET_CACHE": str(tmp / "model-cache"),
+           "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
+    tiny = {"BASE_MODEL": "tiny", "QUICK": True, "DATA_DIR": str(tmp / "data"), "OUTPUT_DIR": str(tmp / "run")}
+    result = {"output": tmp / "run", "unchanged": None}
+    seconds = {}
+    for name in ORDER:
+        if name == "02_train":  # a run cut off after 3 steps (as by a disconnect), then Run all again
+            started = time.perf_counter()
+            result["02_train:cut"] = execute(name, {**tiny, "MAX_STEPS": 3}, tmp, env)
+            seconds["02_train (cut)"] = time.perf_counter() - started
+            result["after_cut"] = (loss_steps(tmp / "run"), [c.step for c in list_checkpoints(tmp / "run")])
+        started = time.perf_counter()
+        result[name] = execute(name, tiny, tmp, env)
+        seconds[name] = time.perf_counter() - started
+    result["unchanged"] = digest(NOTEBOOKS) == before
+    print("notebook seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in seconds.items()))  # shown with -s
+    return result
+
+
+def test_setup_shows_the_device_and_the_plan(runs):
+    text = stream_text(runs["00_setup"])
+    assert "Not Colab" in text and "DeviceInfo(kind=" in text
+    assert "batch per step" in text and "precision" in text  # the plan table
+
+
+def test_data_is_made_previewed_and_cached(runs):
+    output = runs["output"]
+    nb = runs["01_data"]
+    assert outputs_of(nb, "image/png"), "the preview of pairs is shown"
+    assert "32 latents" in stream_text(nb)
+    assert any((output / "cache").iterdir())
+
+
+def test_train_resumes_after_a_cut_with_no_edit(runs):
+    output = runs["output"]
+    steps_after_cut, checkpoints_after_cut = runs["after_cut"]
+    assert steps_after_cut == [1, 2, 3] and checkpoints_after_cut[0] == 3
+    text = stream_text(runs["02_train"])
+    assert re.search(r"Resumed from .*step-00000003 at step 3", text), text[-2000:]
+    assert loss_steps(output) == list(range(1, 17))  # 2 epochs of 8 steps, each step once
+    assert list_checkpoints(output) and (output / "final" / "config.json").is_file()
+    assert sorted(p.name for p in (output / "samples").glob("epoch-*.png")) == [
+        "epoch-000.png", "epoch-001.png", "epoch-002.png"]
+    # the epoch viewer, displayed, ends on the last epoch with all three grids to choose from
+    sliders = [state for state in widget_states(runs["02_train"], "IntSliderModel") if state["description"] == "epoch"]
+    assert [(s["min"], s["max"], s["value"]) for s in sliders] == [(0, 2, 2)]
+    labels = [state["value"] for state in widget_states(runs["02_train"], "HTMLModel")]
+    assert "epoch 2 of 2 &middot; step 16 &middot; epoch-002.png" in labels
+
+
+def test_compare_prints_the_table_for_both_modules(runs):
+    nb = runs["03_compare"]
+    text = stream_text(nb)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| module | parameters | train s/step |")
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| lite", "| controlnet"]
+    assert len(outputs_of(nb, "image/png")) >= 2  # the bar plots and the sample grid
+    for kind in ("lite", "controlnet"):
+        assert (runs["output"] / "compare" / kind / "final" / "config.json").is_file()
+
+
+def test_sample_shows_the_panel_an_image_and_a_strip(runs):
+    nb = runs["04_sample"]
+    assert "Control module: " + str(runs["output"] / "final") in stream_text(nb)
+    assert outputs_of(nb, "application/vnd.jupyter.widget-view+json")
+    images = outputs_of(nb, "image/png")
+    assert len(images) == 2  # panel.generate() and the strength strip
+
+
+def test_running_leaves_the_committed_notebooks_unchanged(runs):
+    assert runs["unchanged"]
+
+
+# -- the notebooks as committed (no kernel needed) --------------------------------------------
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_is_committed_clean_with_title_badge_and_parameters(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "outputs must be stripped before commit"
+    title = nb.cells[0]
+    assert title.cell_type == "markdown" and title.source.startswith(f"# {name[:2]} ")
+    badge = re.search(r"\(https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/notebooks/([^)]+)\)",
+                      title.source)
+    assert badge and badge.group(2) == f"{name}.ipynb"
+    assert len([line for line in title.source.splitlines() if line.strip()]) == 3  # title, badge, one line
+    parameters = nb.cells[parameters_index(nb)].source
+    defined = set(re.findall(r"^([A-Z_0-9]+) = ", parameters, flags=re.MULTILINE))
+    assert set(REQUIRED_PARAMETERS) <= defined
+    assert 'BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"' in parameters and "QUICK = False" in parameters
+
+
+def test_notebooks_name_the_repository_of_the_readme():
+    # The repository address lives in README.md; the badges and install cells must follow it.
+    readme = (ROOT / "README.md").read_text()
+    found = set(re.findall(r"https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/", readme))
+    assert len(found) == 1, f"README.md's Colab links should name one repository, found {sorted(found)}"
+    repo = found.pop()
+    assert f"https://github.com/{repo}" in readme
+    for name in ORDER:
+        text = json.dumps(read(name))
+        assert BADGE.format(repo=repo, name=name) in text
+        assert f'REPO_URL = \\"https://github.com/{repo}\\"' in text
