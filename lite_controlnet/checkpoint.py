@@ -21,6 +21,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -187,13 +188,17 @@ class RunLock:
     """A lock file in the output folder, refreshed while training.
 
     A lock counts as stale (and is taken over) when its process is gone from this machine, or
-    when it has not been refreshed for `stale_after` seconds (a runtime that disconnected).
+    when it has not been refreshed for `stale_after` seconds (a runtime that disconnected). A
+    live holder refreshes it every `heartbeat` seconds.
     """
 
-    def __init__(self, output: str | Path, stale_after: float = 180.0):
+    def __init__(self, output: str | Path, stale_after: float = 90.0, heartbeat: float = 20.0):
         self.path = Path(output) / ".lock"
         self.stale_after = stale_after
+        self.heartbeat = heartbeat
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -218,7 +223,19 @@ class RunLock:
                 warnings.warn(f"Taking over the stale lock of host {held.get('host')} pid {held.get('pid')} "
                               f"(last active {age:.0f} s ago).", stacklevel=2)
         self.refresh()
+        # Refreshed from a thread, so that long phases (building the cache, sampling a grid)
+        # never look like a dead runtime. It only writes this small file.
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="lite-controlnet-lock", daemon=True)
+        self._thread.start()
         return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                self.refresh()
+            except OSError:  # Drive hiccups: the next beat tries again
+                pass
 
     def refresh(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +244,10 @@ class RunLock:
         os.replace(partial, self.path)
 
     def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         held = self._read()
         if held and {k: held.get(k) for k in self.owner} == self.owner:
             self.path.unlink(missing_ok=True)

@@ -54,7 +54,6 @@ class TrainConfig:
     cache_dir: str | None = None  # latent/text cache; None: <output>/cache
     num_workers: int = 2  # data loader processes
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
@@ -65,7 +64,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {PRECISIONS}")
         for name in ("resolution", "epochs", "batch_size", "checkpoint_every", "keep_checkpoints",
-                     "num_validation", "validation_steps", "max_nonfinite", "log_every"):
+                     "num_validation", "validation_steps", "max_nonfinite"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a whole number >= 1")
         for name in ("max_steps", "micro_batch", "validation_every"):

@@ -396,10 +396,10 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        self.setup()
         cfg, acc = self.cfg, self.accelerator
-        lock = RunLock(self.output).acquire() if self.main else None
+        lock = RunLock(self.output).acquire() if self.main else None  # before the cache is built
         try:
+            self.setup()
             if self.main:
                 (self.output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             log = LossLog(self.output)
@@ -413,7 +413,7 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control}", dynamic_ncols=True)
             while self.global_step < self.total_steps:
-                self._run_epoch(bar, log, lock)
+                self._run_epoch(bar, log)
             bar.close()
             if self.main and not any(c.step == self.global_step for c in list_checkpoints(self.output)):
                 self._save()
@@ -430,7 +430,7 @@ class Trainer:
             if lock:
                 lock.release()
 
-    def _run_epoch(self, bar: tqdm, log: LossLog, lock: RunLock | None) -> None:
+    def _run_epoch(self, bar: tqdm, log: LossLog) -> None:
         cfg, share = self.cfg, self.share
         order = epoch_permutation(len(self.dataset), cfg.seed, self.epoch)
         first = self.step_in_epoch
@@ -455,8 +455,6 @@ class Trainer:
                 if torch.cuda.is_available():
                     postfix["VRAM"] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
                 bar.set_postfix(postfix)
-                if lock and self.global_step % cfg.log_every == 0:
-                    lock.refresh()
             due = (self.global_step % cfg.checkpoint_every == 0
                    or time.monotonic() - self.last_save >= 60 * cfg.checkpoint_minutes
                    or epoch_done or self.global_step == self.total_steps)

@@ -174,15 +174,17 @@ def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
     finally:
         other.kill()
         other.wait()
+    lock.release()
+    lock.path.write_text(json.dumps({**held, "pid": other.pid}))
     with pytest.warns(UserWarning, match="stale lock"):
-        RunLock(tmp_path).acquire()  # its process is gone: taken over
+        RunLock(tmp_path).acquire().release()  # its process is gone: taken over
     # a lock from another machine counts until it has been silent for stale_after seconds
     lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time()}))
     with pytest.raises(RunLockedError, match="expires in"):
         RunLock(tmp_path).acquire()
     lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time() - 1000}))
     with pytest.warns(UserWarning, match="stale lock"):
-        RunLock(tmp_path).acquire()
+        RunLock(tmp_path).acquire().release()
 
 
 def test_cache_is_built_once_and_reused(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
@@ -274,3 +276,14 @@ def test_colab_helpers_fall_back_to_local_folders(tmp_path, fill50k_small):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         copy_to_local(tmp_path / "missing.zip", tmp_path / "other")
     shutil.rmtree(tmp_path / "local")
+
+
+def test_lock_heartbeat_keeps_a_long_phase_alive(tmp_path):
+    lock = RunLock(tmp_path, stale_after=0.6, heartbeat=0.1).acquire()
+    try:
+        time.sleep(1.0)  # longer than stale_after: only the heartbeat keeps it fresh
+        held = json.loads(lock.path.read_text())
+        assert time.time() - held["heartbeat"] < 0.6
+    finally:
+        lock.release()
+    assert not lock.path.exists()
