@@ -257,3 +257,10 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def latest_control(output: str | Path) -> Path | None:
+    """The newest trained control module of a run: `<output>/final`, else the newest
+    published checkpoint's `control/`; None if there is none yet."""
+    candidates = [Path(output) / "final"] + [c.path / "control" for c in list_checkpoints(output)]
+    return next((folder for folder in candidates if (folder / "config.json").is_file()), None)

@@ -79,3 +79,17 @@ def _dataset_root(folder: Path) -> Path:
         if any((child / name).is_file() for name in MANIFEST_NAMES):
             return child
     raise FileNotFoundError(f"No prompt.json, metadata.jsonl or train.jsonl in {folder} or its subfolders.")
+
+
+def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: int = 50_000, size: int = 512) -> Path:
+    """The Fill50k to train on, on local disk: the real one copied from `real` (a folder or
+    .zip), else the synthetic one, made once. Safe to call again after a disconnect wiped the
+    local disk: the synthetic set is deterministic, so caches built from it stay valid."""
+    if real:
+        return copy_to_local(real, data_dir)
+    data_dir = Path(data_dir)
+    if (data_dir / "prompt.json").is_file():
+        return data_dir
+    from .fill50k import make_fill50k
+
+    return make_fill50k(data_dir, num=num, size=size)

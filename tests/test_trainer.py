@@ -287,3 +287,20 @@ def test_lock_heartbeat_keeps_a_long_phase_alive(tmp_path):
     finally:
         lock.release()
     assert not lock.path.exists()
+
+
+def test_latest_control_and_prepare_fill50k(tiny_base_dir, fill50k_small, tmp_path):
+    from lite_controlnet.checkpoint import latest_control
+    from lite_controlnet.colab import prepare_fill50k
+
+    assert latest_control(tmp_path / "run") is None
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=2, checkpoint_every=1), progress=False)
+    assert latest_control(tmp_path / "run") == tmp_path / "run" / "final"
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "final")
+    assert latest_control(tmp_path / "run") == list_checkpoints(tmp_path / "run")[0].path / "control"
+    made = prepare_fill50k(tmp_path / "data", num=8, size=32)
+    manifest = (made / "prompt.json").read_text()
+    assert prepare_fill50k(tmp_path / "data", num=8, size=32) == made  # reused, not rewritten
+    assert (made / "prompt.json").read_text() == manifest
