@@ -4,6 +4,9 @@ Real use passes a Hugging Face Hub id (default SD1.5) or a local folder in the d
 layout. `"tiny"` builds a small random stand-in (see `tiny_base.py`) once and loads it
 through the same code path, so tests and demos run offline.
 
+`"proxy"` is the small pixel-space base the package ships (see `proxy_base.py`): trained on
+synthetic Fill50k, it draws a disk in the prompt's colours, so learning can be judged offline.
+
 A base may have no VAE (a `vae/` folder is absent, or `model_index.json` lists it as null):
 it then works in pixel space, encode and decode are the identity, and `vae_scale_factor` is 1.
 """
@@ -24,6 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_BASE = "tiny"
+PROXY_BASE = "proxy"
 
 
 class BaseModelError(OSError):
@@ -67,7 +71,14 @@ def cache_dir() -> Path:
 
 
 def resolve_base(base: str | Path) -> str:
-    """Turn the aliases ("tiny") into a folder; pass hub ids and folders through."""
+    """Turn the aliases ("tiny", "proxy") into a folder; pass hub ids and folders through."""
+    if str(base) == PROXY_BASE:
+        from .proxy_base import PROXY_BASE_DIR
+
+        if not (PROXY_BASE_DIR / "model_index.json").is_file():
+            raise BaseModelError(f"The proxy base is not in this install ({PROXY_BASE_DIR}); train one with "
+                                 "`python -m lite_controlnet make-proxy-base DIR` and pass --base DIR.")
+        return str(PROXY_BASE_DIR)
     if str(base) == TINY_BASE:
         from .tiny_base import make_tiny_base
 
@@ -97,7 +108,7 @@ def load_base(
 
     Args:
         base: a hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"), a local folder in
-            the diffusers layout, or "tiny" for the offline test model.
+            the diffusers layout, "proxy" (the shipped pixel-space base) or "tiny" (random, for tests).
         torch_dtype: dtype of the networks (e.g. torch.float16 on a GPU).
         device: where to put the networks.
         load_kwargs: passed to every `from_pretrained` (e.g. `revision`, `variant`, `cache_dir`).

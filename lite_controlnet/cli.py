@@ -105,6 +105,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"Wrote {report_path} and {grid_path}")
 
 
+def _make_proxy_base(args: argparse.Namespace) -> None:
+    from .proxy_base import main as proxy_main
+
+    proxy_main(args.args[1:] if args.args[:1] == ["--"] else args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lite_controlnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,8 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_make_tiny_base)
 
+    p = commands.add_parser("make-proxy-base", add_help=False,
+                            help="train the small pixel-space base used offline (OUT [--steps N] [--threads T])")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_make_proxy_base)
+
     p = commands.add_parser("sample", help="generate an image from a prompt and a control image")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: base alone)")
     p.add_argument("--image", default=None, help="control image (e.g. a Fill50k source/N.png)")
     p.add_argument("--prompt", required=True)
@@ -145,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = commands.add_parser("evaluate", help="sample held-out Fill50k pairs and score disk IoU, colours, edges")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     p.add_argument("--data", required=True, help="held-out pairs (e.g. make-fill50k data/heldout --seed 1)")
     p.add_argument("--num", type=int, default=64)
@@ -170,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["make-proxy-base"]:  # its own parser, flags and --help included
+        argv = ["make-proxy-base", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

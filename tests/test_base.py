@@ -58,3 +58,14 @@ def test_base_without_vae_works_in_pixel_space(tiny_base_dir, tmp_path):
 def test_dtype_is_applied(tiny_base_dir):
     models = load_base(tiny_base_dir, torch_dtype=torch.float16)
     assert models.unet.dtype == torch.float16 and models.text_encoder.dtype == torch.float16
+
+
+def test_cli_make_proxy_base_help_does_not_train(capsys, tmp_path, monkeypatch):
+    from lite_controlnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["make-proxy-base", "--help"])
+    assert info.value.code == 0
+    assert "out_dir" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # nothing was written
