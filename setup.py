@@ -14,6 +14,8 @@ setup(
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["lite_controlnet", "lite_controlnet.*"]),
+    # the shipped proxy base (a few MB of safetensors): --base proxy works offline
+    package_data={"lite_controlnet": ["assets/proxy-base/*", "assets/proxy-base/*/*"]},
     python_requires=">=3.10",
     # torch is required but never pinned upward: install it first (Colab has it already);
     # a lower bound that any recent install satisfies keeps pip from replacing it.
