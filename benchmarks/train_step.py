@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 
@@ -22,15 +21,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, UNet2DConditionModel
 
+from lite_controlnet.compare import PeakMemory
 from lite_controlnet.controls import build_control, control_residuals
 from lite_controlnet.model import unet_residual_layout
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG, random_model
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def sync(device: torch.device) -> None:
@@ -62,7 +56,7 @@ def main() -> None:
     unet.to(device, dtype)
     params = [p for p in control.parameters()] if control is not None else []
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
-    base_memory = peak_bytes(device)
+    resident = torch.cuda.memory_allocated() if device.type == "cuda" else None
 
     # 2. a batch as the trainer sees it: cached latents, text embeddings, control images
     b, size = args.batch, args.resolution // 8
@@ -75,6 +69,8 @@ def main() -> None:
     channels, levels, mid = unet_residual_layout(SD15_UNET_CONFIG)
 
     times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    peak = PeakMemory()  # the steps' peak (GPU allocated, or RSS reset after the models were built)
+    peak.__enter__()
     for step in range(args.steps + 1):
         sync(device)
         t0 = time.perf_counter()
@@ -106,6 +102,7 @@ def main() -> None:
             times["forward"].append(t1 - t0)
             times["backward"].append(t2 - t1)
             times["optimizer"].append(t3 - t2)
+    peak.__exit__(None, None, None)
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "variant": args.variant, "batch": b, "resolution": args.resolution, "dtype": args.dtype,
@@ -113,7 +110,7 @@ def main() -> None:
         "trainable_params": sum(p.numel() for p in params),
         **{f"{k}_s": round(v, 4) for k, v in medians.items()},
         "step_s": round(sum(medians.values()), 4),
-        "peak_memory_bytes": peak_bytes(device), "memory_before_step_bytes": base_memory,
+        "peak_memory_bytes": peak.bytes, "peak_memory_kind": peak.kind, "model_memory_bytes": resident,
     }))
 
 
