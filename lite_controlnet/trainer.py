@@ -162,10 +162,9 @@ class Trainer:
                 plan = saved
             else:
                 self._log(f"The device changed ({saved.device_name} -> {self.info.name}): planning again.")
-        self.precision = plan.precision if plan else None
-        # 2. the frozen base, in the training precision
-        precision = self.precision or choose_precision(self.info, cfg.precision)[0]
-        self.weight_dtype = DTYPES[precision]
+        # 2. the frozen base, in the training precision (the probe below trains in it too)
+        self.precision = plan.precision if plan else choose_precision(self.info, cfg.precision)[0]
+        self.weight_dtype = DTYPES[self.precision]
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
         # 3. data and cache (the main process encodes; the others wait, then read)
@@ -282,14 +281,16 @@ class Trainer:
                         mid_block_additional_residual=residuals.mid.to(self.weight_dtype))[0]
         return F.mse_loss(pred.float(), target.float())
 
-    def _optimizer_step(self, step: int, indices: list[int], controls: torch.Tensor) -> float:
-        """Forward/backward over micro-batches, then one update. Returns the mean loss (NaN if skipped)."""
+    def _optimizer_step(self, step: int, indices: list[int], controls: torch.Tensor, lr: float | None = None) -> float:
+        """Forward/backward over micro-batches, then one update (at `lr`, else the schedule's).
+
+        Returns the mean loss (NaN if the update was skipped)."""
         micro, count = self.plan.micro_batch, len(indices)
         latents = self.cache.latent_batch(indices)
         noise, timesteps, drop = self._draws(step, count, tuple(latents.shape[1:]))
         text = self.cache.text_batch(indices, self.base, drop)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, self.cfg.lr, self.cfg.lr_warmup_steps)
+            group["lr"] = lr_at(step, self.cfg.lr, self.cfg.lr_warmup_steps) if lr is None else lr
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for start in range(0, count, micro):
@@ -318,21 +319,21 @@ class Trainer:
 
     def _probe(self, micro: int, checkpointing: bool, eight_bit: bool) -> int:
         """Peak reserved GPU memory of two training steps at `micro`, plus a validation-sized UNet call."""
-        self.plan = HardwarePlan(self.info.kind, self.info.name, self.precision or "fp16", micro, 1,
+        self.plan = HardwarePlan(self.info.kind, self.info.name, self.precision, micro, 1,
                                  gradient_checkpointing=checkpointing, use_8bit_adam=eight_bit)
         if checkpointing:
             self.base.unet.enable_gradient_checkpointing()
         else:
             self.base.unet.disable_gradient_checkpointing()
         self.control_ddp = self.control
-        self.optimizer = self._make_optimizer(eight_bit, lr=0.0)  # lr 0: the probe leaves the weights alone
+        self.optimizer = self._make_optimizer(eight_bit, lr=0.0)
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
         torch.cuda.reset_peak_memory_stats()
         try:
             indices = list(range(micro))
             controls = torch.stack([self.dataset.control_image(i) for i in indices])
             for step in range(2):
-                self._optimizer_step(step, indices, controls)
+                self._optimizer_step(step, indices, controls, lr=0.0)  # lr 0: the weights stay as they are
             with torch.no_grad(), self._autocast():  # validation with guidance: twice the batch
                 k = 2 * min(self.cfg.num_validation, len(self.dataset))
                 latents = self.cache.latent_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
@@ -340,6 +341,7 @@ class Trainer:
                 self.base.unet(latents, torch.full((k,), 500, device=latents.device), encoder_hidden_states=text)
             return torch.cuda.max_memory_reserved()
         finally:
+            self.control.zero_grad(set_to_none=True)  # an out-of-memory step leaves gradients behind
             del self.optimizer
             gc.collect()
             torch.cuda.empty_cache()

@@ -304,3 +304,16 @@ def test_latest_control_and_prepare_fill50k(tiny_base_dir, fill50k_small, tmp_pa
     manifest = (made / "prompt.json").read_text()
     assert prepare_fill50k(tmp_path / "data", num=8, size=32) == made  # reused, not rewritten
     assert (made / "prompt.json").read_text() == manifest
+
+
+def test_probe_runs_real_steps_and_leaves_the_weights_alone(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
+    # The probe is GPU code; its memory counters are stubbed here so its steps run on the CPU.
+    trainer = Trainer(config(tiny_base_dir, fill50k_small, tmp_path), progress=False)
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.control.state_dict().items()}
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: 123)
+    assert trainer._probe(2, False, False) == 123
+    assert all(p.grad is None for p in trainer.control.parameters())
+    assert_same_weights(before, trainer.control.state_dict())
