@@ -1,0 +1,49 @@
+"""The one end-to-end learning test: on the shipped proxy base (which draws a disk where it
+likes), a few hundred steps of Lite training must move the disk to where the control says.
+
+Scored with the one-step probe on held-out pairs (noised to t=800, predicted in one UNet call):
+steadier than full sampling this early. A shuffled control (each sample given another's
+outline) must not help, which separates following the control from drawing any disk.
+Measured on this 2-core machine with the shipped base (seeds 0 and 1 of the module; the data
+and probe are fixed): one-step disk IoU 0.614 without control, 0.666 with the trained module,
+0.614 with shuffled controls; edge F1 0.495, 0.616-0.639 and 0.451-0.469. The thresholds below
+leave about half of each gap as margin.
+"""
+
+import pytest
+
+from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control, make_fill50k, train
+from lite_controlnet.evaluate import one_step_scores
+
+STEPS = 200
+# The small module needs a larger step than the 1e-4 default: at 1e-4 these 200 steps move
+# the one-step IoU by less than 0.005; at 1e-3 by about 0.04 (edge F1 by about 0.1).
+LEARNING_RATE = 1e-3
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learning")
+    data = make_fill50k(root / "train", num=STEPS * 16, size=32, seed=0, progress=False)
+    heldout = PairedDataset(make_fill50k(root / "heldout", num=64, size=32, seed=1, progress=False), resolution=32)
+    final = train(TrainConfig(data=str(data), output=str(root / "run"), base="proxy", resolution=32, batch_size=16,
+                              epochs=1, max_steps=STEPS, learning_rate=LEARNING_RATE, num_workers=0,
+                              num_validation=1, validation_steps=1, seed=SEED), progress=False)
+    base, control = load_base("proxy"), load_control(final).eval()
+    indices = list(range(len(heldout)))
+    return {
+        "none": one_step_scores(base, None, heldout, indices, timestep=800, seed=1),
+        "lite": one_step_scores(base, control, heldout, indices, timestep=800, seed=1),
+        "shuffled": one_step_scores(base, control, heldout, indices, timestep=800, seed=1, shuffle=True),
+    }
+
+
+def test_trained_lite_places_the_disk_better_than_no_control(scores):
+    assert scores["lite"]["disk_iou"] >= scores["none"]["disk_iou"] + 0.02, scores
+    assert scores["lite"]["edge_f1"] >= scores["none"]["edge_f1"] + 0.05, scores
+
+
+def test_a_shuffled_control_does_not_help(scores):
+    assert scores["shuffled"]["disk_iou"] <= scores["none"]["disk_iou"] + 0.01, scores
+    assert scores["shuffled"]["edge_f1"] <= scores["none"]["edge_f1"], scores
