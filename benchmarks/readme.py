@@ -31,7 +31,79 @@ def fill50k_block() -> str:
             f"{r['cpu']} machine, {r['date'][:10]} (`python benchmarks/fill50k_speed.py`).")
 
 
-BLOCKS = {"params": params_block, "fill50k": fill50k_block}
+def _missing(what: str, command: str) -> str:
+    return f"Not measured yet: run `{command}` ({what})."
+
+
+def benchmarks_block() -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    runs = [r for r in runs if "sampling" in r and "summary" in r]
+    if not runs:
+        return _missing("speed and memory", "python benchmarks/run.py")
+    lines = []
+    for r in runs:
+        m, st = r["machine"], r["settings"]
+        lines.append(f"**{m['name']}** ({st['dtype']}, {st['resolution']} px, {m['threads']} thread(s), {m['date']}; "
+                     "random weights, real SD1.5 architecture):")
+        lines += [f"- {line}" for line in r["summary"]]
+    gpu = any(r["settings"]["device"].startswith("cuda") for r in runs)
+    if not gpu:
+        lines.append("- GPU (512 px, fp16, and the T4 question at a 15 GiB cap): not measured yet, no GPU was available; "
+                     "`python benchmarks/run.py --device cuda --resolution 512 --dtype fp16` measures it.")
+    return "\n".join(lines) + "\n\nFull tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."
+
+
+def fidelity_block() -> str:
+    files = sorted(RESULTS.glob("fidelity-*.json"))
+    if not files:
+        return _missing("fidelity at equal budget", "python benchmarks/fidelity.py")
+    lines = []
+    for path in files:
+        r = json.loads(path.read_text())
+        s, st = r["summary"], r["settings"]
+        eq = s["one_step_iou_at_equal_wall_clock"]
+        reach = s["reach_90pct_of_final_one_step_iou"]
+        last = {k: r["curves"][k][-1] for k in ("lite", "controlnet")}
+        sampled = {k: last[k].get("sampling", {}).get("disk_iou") for k in last}
+        lines += [
+            f"On **{st['base_name']}** ({r['machine']}, {r['date']}; {st['steps']} steps at batch {st['batch_size']}, "
+            f"{st['resolution']} px; one-step probe at t={st['timestep']} on {st['heldout']} held-out pairs):",
+            "",
+            "| | no control | Lite | ControlNet |",
+            "|---|---:|---:|---:|",
+            f"| one-step disk IoU, final | {s['text_only_one_step_iou']:.3f} | {last['lite']['one_step_iou']:.3f} | "
+            f"{last['controlnet']['one_step_iou']:.3f} |",
+            f"| ... with shuffled controls (must not help) | | {last['lite']['one_step_shuffled_iou']:.3f} | "
+            f"{last['controlnet']['one_step_shuffled_iou']:.3f} |",
+            f"| ... with empty prompts | {s['text_only_no_prompt_one_step_iou']:.3f} | "
+            f"{s['no_prompt_one_step_iou']['lite']:.3f} | {s['no_prompt_one_step_iou']['controlnet']:.3f} |",
+            f"| sampled disk IoU ({st['sample_num']} samples, {st['sample_steps']} steps) | "
+            f"{r['text_only']['sampling']['disk_iou']:.3f} | {sampled['lite'] or float('nan'):.3f} | "
+            f"{sampled['controlnet'] or float('nan'):.3f} |",
+            f"| training seconds | | {last['lite']['seconds']:.0f} | {last['controlnet']['seconds']:.0f} |",
+            f"| reaches 90% of its final one-step IoU at | | step {reach['lite']['step']} ({reach['lite']['seconds']:.0f} s) | "
+            f"step {reach['controlnet']['step']} ({reach['controlnet']['seconds']:.0f} s) |",
+            "",
+            f"At equal wall-clock ({s['equal_wall_clock_seconds']:.0f} s of training) Lite's one-step IoU is "
+            f"{eq['lite']:.3f} against ControlNet's {eq['controlnet']:.3f}: Lite "
+            f"{'reaches' if s['lite_reaches_90pct_of_controlnet_at_equal_wall_clock'] else 'does not reach'} 90% of "
+            f"ControlNet's. Curves: `{path.with_suffix('.png').relative_to(ROOT)}`.",
+            "",
+            f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})",
+            "",
+        ]
+    return "\n".join(lines).rstrip()
+
+
+def proxy_block() -> str:
+    path = RESULTS / "proxy_base.json"
+    if not path.is_file():
+        return _missing("the proxy base's own scores", "python benchmarks/proxy_base_eval.py")
+    return "```\n" + json.dumps(json.loads(path.read_text()), indent=1)[:1500] + "\n```"
+
+
+BLOCKS = {"params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
+          "fidelity": fidelity_block, "proxy": proxy_block}
 
 
 def main() -> None:
