@@ -115,12 +115,13 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
 
 
 def test_missing_metrics_are_reported(monkeypatch):
+    import lite_controlnet
+
     monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", None)  # import fails
+    monkeypatch.delattr(lite_controlnet, "metrics", raising=False)  # even when another test imported it
     metrics, why = load_metrics()
     assert metrics is None and "lite_controlnet.metrics" in why and "fill50k_scores" in why
     monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", SimpleNamespace(fill50k_scores=len))
-    import lite_controlnet
-
     monkeypatch.setattr(lite_controlnet, "metrics", sys.modules["lite_controlnet.metrics"], raising=False)
     metrics, why = load_metrics()
     assert metrics is None and "aggregate_scores" in why
