@@ -27,20 +27,32 @@ def _make_tiny_base(args: argparse.Namespace) -> None:
     print(f"Wrote a tiny random SD stack to {out}")
 
 
-def _sample(args: argparse.Namespace) -> None:
-    import PIL.Image
+def _new_output(args: argparse.Namespace) -> Path:
+    """`--out`, refused if it exists and `--overwrite` was not given: outputs are never replaced silently."""
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    return out
+
+
+def _pipeline(args: argparse.Namespace, **kwargs):
+    """The pipeline of `--base` and `--control-model` on `--device` (fp16 on CUDA)."""
     import torch
 
     from .pipeline import LiteControlNetPipeline
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = LiteControlNetPipeline.from_base(
-        args.base, controlnet=args.control_model, scheduler=args.scheduler, torch_dtype=dtype, device=device
-    )
+    return LiteControlNetPipeline.from_base(args.base, controlnet=args.control_model, torch_dtype=dtype,
+                                            device=device, **kwargs)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import PIL.Image
+    import torch
+
+    out = _new_output(args)
+    pipe = _pipeline(args, scheduler=args.scheduler)
     image = None
     if args.image:
         try:
@@ -73,18 +85,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import torch
 
     from .data import PairedDataset
     from .evaluate import evaluate, native_resolution, one_step_scores, write_report
-    from .pipeline import LiteControlNetPipeline
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = LiteControlNetPipeline.from_base(args.base, controlnet=args.control_model, torch_dtype=dtype, device=device)
+    out = _new_output(args)
+    pipe = _pipeline(args)
     pipe.set_progress_bar_config(disable=True)
     base = pipe.base_models()
     dataset = PairedDataset(args.data, resolution=args.resolution or native_resolution(base))
