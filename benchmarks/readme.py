@@ -99,7 +99,18 @@ def proxy_block() -> str:
     path = RESULTS / "proxy_base.json"
     if not path.is_file():
         return _missing("the proxy base's own scores", "python benchmarks/proxy_base_eval.py")
-    return "```\n" + json.dumps(json.loads(path.read_text()), indent=1)[:1500] + "\n```"
+    r = json.loads(path.read_text())
+    t = r["training"]
+    lines = [f"{t['steps_done']:,} training steps in {t['train_seconds'] / 60:.0f} min on {t['torch_threads']} CPU "
+             f"thread(s) ({r['machine']['cpu']}); {r['evaluations'][0]['samples']} held-out prompts, colour errors "
+             "(CIEDE2000) against the real prompt's colours (`python benchmarks/proxy_base_eval.py`):", "",
+             "| sampler | prompt | one disk | disk colour error | background colour error |", "|---|---|---:|---:|---:|"]
+    for ev in r["evaluations"]:
+        for name in ("real", "shuffled", "empty"):
+            e = ev[name]
+            lines.append(f"| {ev['sampler']} | {name} | {e['one_disk_share']:.0%} | {e['circle_colour_error']:.1f} | "
+                         f"{e['background_colour_error']:.1f} |")
+    return "\n".join(lines)
 
 
 BLOCKS = {"params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,

@@ -89,9 +89,9 @@ def test_shipped_weights_draw_one_disk_in_the_prompts_colours():
         images[name] = pipe(used, num_inference_steps=10, guidance_scale=3.0, latents=noise.clone(),
                             output_type="np").images
     disks = [segment_disk(image) for image in images["real"]]
-    assert sum(count_disks(image, disk) == 1 for image, disk in zip(images["real"], disks)) >= 10
+    assert sum(count_disks(image, disk) == 1 for image, disk in zip(images["real"], disks)) >= 12
 
     def background_error(name):
         return np.mean([colour_errors(image, prompt)[1] for image, prompt in zip(images[name], prompts)])
 
-    assert background_error("real") < 0.7 * background_error("shuffled")
+    assert background_error("real") < 0.3 * background_error("shuffled")
