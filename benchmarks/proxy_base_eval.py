@@ -105,10 +105,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     report = {"benchmark": "proxy_base_eval", "base": str(args.base)}
+    report["evaluations"] = [evaluate(args.base, args.num, args.steps, g) for g in args.guidance]
     training = Path(args.base) / "training.json"
     if training.is_file():
         report["training"] = json.loads(training.read_text())
-    report["evaluations"] = [evaluate(args.base, args.num, args.steps, g) for g in args.guidance]
     report["machine"] = machine()
     report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     text = json.dumps(report, indent=2)

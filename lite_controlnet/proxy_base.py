@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -376,7 +378,8 @@ def make_proxy_base(
 
     def metadata(step: int) -> dict:
         return {"recipe": asdict(recipe), "steps_done": step, "train_seconds": round(time.perf_counter() - started, 1),
-                "torch_threads": torch.get_num_threads(), "data": "render_fill50k_sample, seed 0, in memory"}
+                "torch_threads": torch.get_num_threads(), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+                "data": f"render_fill50k_sample, dataset seed {TRAIN_DATA_SEED}, in memory"}
 
     running = []
     for step in tqdm(range(recipe.steps), desc="proxy base", disable=not progress):
