@@ -68,7 +68,8 @@ def test_killed_run_resumes_to_identical_weights(tiny_base_dir, fill50k_small, t
     assert not (tmp_path / "cut" / "final").exists(), f"the run finished before the kill at step {kill_at}"
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Resumed from" in result.stderr or "Resumed from" in result.stdout or kill_at < 3
+    # a kill at step 3 may land before the first checkpoint (written after step 3's log row)
+    assert "Resumed from" in result.stderr + result.stdout or kill_at <= 3, kill_at
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "cut"))
     # the loss log holds each step once, as in the reference
     assert rows(tmp_path / "cut") == rows(tmp_path / "ref") == 16
