@@ -25,15 +25,10 @@ from .base import BaseModels
 from .controls import control_residuals
 from .data import PairedDataset
 from .grids import table_grid
-from .latents import decode_latents, encode_images, encode_text
+from .latents import decode_latents, encode_images, encode_text, to_pil
 from .metrics import aggregate_scores, fill50k_scores
 
 SCORE_COLUMNS = ("Prompt", "Control", "Target", "Sample")
-
-
-def _to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [PIL.Image.fromarray(a) for a in arrays]
 
 
 def native_resolution(base: BaseModels) -> int:
@@ -112,8 +107,8 @@ def one_step_scores(
         seen = controls.roll(1, dims=0) if shuffle else controls
         prompts = ["" if empty_prompt else it["prompt"] for it in items]
         preds = one_step_predictions(base, control, targets, seen, prompts, timestep, seed + start)
-        for pred, item in zip(_to_pil(preds), items):
-            control_image = _to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0]
+        for pred, item in zip(to_pil(preds), items):
+            control_image = to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0]
             scores.append(fill50k_scores(pred, control_image, None if empty_prompt else item["prompt"]))
     return aggregate_scores(scores)
 
@@ -146,7 +141,7 @@ def evaluate(
     per_sample, scores, rows = [], [], []
     for start in range(0, num, batch_size):
         items = [dataset[i] for i in range(start, min(num, start + batch_size))]
-        controls = [_to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0] for it in items]
+        controls = [to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0] for it in items]
         images = pipe(["" if empty_prompt else it["prompt"] for it in items], controls if pipe.controlnet is not None else None,
                       num_inference_steps=steps, guidance_scale=guidance, controlnet_conditioning_scale=scale,
                       height=dataset.resolution, width=dataset.resolution,
@@ -156,7 +151,7 @@ def evaluate(
             scores.append(score)
             per_sample.append({"index": start + k, "prompt": item["prompt"], **score})
             if len(rows) < 8:
-                rows.append([item["prompt"], control, _to_pil(item["pixel_values"][None])[0], image])
+                rows.append([item["prompt"], control, to_pil(item["pixel_values"][None])[0], image])
     report = {
         "settings": {"num": num, "steps": steps, "seed": seed, "guidance": guidance, "scale": scale,
                      "resolution": dataset.resolution, "data": str(dataset.root), "empty_prompt": empty_prompt,

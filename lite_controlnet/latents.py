@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import PIL.Image
 import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -46,3 +47,9 @@ def decode_latents(vae: AutoencoderKL | None, latents: torch.Tensor, generator: 
     if vae is None:
         return latents
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+
+
+def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
+    """(B, 3, H, W) images in [-1, 1] as PIL images (values outside are clipped)."""
+    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [PIL.Image.fromarray(a) for a in arrays]

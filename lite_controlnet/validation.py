@@ -12,13 +12,8 @@ from .base import BaseModels
 from .cache import TrainingCache
 from .data import PairedDataset
 from .grids import GridRow, make_grid
-from .latents import decode_latents
+from .latents import decode_latents, to_pil
 from .pipeline import LiteControlNetPipeline
-
-
-def _to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [PIL.Image.fromarray(a) for a in images]
 
 
 @torch.no_grad()
@@ -47,7 +42,7 @@ def validation_grid(
     prompts = [item["prompt"] for item in items]
     controls = [item["conditioning_pixel_values"] for item in items]
     latents = cache.latent_batch(indices).to(device=device, dtype=base.unet.dtype)
-    reconstructions = _to_pil(decode_latents(base.vae, latents))
+    reconstructions = to_pil(decode_latents(base.vae, latents))
 
     def generate(use_control: bool) -> list[PIL.Image.Image]:
         generator = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
@@ -56,7 +51,7 @@ def validation_grid(
 
     text_only, samples = generate(False), generate(True)
     rows = [
-        GridRow(p, _to_pil(c[None] * 2 - 1)[0], r, t, s)
+        GridRow(p, to_pil(c[None] * 2 - 1)[0], r, t, s)
         for p, c, r, t, s in zip(prompts, controls, reconstructions, text_only, samples)
     ]
     gc.collect()

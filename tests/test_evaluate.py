@@ -27,10 +27,10 @@ class OraclePipe:
         self.calls = []
 
     def __call__(self, prompts, controls, generator=None, **kwargs):
-        from lite_controlnet.evaluate import _to_pil
+        from lite_controlnet.latents import to_pil
 
         self.calls.append([g.initial_seed() for g in generator])
-        return type("Out", (), {"images": _to_pil(torch.stack([self.by_prompt[p] for p in prompts]))})
+        return type("Out", (), {"images": to_pil(torch.stack([self.by_prompt[p] for p in prompts]))})
 
 
 def test_true_targets_score_as_perfect_and_misplaced_ones_do_not(heldout):
