@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_model
+
 from lite_controlnet.fill50k import fill50k_spec
 from lite_controlnet.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
 from lite_controlnet.pipeline import LiteControlNetPipeline
@@ -36,15 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "proxy_base.json"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 

@@ -37,6 +37,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from machine import cpu_model
+
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline
 from lite_controlnet.sd_configs import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, random_model
 from lite_controlnet.tiny_base import tiny_vocabulary, write_tokenizer_files
@@ -48,17 +50,9 @@ RESULTS = HERE / "results"
 def machine_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name().replace(" ", "-").lower()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
-    return f"cpu-{os.cpu_count()}core-" + "-".join(cpu.lower().split()[:3])
+    return f"cpu-{os.cpu_count()}core-" + "-".join(cpu_model().lower().split()[:3])
 
 
 def sd15_components(device: torch.device, dtype: torch.dtype) -> dict:
