@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,21 +26,14 @@ import diffusers
 import torch
 import transformers
 from diffusers import (
-    AutoencoderKL,
     ControlNetModel,
-    PNDMScheduler,
     StableDiffusionAdapterPipeline,
     T2IAdapter,
-    UNet2DConditionModel,
-    UniPCMultistepScheduler,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
 from machine import cpu_model
+from sd15 import sd15_components
 
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline
-from lite_controlnet.sd_configs import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, random_model
-from lite_controlnet.tiny_base import tiny_vocabulary, write_tokenizer_files
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -53,22 +45,6 @@ def machine_name(device: str) -> str:
     import os
 
     return f"cpu-{os.cpu_count()}core-" + "-".join(cpu_model().lower().split()[:3])
-
-
-def sd15_components(device: torch.device, dtype: torch.dtype) -> dict:
-    folder = Path(tempfile.mkdtemp())
-    write_tokenizer_files(folder, tiny_vocabulary())  # its ids fit CLIP's vocabulary; speed is the same
-    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-    torch.manual_seed(0)
-    return dict(
-        tokenizer=tokenizer,
-        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER_CONFIG)).to(device, dtype).eval(),
-        unet=random_model(UNet2DConditionModel, SD15_UNET_CONFIG).to(device, dtype).eval(),
-        vae=random_model(AutoencoderKL, SD15_VAE_CONFIG).to(device, dtype).eval(),
-        scheduler=UniPCMultistepScheduler.from_config(PNDMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-            skip_prk_steps=True, set_alpha_to_one=False).config),
-    )
 
 
 def sampling(args: argparse.Namespace) -> dict:
@@ -129,7 +105,11 @@ def training(args: argparse.Namespace) -> list[dict]:
                 cmd = [sys.executable, str(HERE / "train_step.py"), "--variant", variant, "--batch", str(batch),
                        "--resolution", str(args.resolution), "--steps", str(args.train_steps),
                        "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.train_timeout)
+                except subprocess.TimeoutExpired:
+                    runs.append({"variant": variant, "batch": batch, "error": f"over {args.train_timeout:.0f} s"})
+                    continue
                 if out.returncode != 0:
                     runs.append({"variant": variant, "batch": batch, "error": out.stderr.strip().splitlines()[-1]})
                     continue
@@ -223,6 +203,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--train-repeats", type=int, default=2)
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--train-timeout", type=float, default=900, help="seconds per training-step process")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = machine_name(args.device)

@@ -111,6 +111,7 @@ def main() -> None:
         **{f"{k}_s": round(v, 4) for k, v in medians.items()},
         "step_s": round(sum(medians.values()), 4),
         "peak_memory_bytes": peak.bytes, "peak_memory_kind": peak.kind, "model_memory_bytes": resident,
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved() if device.type == "cuda" else None,
     }))
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     gradient_checkpointing: bool | None = None  # None: only if needed to fit
     use_8bit_adam: bool | None = None  # None: only if needed to fit (bitsandbytes)
     xformers: bool | None = None  # None: when installed and working
+    max_gpu_memory: float | None = None  # GiB: cap GPU memory and plan for it (15 rehearses a T4)
     seed: int = 0
     checkpoint_every: int = 500  # optimizer steps
     checkpoint_minutes: float = 10.0  # also save this often: Colab disconnects without warning
@@ -79,6 +80,8 @@ class TrainConfig:
             raise bad("learning_rate", "a positive number, or None for the default")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise bad("prompt_dropout", "a share in [0, 1)")
+        if self.max_gpu_memory is not None and not self.max_gpu_memory > 0:
+            raise bad("max_gpu_memory", "a positive number of GiB, or None for the whole GPU")
         if self.checkpoint_minutes <= 0:
             raise bad("checkpoint_minutes", "a positive number of minutes")
         if self.lr_warmup_steps < 0 or self.num_workers < 0:

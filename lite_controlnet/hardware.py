@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -40,14 +40,27 @@ class DeviceInfo:
         return (self.total_memory or 0) / 2**30
 
 
-def detect_device() -> DeviceInfo:
-    """Describe the first GPU if there is one, else Apple MPS, else the CPU."""
+def detect_device(max_gpu_memory: float | None = None) -> DeviceInfo:
+    """Describe the first GPU if there is one, else Apple MPS, else the CPU.
+
+    Args:
+        max_gpu_memory: GiB; cap this process's GPU memory (`torch.cuda.set_per_process_memory_fraction`)
+            and plan for the cap: 15 rehearses a Colab T4 on a larger card. Ignored without a GPU.
+    """
     ram = _system_ram()
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
-        return DeviceInfo("cuda", props.name, (props.major, props.minor), total, free, ram)
+        name = props.name
+        if max_gpu_memory is not None:
+            if not max_gpu_memory > 0:
+                raise ValueError(f"max_gpu_memory={max_gpu_memory!r} GiB is invalid: expected a positive number.")
+            cap = min(int(max_gpu_memory * 2**30), total)
+            torch.cuda.set_per_process_memory_fraction(cap / total, index)
+            total, free = cap, min(free, cap)
+            name = f"{props.name} (capped at {max_gpu_memory:g} GiB)"
+        return DeviceInfo("cuda", name, (props.major, props.minor), total, free, ram)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return DeviceInfo("mps", "Apple MPS", system_ram=ram)
     return DeviceInfo("cpu", f"CPU ({os.cpu_count()} cores)", system_ram=ram)
@@ -189,6 +202,9 @@ def plan_hardware(
                 if (gradient_checkpointing is None or gc == gradient_checkpointing)
                 and (use_8bit_adam is None or adam == use_8bit_adam)] or [(bool(gradient_checkpointing), bool(use_8bit_adam))]
     tried = []
+    if use_8bit_adam is None and not bitsandbytes_available():
+        tried.append("8-bit AdamW: bitsandbytes not installed (pip install bitsandbytes)")
+        settings = [(gc, adam) for gc, adam in settings if not adam] or settings
     for gc, adam in settings:
         for candidate in candidates:
             try:
@@ -211,6 +227,13 @@ def plan_hardware(
         f"Training does not fit on {info.name} ({info.gib:.1f} GiB) even at batch 1. Tried: " + "; ".join(tried)
         + ". Lower --resolution, use --control lite, or a larger GPU."
     )
+
+
+def bitsandbytes_available() -> bool:
+    """Whether 8-bit AdamW can be used (bitsandbytes imports)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def _free_cuda() -> None:

@@ -20,10 +20,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -108,7 +108,7 @@ class Trainer:
                  progress: bool = True, plan: HardwarePlan | None = None):
         self.cfg, self.on_epoch_end, self.progress = cfg, on_epoch_end, progress
         self.output = Path(cfg.output)
-        self.info = detect_device()
+        self.info = detect_device(cfg.max_gpu_memory)
         self.accelerator = Accelerator(cpu=self.info.kind == "cpu")
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes

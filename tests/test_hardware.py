@@ -79,3 +79,40 @@ def test_plan_round_trips_and_keeps_the_effective_batch():
     assert HardwarePlan.from_dict(plan.to_dict()) == plan
     smaller = plan.with_micro_batch(2, "test")
     assert (smaller.micro_batch, smaller.accumulation) == (2, 4)
+
+
+def test_without_bitsandbytes_8bit_adam_is_not_probed(monkeypatch):
+    import lite_controlnet.hardware as hardware
+
+    monkeypatch.setattr(hardware, "bitsandbytes_available", lambda: False)
+    probe = probe_from(100 * GiB)
+    with pytest.raises(RuntimeError, match="bitsandbytes not installed"):
+        plan_hardware(T4, 4, probe=probe)
+    assert probe.calls and not any(eight_bit for _, _, eight_bit in probe.calls)
+    monkeypatch.setattr(hardware, "bitsandbytes_available", lambda: True)
+    probe = probe_from(100 * GiB)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        plan_hardware(T4, 4, probe=probe)
+    assert any(eight_bit for _, _, eight_bit in probe.calls)
+
+
+def test_max_gpu_memory_caps_the_process_and_the_plan(monkeypatch):
+    """A 15 GiB cap on an 80 GiB card: the allocator is capped and the plan sees 15 GiB."""
+    from types import SimpleNamespace
+
+    import lite_controlnet.hardware as hardware
+
+    fractions = []
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda, "get_device_properties", lambda i: SimpleNamespace(name="NVIDIA H100", major=9, minor=0))
+    monkeypatch.setattr(cuda, "mem_get_info", lambda i: (79 * GiB, 80 * GiB))
+    monkeypatch.setattr(cuda, "set_per_process_memory_fraction", lambda f, i: fractions.append((f, i)))
+    info = hardware.detect_device(15)
+    assert fractions == [(15 / 80, 0)]
+    assert (info.total_memory, info.free_memory) == (15 * GiB, 15 * GiB)
+    assert info.name == "NVIDIA H100 (capped at 15 GiB)"
+    assert hardware.detect_device().total_memory == 80 * GiB and len(fractions) == 1
+    with pytest.raises(ValueError, match="max_gpu_memory=0"):
+        hardware.detect_device(0)
