@@ -10,8 +10,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PYTHON:-python3}
 copy() { [ -n "$out" ] && cp "$@" "$out/" 2>/dev/null; true; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee ${out:+"$out/gpu-card.txt"}
-timeout 260 "$PY" benchmarks/t4_cap.py --timeout 120 2>&1 | tee ${out:+"$out/t4_cap.log"}
+timeout 280 "$PY" benchmarks/t4_cap.py --timeout 120 2>&1 | tee ${out:+"$out/t4_cap.log"}
 copy benchmarks/results/t4-cap-*.json
-timeout 260 "$PY" benchmarks/run.py --device cuda --dtype fp16 --resolution 512 --repeats 5 \
+timeout 250 "$PY" benchmarks/run.py --device cuda --dtype fp16 --resolution 512 --repeats 5 \
     --train-repeats 1 --train-steps 5 --train-timeout 60 2>&1 | tee ${out:+"$out/run.log"}
 copy benchmarks/results/nvidia-*.json benchmarks/RESULTS.md
