@@ -202,13 +202,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--train-repeats", type=int, default=2)
-    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--skip-sampling", action="store_true", help="keep the sampling results already in the file")
+    parser.add_argument("--skip-training", action="store_true", help="keep the training results already in the file")
     parser.add_argument("--train-timeout", type=float, default=900, help="seconds per training-step process")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = machine_name(args.device)
     out = RESULTS / f"{name}.json"
-    data = json.loads(out.read_text()) if out.is_file() and args.skip_sampling else {}
+    data = json.loads(out.read_text()) if out.is_file() and (args.skip_sampling or args.skip_training) else {}
     data["machine"] = {
         "name": name, "description": name if args.device.startswith("cuda") else f"{platform.machine()} CPU",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
@@ -217,7 +218,11 @@ def main() -> None:
     data["settings"] = {"dtype": args.dtype, "resolution": args.resolution, "device": args.device}
     if not args.skip_sampling:
         data["sampling"] = sampling(args)
-    data["training"] = training(args)
+    if not args.skip_training:
+        new_rows = training(args)
+        measured = {(r["variant"], r["batch"]) for r in new_rows}
+        rows = [r for r in data.get("training", []) if (r["variant"], r["batch"]) not in measured] + new_rows
+        data["training"] = sorted(rows, key=lambda r: (r["batch"], ["floor", "lite", "controlnet"].index(r["variant"])))
     data["summary"] = summarize(data)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")

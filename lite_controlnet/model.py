@@ -200,7 +200,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
                 f"control image size {height}x{width} must be a multiple of vae_scale_factor="
                 f"{cfg.vae_scale_factor}; resize it, e.g. to 512x512."
             )
-        x = controlnet_cond.to(dtype=self.dtype)
+        x = controlnet_cond.to(dtype=self.dtype).contiguous()  # residuals in the UNet's own layout
 
         # 2. pixel-wise MLP at full resolution
         x = self.pixel_mlp(x)

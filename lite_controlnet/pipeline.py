@@ -137,7 +137,9 @@ class LiteControlNetPipeline(DiffusionPipeline):
         control = self.control_image_processor.preprocess(images, height=height, width=width).to(torch.float32)
         if control.shape[0] == 1 and batch_size > 1:
             control = control.repeat(batch_size, 1, 1, 1)
-        return control.to(device=device, dtype=dtype)
+        # contiguous: the processor's NHWC->NCHW permute would otherwise carry a channels-last
+        # layout into the residuals and through the UNet (slower on a GPU)
+        return control.to(device=device, dtype=dtype).contiguous()
 
     def _default_size(self, image: Any) -> tuple[int, int]:
         first = (image if isinstance(image, list) else [image])[0] if image is not None else None
