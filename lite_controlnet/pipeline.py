@@ -248,7 +248,9 @@ class LiteControlNetPipeline(DiffusionPipeline):
         if "generator" in step_params:
             step_kwargs["generator"] = generator
 
-        # 5. denoise
+        # 5. denoise (a diffusers model's `.dtype` walks all its modules: read it once, not per step)
+        unet_dtype = self.unet.dtype
+        control_dtype = self.controlnet.dtype if use_control else None
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -261,13 +263,13 @@ class LiteControlNetPipeline(DiffusionPipeline):
                     residuals = ControlResiduals(tuple(r * scale for r in cached.down), cached.mid * scale)
                 else:
                     residuals = control_residuals(
-                        self.controlnet, sample=model_input.to(self.controlnet.dtype), timestep=t,
-                        encoder_hidden_states=prompt_embeds.to(self.controlnet.dtype),
+                        self.controlnet, sample=model_input.to(control_dtype), timestep=t,
+                        encoder_hidden_states=prompt_embeds.to(control_dtype),
                         controlnet_cond=control_image, conditioning_scale=scale,
                     )
                 residual_kwargs = {
-                    "down_block_additional_residuals": tuple(r.to(self.unet.dtype) for r in residuals.down),
-                    "mid_block_additional_residual": residuals.mid.to(self.unet.dtype),
+                    "down_block_additional_residuals": tuple(r.to(unet_dtype) for r in residuals.down),
+                    "mid_block_additional_residual": residuals.mid.to(unet_dtype),
                 }
             noise_pred = self.unet(
                 model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False, **residual_kwargs
