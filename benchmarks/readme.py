@@ -46,10 +46,24 @@ def benchmarks_block() -> str:
         lines.append(f"**{m['name']}** ({st['dtype']}, {st['resolution']} px, {m['threads']} thread(s), {m['date']}; "
                      "random weights, real SD1.5 architecture):")
         lines += [f"- {line}" for line in r["summary"]]
-    gpu = any(r["settings"]["device"].startswith("cuda") for r in runs)
-    if not gpu:
-        lines.append("- GPU (512 px, fp16, and the T4 question at a 15 GiB cap): not measured yet, no GPU was available; "
-                     "`python benchmarks/run.py --device cuda --resolution 512 --dtype fp16` measures it.")
+        lines += [f"- Note: {note}" for note in r.get("notes", [])]
+    if not any(r["settings"]["device"].startswith("cuda") for r in runs):
+        lines.append("- GPU (512 px, fp16): not measured yet; `bash benchmarks/gpu_suite.sh` measures it.")
+    if not any(r["settings"]["device"] == "cpu" for r in runs):
+        lines.append("- CPU: not measured yet; `python benchmarks/run.py` measures it (about an hour on 2 cores).")
+    for path in sorted(RESULTS.glob("t4-cap-*.json")):
+        t4 = json.loads(path.read_text())
+        lines.append(f"\n**The T4 question** (`python benchmarks/t4_cap.py`: the real trainer, {t4['card']} capped at "
+                     f"{t4['memory_cap_gib']:g} GiB, {t4['date']}; the hardware plan probes per-step batches "
+                     f"{t4['batch_size']}, {t4['batch_size'] // 2}, ... without memory savers first):")
+        lines += [f"- {line}" for line in t4["summary"]]
+    overhead = RESULTS / "pipeline_overhead.json"
+    if overhead.is_file():
+        o = json.loads(overhead.read_text())
+        lines.append(f"\nThe sampling loop's own cost without the UNet's arithmetic (`python benchmarks/pipeline_overhead.py`, "
+                     f"SD1.5 module tree): Lite adds {o['lite_extra_ms_per_step']:.2f} ms per step, "
+                     f"{o['generation_ms']['SD + Lite'] - o['generation_ms']['SD']:.0f} ms per {o['steps']}-step generation "
+                     "including its one forward pass.")
     return "\n".join(lines) + "\n\nFull tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."
 
 

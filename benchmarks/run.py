@@ -132,6 +132,14 @@ def training(args: argparse.Namespace) -> list[dict]:
     return result
 
 
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=HERE, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -167,10 +175,32 @@ def write_markdown() -> Path:
                 continue
             lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | "
                          f"{r['optimizer_s']:.3f} | {r['step_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} |")
-        lines += [""] + [f"- {line}" for line in data["summary"]] + [""]
+        lines += [""] + [f"- {line}" for line in data["summary"]]
+        lines += [f"- Note: {note}" for note in data.get("notes", [])] + [""]
+    for path in sorted(RESULTS.glob("t4-cap-*.json")):
+        lines += t4_cap_markdown(json.loads(path.read_text()))
     out = HERE / "RESULTS.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def t4_cap_markdown(data: dict) -> list[str]:
+    """The table of a `benchmarks/t4_cap.py` run."""
+    lines = [f"## T4 rehearsal: {data['card']} capped at {data['memory_cap_gib']:g} GiB", "",
+             f"`python benchmarks/t4_cap.py`: the real trainer at {data['resolution']} px with an effective batch of "
+             f"{data['batch_size']}, its hardware plan probing per-step batches; torch {data['torch']}; {data['date']}.",
+             "", "| control | trainable parameters | per-step batch | memory savers | peak reserved GiB | "
+             "s per optimizer step |", "|---|---:|---:|---|---:|---:|"]
+    for r in data["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['control']} | | failed: {r['error']} | | | |")
+            continue
+        savers = ", ".join(n for n, on in (("checkpointing", r["gradient_checkpointing"]),
+                                           ("8-bit AdamW", r["use_8bit_adam"])) if on) or "none"
+        peak = r["run_peak_reserved_bytes"]
+        lines.append(f"| {r['control']} | {r['trainable_params']:,} | {r['micro_batch']} | {savers} | "
+                     f"{'' if peak is None else f'{peak / 2**30:.1f}'} | {r['step_seconds_median']} |")
+    return lines + [""] + [f"- {line}" for line in data["summary"]] + [""]
 
 
 def summarize(data: dict) -> list[str]:
@@ -205,7 +235,11 @@ def main() -> None:
     parser.add_argument("--skip-sampling", action="store_true", help="keep the sampling results already in the file")
     parser.add_argument("--skip-training", action="store_true", help="keep the training results already in the file")
     parser.add_argument("--train-timeout", type=float, default=900, help="seconds per training-step process")
+    parser.add_argument("--markdown-only", action="store_true", help="only rewrite RESULTS.md from the results")
     args = parser.parse_args()
+    if args.markdown_only:
+        rewrite_markdown()
+        return
     torch.set_num_threads(args.threads)
     name = machine_name(args.device)
     out = RESULTS / f"{name}.json"
@@ -214,7 +248,9 @@ def main() -> None:
         "name": name, "description": name if args.device.startswith("cuda") else f"{platform.machine()} CPU",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "threads": args.threads, "date": datetime.date.today().isoformat(), "python": platform.python_version(),
+        "commit": git_commit(),
     }
+    data.pop("notes", None)  # notes describe an earlier measurement
     data["settings"] = {"dtype": args.dtype, "resolution": args.resolution, "device": args.device}
     if not args.skip_sampling:
         data["sampling"] = sampling(args)
@@ -228,6 +264,11 @@ def main() -> None:
     out.write_text(json.dumps(data, indent=2) + "\n")
     print("\n".join(data["summary"]))
     print(f"Wrote {out} and {write_markdown()}")
+
+
+def rewrite_markdown() -> None:
+    """`python benchmarks/run.py --markdown-only`: RESULTS.md from the results files, measuring nothing."""
+    print(f"Wrote {write_markdown()}")
 
 
 if __name__ == "__main__":
