@@ -1,7 +1,11 @@
 """Lite against the original ControlNet at equal budget: fidelity against steps and seconds.
 
     python benchmarks/fidelity.py                        # the committed proxy base, CPU
+    python benchmarks/fidelity.py --variants lite:1e-3 controlnet:1e-4 controlnet:1e-3
     python benchmarks/fidelity.py --base stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 ...
+
+A variant is a control kind with an optional learning rate (`kind:lr`; without one, the
+kind's default): a learning-rate sweep is part of a fair comparison.
 
 Both modules train on the same base and data with the same trainer, in chunks of
 `--eval-every` steps (each chunk resumes the run exactly), taking turns so a busy machine
@@ -31,6 +35,18 @@ from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("lite", "controlnet")
+
+
+def parse_variant(text: str) -> tuple[str, str, float | None]:
+    """"lite" or "lite:1e-3" -> (label, kind, learning rate or None)."""
+    kind, _, lr = text.partition(":")
+    if kind not in KINDS:
+        raise SystemExit(f"--variants {text!r}: the kind must be one of {KINDS}, optionally with ':<learning rate>'.")
+    try:
+        rate = float(lr) if lr else None
+    except ValueError:
+        raise SystemExit(f"--variants {text!r}: {lr!r} is not a learning rate (e.g. {kind}:1e-4).") from None
+    return (kind if rate is None else f"{kind} lr {rate:g}"), kind, rate
 
 
 def trained_seconds(output: Path) -> float:
@@ -74,11 +90,11 @@ def plot(result: dict, out: Path) -> None:
 
     fig = Figure(figsize=(10, 3.6))
     axes = fig.subplots(1, 2)
-    for kind in KINDS:
-        curve = result["curves"][kind]
+    for label, curve in result["curves"].items():
         for ax, x in zip(axes, ("step", "seconds")):
-            ax.plot([p[x] for p in curve], [p["one_step_iou"] for p in curve], marker="o", label=f"{kind}")
-            ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":", label=f"{kind}, shuffled control")
+            line, = ax.plot([p[x] for p in curve], [p["one_step_iou"] for p in curve], marker="o", label=label)
+            ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":", color=line.get_color(),
+                    label=f"{label}, shuffled control")
     for ax, x in zip(axes, ("optimizer step", "training seconds")):
         ax.axhline(result["text_only"]["one_step"]["disk_iou"], color="grey", ls="--", label="no control")
         ax.set_xlabel(x)
@@ -104,8 +120,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--timestep", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lite-lr", type=float, default=None, help="default: TrainConfig's (1e-4)")
-    parser.add_argument("--controlnet-lr", type=float, default=None, help="default: TrainConfig's (1e-5)")
+    parser.add_argument("--variants", nargs="+", default=["lite", "controlnet"],
+                        help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -118,7 +134,9 @@ def main() -> None:
         make_fill50k(heldout_dir, num=max(args.heldout, args.sample_num), size=args.resolution, seed=1)
     heldout = PairedDataset(heldout_dir, resolution=args.resolution)
     base = load_base(args.base)
-    lrs = {"lite": args.lite_lr, "controlnet": args.controlnet_lr}
+    variants = [parse_variant(v) for v in args.variants]
+    if len({label for label, _, _ in variants}) != len(variants):
+        raise SystemExit(f"--variants {args.variants}: each variant once.")
 
     result = {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)"
@@ -126,7 +144,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "settings": {**vars(args), "base_name": Path(args.base).name},
         "text_only": scores(base, None, heldout, args, full=True),
-        "curves": {kind: [] for kind in KINDS},
+        "variants": {label: {"kind": kind, "learning_rate": lr} for label, kind, lr in variants},
+        "curves": {label: [] for label, _, _ in variants},
     }
     result["text_only"]["no_prompt"] = one_step_scores(base, None, heldout, list(range(args.heldout)),
                                                        args.timestep, seed=1, empty_prompt=True)
@@ -134,13 +153,17 @@ def main() -> None:
     for target in range(args.eval_every, args.steps + 1, args.eval_every):
         evaluations += 1
         full = evaluations % args.sample_every == 0 or target == args.steps
-        for kind in KINDS:
-            output = work / f"run-{kind}"
+        for label, kind, lr in variants:
+            output = work / (f"run-{kind}" if lr is None else f"run-{kind}-lr{lr:g}")
             cfg = TrainConfig(data=str(train_dir), output=str(output), base=args.base, control=kind,
                               resolution=args.resolution, batch_size=args.batch_size, epochs=1000,
-                              max_steps=target, learning_rate=lrs[kind], num_workers=0, num_validation=4,
+                              max_steps=target, learning_rate=lr, num_workers=0, num_validation=4,
                               validation_steps=10, checkpoint_every=args.eval_every, keep_checkpoints=1)
             final = train(cfg, progress=False)
+            with open(output / "logs" / "loss.csv", newline="") as f:
+                done = len(list(csv.DictReader(f)))
+            if done != target:  # a run folder left by a longer run cannot be scored at this step
+                raise SystemExit(f"{output} holds {done} steps, not {target}: delete it (or use another --work).")
             control = load_control(final).eval()
             point = {"step": target, "seconds": round(trained_seconds(output), 2), **scores(base, control, heldout, args, full)}
             point["one_step_iou"] = point["one_step"]["disk_iou"]
@@ -148,24 +171,33 @@ def main() -> None:
             if target == args.steps:
                 point["no_prompt"] = one_step_scores(base, control, heldout, list(range(args.heldout)), args.timestep,
                                                      seed=1, empty_prompt=True)
-            result["curves"][kind].append(point)
-            print(f"{kind:>10} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
+            result["curves"][label].append(point)
+            print(f"{label:>20} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
                   f"(shuffled {point['one_step_shuffled_iou']:.3f})"
                   + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""), flush=True)
 
-    # the questions of the comparison
-    lite, cn = result["curves"]["lite"], result["curves"]["controlnet"]
-    equal_seconds = min(lite[-1]["seconds"], cn[-1]["seconds"])
+    # the questions of the comparison: each kind at its best learning rate at equal wall-clock
+    curves = result["curves"]
+    equal_seconds = min(curve[-1]["seconds"] for curve in curves.values())
+    at_equal = {label: at_seconds(curve, equal_seconds, "one_step_iou") for label, curve in curves.items()}
+    best = {kind: max((label for label, v in result["variants"].items() if v["kind"] == kind), key=at_equal.get)
+            for kind in KINDS if any(v["kind"] == kind for v in result["variants"].values())}
+    text_only = result["text_only"]["one_step"]["disk_iou"]
     result["summary"] = {
-        "reach_90pct_of_final_one_step_iou": {k: reached(result["curves"][k], "one_step_iou") for k in KINDS},
+        "reach_90pct_of_final_one_step_iou": {label: reached(curve, "one_step_iou") for label, curve in curves.items()},
         "equal_wall_clock_seconds": equal_seconds,
-        "one_step_iou_at_equal_wall_clock": {k: at_seconds(result["curves"][k], equal_seconds, "one_step_iou") for k in KINDS},
-        "text_only_one_step_iou": result["text_only"]["one_step"]["disk_iou"],
-        "no_prompt_one_step_iou": {k: result["curves"][k][-1]["no_prompt"]["disk_iou"] for k in KINDS},
+        "one_step_iou_at_equal_wall_clock": at_equal,
+        "best_variant_at_equal_wall_clock": best,
+        "text_only_one_step_iou": text_only,
+        "no_prompt_one_step_iou": {label: curve[-1]["no_prompt"]["disk_iou"] for label, curve in curves.items()},
         "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
     }
-    eq = result["summary"]["one_step_iou_at_equal_wall_clock"]
-    result["summary"]["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = eq["lite"] >= 0.9 * eq["controlnet"]
+    if len(best) == 2:
+        lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
+        result["summary"]["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
+        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner ratio
+        result["summary"]["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
+            round((lite - text_only) / (cn - text_only), 3) if cn > text_only else None)
     out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{Path(args.base).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

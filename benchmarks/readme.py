@@ -75,37 +75,52 @@ def fidelity_block() -> str:
     for path in files:
         r = json.loads(path.read_text())
         s, st = r["summary"], r["settings"]
-        eq = s["one_step_iou_at_equal_wall_clock"]
+        labels = list(r["curves"])
+        last = {k: r["curves"][k][-1] for k in labels}
         reach = s["reach_90pct_of_final_one_step_iou"]
-        last = {k: r["curves"][k][-1] for k in ("lite", "controlnet")}
-        sampled = {k: last[k].get("sampling", {}).get("disk_iou") for k in last}
+
+        def row(name: str, first: str, values: list[str]) -> str:
+            return f"| {name} | {first} | " + " | ".join(values) + " |"
+
+        def sampled(label: str, key: str, fmt: str) -> str:
+            value = last[label].get("sampling", {}).get(key)
+            return "" if value is None else format(value, fmt)
+
+        text_sampling = r["text_only"]["sampling"]
         lines += [
             f"On **{st['base_name']}** ({r['machine']}, {r['date']}; {st['steps']} steps at batch {st['batch_size']}, "
-            f"{st['resolution']} px; one-step probe at t={st['timestep']} on {st['heldout']} held-out pairs):",
+            f"{st['resolution']} px; one-step probe at t={st['timestep']} on {st['heldout']} held-out pairs; "
+            f"`python benchmarks/fidelity.py --variants {' '.join(st['variants'])}`):",
             "",
-            "| | no control | Lite | ControlNet |",
-            "|---|---:|---:|---:|",
-            f"| one-step disk IoU, final | {s['text_only_one_step_iou']:.3f} | {last['lite']['one_step_iou']:.3f} | "
-            f"{last['controlnet']['one_step_iou']:.3f} |",
-            f"| ... with shuffled controls (must not help) | | {last['lite']['one_step_shuffled_iou']:.3f} | "
-            f"{last['controlnet']['one_step_shuffled_iou']:.3f} |",
-            f"| ... with empty prompts | {s['text_only_no_prompt_one_step_iou']:.3f} | "
-            f"{s['no_prompt_one_step_iou']['lite']:.3f} | {s['no_prompt_one_step_iou']['controlnet']:.3f} |",
-            f"| sampled disk IoU ({st['sample_num']} samples, {st['sample_steps']} steps) | "
-            f"{r['text_only']['sampling']['disk_iou']:.3f} | {sampled['lite'] or float('nan'):.3f} | "
-            f"{sampled['controlnet'] or float('nan'):.3f} |",
-            f"| training seconds | | {last['lite']['seconds']:.0f} | {last['controlnet']['seconds']:.0f} |",
-            f"| reaches 90% of its final one-step IoU at | | step {reach['lite']['step']} ({reach['lite']['seconds']:.0f} s) | "
-            f"step {reach['controlnet']['step']} ({reach['controlnet']['seconds']:.0f} s) |",
-            "",
-            f"At equal wall-clock ({s['equal_wall_clock_seconds']:.0f} s of training) Lite's one-step IoU is "
-            f"{eq['lite']:.3f} against ControlNet's {eq['controlnet']:.3f}: Lite "
-            f"{'reaches' if s['lite_reaches_90pct_of_controlnet_at_equal_wall_clock'] else 'does not reach'} 90% of "
-            f"ControlNet's. Curves: `{path.with_suffix('.png').relative_to(ROOT)}`.",
-            "",
-            f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})",
+            "| | no control | " + " | ".join(labels) + " |",
+            "|---|---:|" + "---:|" * len(labels),
+            row("one-step disk IoU, final", f"{s['text_only_one_step_iou']:.3f}",
+                [f"{last[k]['one_step_iou']:.3f}" for k in labels]),
+            row("... with shuffled controls (must not help)", "", [f"{last[k]['one_step_shuffled_iou']:.3f}" for k in labels]),
+            row("... with empty prompts", f"{s['text_only_no_prompt_one_step_iou']:.3f}",
+                [f"{s['no_prompt_one_step_iou'][k]:.3f}" for k in labels]),
+            row(f"sampled disk IoU ({st['sample_num']} samples, {st['sample_steps']} steps)",
+                f"{text_sampling['disk_iou']:.3f}", [sampled(k, "disk_iou", ".3f") for k in labels]),
+            row("sampled edge F1", f"{text_sampling['edge_f1']:.3f}", [sampled(k, "edge_f1", ".3f") for k in labels]),
+            row("training seconds", "", [f"{last[k]['seconds']:.0f}" for k in labels]),
+            row("reaches 90% of its final one-step IoU at", "",
+                [f"step {reach[k]['step']} ({reach[k]['seconds']:.0f} s)" if reach[k] else "" for k in labels]),
             "",
         ]
+        best = s.get("best_variant_at_equal_wall_clock", {})
+        if len(best) == 2:
+            eq = s["one_step_iou_at_equal_wall_clock"]
+            share = s.get("lite_share_of_controlnet_gain_at_equal_wall_clock")
+            lines += [
+                f"At equal wall-clock ({s['equal_wall_clock_seconds']:.0f} s of training), each kind at its best "
+                f"learning rate, Lite ({best['lite']}) reaches a one-step IoU of {eq[best['lite']]:.3f} against "
+                f"ControlNet's ({best['controlnet']}) {eq[best['controlnet']]:.3f}: Lite "
+                f"{'reaches' if s['lite_reaches_90pct_of_controlnet_at_equal_wall_clock'] else 'does not reach'} 90% of "
+                f"ControlNet's IoU"
+                + (f", and {share:.0%} of ControlNet's gain over no control." if share is not None else "."),
+                "",
+            ]
+        lines += [f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
     return "\n".join(lines).rstrip()
 
 

@@ -132,8 +132,9 @@ def step_seconds(output: str | Path) -> float:
 
 
 def equal_budget_configs(data: str | Path, output: str | Path, steps: int,
-                         kinds: Sequence[str] = ("lite", "controlnet"), **settings: Any) -> dict[str, TrainConfig]:
-    """One `TrainConfig` per control kind, the same in all but the kind (and its default learning rate).
+                         kinds: Sequence[str] = ("lite", "controlnet"), learning_rates: dict[str, float] | None = None,
+                         **settings: Any) -> dict[str, TrainConfig]:
+    """One `TrainConfig` per control kind, the same in all but the kind and its learning rate.
 
     Args:
         data: the dataset folder.
@@ -141,15 +142,21 @@ def equal_budget_configs(data: str | Path, output: str | Path, steps: int,
             (`<output>/cache` unless `cache_dir` is given).
         steps: optimizer steps for each kind (epochs are set to cover them).
         kinds: the control kinds to train.
+        learning_rates: per kind; a kind left out gets `learning_rate` from `settings`, else its default.
         settings: any other `TrainConfig` field (base, resolution, batch_size, seed, ...).
     """
+    unknown = sorted(set(learning_rates or {}) - set(kinds))
+    if unknown:
+        raise ValueError(f"learning_rates names {unknown}, which are not among the kinds compared {list(kinds)}.")
     output = Path(output)
     settings.setdefault("cache_dir", str(output / "cache"))
     batch_size = settings.get("batch_size", TrainConfig.batch_size)
     pairs = len(PairedDataset(data, resolution=None))
     epochs = max(1, math.ceil(steps / max(1, pairs // batch_size)))
+    rates = {kind: (learning_rates or {}).get(kind, settings.get("learning_rate")) for kind in kinds}
+    settings.pop("learning_rate", None)
     return {kind: TrainConfig(data=str(data), output=str(output / kind), control=kind, max_steps=steps,
-                              epochs=epochs, **settings) for kind in kinds}
+                              epochs=epochs, learning_rate=rates[kind], **settings) for kind in kinds}
 
 
 def train_measured(cfg: TrainConfig, progress: bool = True) -> TrainingStats:

@@ -64,6 +64,10 @@ def test_equal_budget_configs_differ_only_in_the_kind(fill50k_small, tmp_path):
     assert configs["lite"].lr == 1e-4 and configs["controlnet"].lr == 1e-5  # each its own default
     assert lite["max_steps"] == 5 and lite["epochs"] * (8 // 4) >= 5  # enough epochs for the steps
     assert lite["cache_dir"] == str(tmp_path / "cache")  # one cache for both
+    rates = equal_budget_configs(fill50k_small, tmp_path, steps=5, learning_rates={"lite": 1e-3}, learning_rate=2e-5)
+    assert rates["lite"].lr == 1e-3 and rates["controlnet"].lr == 2e-5  # per kind, else the shared setting
+    with pytest.raises(ValueError, match=r"learning_rates names \['t2i'\]"):
+        equal_budget_configs(fill50k_small, tmp_path, steps=5, learning_rates={"t2i": 1e-3})
 
 
 def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_base, fill50k_small, tmp_path):

@@ -44,12 +44,27 @@ def parameters_index(nb):
     return tagged[0]
 
 
-def execute(name, overrides, workdir, env):
-    """Run notebook `name` with `overrides` injected; return the executed notebook (never saved)."""
+def quick_index(nb):
+    """The cell that applies QUICK mode, if the notebook has one."""
+    found = [k for k, cell in enumerate(nb.cells) if cell.cell_type == "code" and cell.source.startswith("if QUICK:")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def execute(name, overrides, workdir, env, sizes=None):
+    """Run notebook `name` with `overrides` injected after its parameters cell and `sizes` after
+    its QUICK cell (QUICK mode's choices stand, at test size); return the executed notebook
+    (never saved)."""
     nb = read(name)
-    source = "\n".join(f"{key} = {value!r}" for key, value in overrides.items())
-    injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(parameters_index(nb) + 1, injected)
+
+    def cell(values, tag):
+        source = "\n".join(f"{key} = {value!r}" for key, value in values.items())
+        return nbformat.v4.new_code_cell(source, metadata={"tags": [tag]})
+
+    quick = quick_index(nb)
+    if sizes and quick is not None:
+        nb.cells.insert(quick + 1, cell(sizes, "injected-test-sizes"))
+    nb.cells.insert(parameters_index(nb) + 1, cell(overrides, "injected-parameters"))
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
                                      resources={"metadata": {"path": str(workdir)}})
     try:
@@ -94,17 +109,21 @@ def runs(tmp_path_factory):
     # oversubscribed threads make a step many times slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITE_CONTROLNET_CACHE": str(tmp / "model-cache"),
            "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
-    tiny = {"BASE_MODEL": "tiny", "QUICK": True, "DATA_DIR": str(tmp / "data"), "OUTPUT_DIR": str(tmp / "run")}
+    # QUICK mode as a user gets it (the proxy base the package ships, 32 px), shrunk to test size
+    quick = {"QUICK": True, "DATA_DIR": str(tmp / "data"), "OUTPUT_DIR": str(tmp / "run")}
+    sizes = {"NUM_SAMPLES": 32, "EPOCHS": 2, "BATCH_SIZE": 4, "COMPARE_STEPS": 3, "FIDELITY_SAMPLES": 2,
+             "SAMPLE_STEPS": 2, "STEPS": 2,
+             "TRAIN_OVERRIDES": {"num_workers": 0, "num_validation": 2, "validation_steps": 2}}
     result = {"output": tmp / "run", "unchanged": None}
     seconds = {}
     for name in ORDER:
         if name == "02_train":  # a run cut off after 3 steps (as by a disconnect), then Run all again
             started = time.perf_counter()
-            result["02_train:cut"] = execute(name, {**tiny, "MAX_STEPS": 3}, tmp, env)
+            result["02_train:cut"] = execute(name, {**quick, "MAX_STEPS": 3}, tmp, env, sizes)
             seconds["02_train (cut)"] = time.perf_counter() - started
             result["after_cut"] = (loss_steps(tmp / "run"), [c.step for c in list_checkpoints(tmp / "run")])
         started = time.perf_counter()
-        result[name] = execute(name, tiny, tmp, env)
+        result[name] = execute(name, quick, tmp, env, sizes)
         seconds[name] = time.perf_counter() - started
     result["unchanged"] = digest(NOTEBOOKS) == before
     print("notebook seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in seconds.items()))  # shown with -s
@@ -123,6 +142,19 @@ def test_data_is_made_previewed_and_cached(runs):
     assert outputs_of(nb, "image/png"), "the preview of pairs is shown"
     assert "32 latents" in stream_text(nb)
     assert any((output / "cache").iterdir())
+
+
+def execute_results(nb):
+    return [out["data"]["text/plain"] for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "execute_result"]
+
+
+def test_quick_mode_runs_on_the_proxy_base(runs):
+    config = [text for text in execute_results(runs["02_train"]) if text.startswith("TrainConfig(")]
+    assert config and "base='proxy'" in config[0] and "resolution=32" in config[0]
+    # the comparison trains each module at its own learning rate on the proxy base
+    rates = [text for text in execute_results(runs["03_compare"]) if text.startswith("{'lite'")]
+    assert rates and "0.001)" in rates[0] and "0.0001)" in rates[0], rates
 
 
 def test_train_resumes_after_a_cut_with_no_edit(runs):
