@@ -28,6 +28,7 @@ class TrainConfig:
     output: str  # run folder: checkpoints, grids, logs, final model (on Drive in Colab)
     base: str = DEFAULT_BASE  # hub id, local diffusers folder, or "tiny"
     control: Literal["lite", "controlnet"] = "lite"
+    control_options: dict | None = None  # the module's own settings, e.g. {"level_channels": 192} (lite)
     resolution: int = 512
     epochs: int = 2  # the seed trained 2 epochs of Fill50k
     max_steps: int | None = None  # stop after this many optimizer steps (all epochs together)
@@ -62,6 +63,8 @@ class TrainConfig:
 
         if self.control not in CONTROL_KINDS:
             raise bad("control", f"one of {CONTROL_KINDS}")
+        if self.control_options is not None and not isinstance(self.control_options, dict):
+            raise bad("control_options", 'a mapping of module settings, e.g. {"level_channels": 192}, or None')
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {PRECISIONS}")
         for name in ("resolution", "epochs", "batch_size", "checkpoint_every", "keep_checkpoints",
@@ -144,8 +147,20 @@ def add_config_arguments(parser: Any) -> None:
             parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
         elif kind is bool:
             parser.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}", help=help_text)
+        elif kind is dict:
+            parser.add_argument(flag, type=_parse_json_object, default=None, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def _parse_json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r}")
+    return value
 
 
 def _parse_bool(text: str) -> bool:

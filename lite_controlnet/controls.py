@@ -38,6 +38,17 @@ class ControlResiduals:
         return ControlResiduals(tuple(r.repeat(times, 1, 1, 1) for r in self.down), self.mid.repeat(times, 1, 1, 1))
 
 
+def _check_options(target: Any, options: dict[str, Any], fixed: tuple[str, ...]) -> None:
+    """Unknown module settings fail with the list of those accepted."""
+    import inspect
+
+    accepted = [name for name in inspect.signature(target).parameters if name not in ("self", "cls", *fixed)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"Unknown control option(s) {unknown}; {getattr(target, '__qualname__', target)} accepts "
+                         f"{accepted}.")
+
+
 def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwargs: Any) -> torch.nn.Module:
     """A freshly initialised control module that fits `unet`.
 
@@ -49,6 +60,8 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
         kwargs: passed to the module's `from_unet`.
     """
     if kind == "lite":
+        _check_options(LiteControlNetModel, kwargs, ("residual_channels", "residual_levels", "mid_channels",
+                                                     "vae_scale_factor"))
         return LiteControlNetModel.from_unet(unet, vae_scale_factor=vae_scale_factor, **kwargs)
     if kind == "controlnet":
         # ControlNet's condition encoder halves the image once per entry after the first;
@@ -56,6 +69,7 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
         widths = (16, 32, 96, 256)[: vae_scale_factor.bit_length()]
         if 2 ** (len(widths) - 1) != vae_scale_factor:
             raise ValueError(f"ControlNet needs vae_scale_factor 1, 2, 4 or 8, got {vae_scale_factor}.")
+        _check_options(ControlNetModel.from_unet, kwargs, ("unet",))
         kwargs.setdefault("conditioning_embedding_out_channels", widths)
         return ControlNetModel.from_unet(unet, **kwargs)
     raise ValueError(f"Unknown control kind {kind!r}: use one of {CONTROL_KINDS}.")

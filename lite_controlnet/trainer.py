@@ -55,7 +55,7 @@ from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings a checkpoint can only be resumed with unchanged (they define the data order and model).
-RESUME_INVARIANTS = ("control", "resolution", "batch_size", "seed")
+RESUME_INVARIANTS = ("control", "control_options", "resolution", "batch_size", "seed")
 
 
 @dataclass
@@ -181,7 +181,8 @@ class Trainer:
         self.cache = build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=False)
         # 4. the control module, in fp32 (master weights), and the plan
         torch.manual_seed(derived_seed(cfg.seed, 0, 3))  # the module's initial weights follow the seed
-        self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor)
+        self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
+                                     **(cfg.control_options or {}))
         self.control.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,

@@ -221,6 +221,27 @@ def test_config_file_and_flags(tmp_path):
         config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
 
 
+def test_control_options_shape_the_module_from_flags_to_the_saved_model(tiny_base_dir, fill50k_small, tmp_path):
+    from lite_controlnet import load_control
+    from lite_controlnet.cli import build_parser
+    from lite_controlnet.config import config_from_args
+
+    args = build_parser().parse_args(["train", "--data", str(fill50k_small), "--output", str(tmp_path),
+                                      "--control-options", '{"level_channels": 40, "pixel_mlp_channels": [24]}'])
+    assert config_from_args(args).control_options == {"level_channels": 40, "pixel_mlp_channels": [24]}
+    with pytest.raises(SystemExit):  # argparse reports the bad JSON and exits
+        build_parser().parse_args(["train", "--control-options", "level_channels=40"])
+    with pytest.raises(ValueError, match="control_options="):
+        TrainConfig(data="d", output="o", control_options="level_channels=40")
+    final = train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=1,
+                         control_options={"level_channels": 40, "pixel_mlp_channels": [24]}), progress=False)
+    module = load_control(final)
+    assert module.config.level_channels == 40 and list(module.config.pixel_mlp_channels) == [24]
+    with pytest.raises(ValueError, match=r"Unknown control option\(s\) \['width'\].*level_channels"):
+        train(config(tiny_base_dir, fill50k_small, tmp_path / "bad", max_steps=1, control_options={"width": 3}),
+              progress=False)
+
+
 def test_two_processes_train_and_resume_like_one(tiny_base_dir, fill50k_small, tmp_path):
     def torchrun(max_steps):
         args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "ddp", "--max-steps", str(max_steps),
