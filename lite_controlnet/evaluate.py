@@ -123,6 +123,7 @@ def evaluate(
     scale: float = 1.0,
     batch_size: int = 8,
     empty_prompt: bool = False,
+    control_window: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[dict[str, Any], PIL.Image.Image]:
     """Sample the first `num` pairs of `dataset` with `pipe` and score each against its control.
 
@@ -133,6 +134,7 @@ def evaluate(
         steps, guidance, scale: denoising steps, guidance scale, control strength.
         seed: sample `i` uses seed `seed + i`.
         empty_prompt: generate with "" instead of each prompt (colour errors are then None).
+        control_window: the share of the schedule, (start, end), where control applies.
     Returns:
         (report with "mean" and "per_sample" scores, a grid PNG of the first 8 samples)
     """
@@ -144,6 +146,7 @@ def evaluate(
         controls = [to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0] for it in items]
         images = pipe(["" if empty_prompt else it["prompt"] for it in items], controls if pipe.controlnet is not None else None,
                       num_inference_steps=steps, guidance_scale=guidance, controlnet_conditioning_scale=scale,
+                      control_guidance_start=control_window[0], control_guidance_end=control_window[1],
                       height=dataset.resolution, width=dataset.resolution,
                       generator=[torch.Generator().manual_seed(seed + start + k) for k in range(len(items))]).images
         for k, (item, control, image) in enumerate(zip(items, controls, images)):
@@ -155,6 +158,7 @@ def evaluate(
     report = {
         "settings": {"num": num, "steps": steps, "seed": seed, "guidance": guidance, "scale": scale,
                      "resolution": dataset.resolution, "data": str(dataset.root), "empty_prompt": empty_prompt,
+                     "control_window": list(control_window),
                      "control": type(pipe.controlnet).__name__ if pipe.controlnet is not None else None},
         "mean": aggregate_scores(scores),
         "per_sample": per_sample,

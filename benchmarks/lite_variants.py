@@ -1,0 +1,122 @@
+"""What the seed's design allows, measured: Lite's widths, depth and learning rate, and the part
+of the schedule where control applies, on the proxy base at equal steps.
+
+    python benchmarks/lite_variants.py                  # about 10 minutes on one CPU thread
+
+Each variant trains the same number of steps on the same data (the trainer, batch 16) and is
+scored by the one-step probe (held-out targets noised to t=800, also with shuffled controls)
+and by full sampling. The control window (control only on the first or last part of the
+denoising steps) is a sampling setting: it is scored on the default variant. Writes
+benchmarks/results/lite-variants-<base>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control, make_fill50k, train
+from lite_controlnet.evaluate import evaluate, one_step_scores
+from lite_controlnet.pipeline import LiteControlNetPipeline
+from lite_controlnet.proxy_base import PROXY_BASE_DIR
+
+HERE = Path(__file__).resolve().parent
+
+# name -> (learning rate, control_options); "default" is the shipped architecture
+VARIANTS = {
+    "default, lr 1e-3": (1e-3, {}),
+    "default, lr 3e-4": (3e-4, {}),
+    "default, lr 3e-3": (3e-3, {}),
+    "narrow (pixel 32, level 48)": (1e-3, {"pixel_mlp_channels": [32], "level_channels": 48}),
+    "wide (pixel 128x2, level 192)": (1e-3, {"pixel_mlp_channels": [128, 128], "level_channels": 192}),
+    "deeper level MLP (2 layers)": (1e-3, {"level_mlp_layers": 2}),
+}
+WINDOWS = {"whole schedule": (0.0, 1.0), "first half only": (0.0, 0.5), "last half only": (0.5, 1.0)}
+
+
+def step_seconds(output: Path) -> float:
+    with open(output / "logs" / "loss.csv", newline="") as f:
+        seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
+    return statistics.median(b - a for a, b in zip(seconds, seconds[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(PROXY_BASE_DIR))
+    parser.add_argument("--work", default="outputs/lite-variants", help="data and runs (kept: re-running resumes)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--train-num", type=int, default=4000)
+    parser.add_argument("--heldout", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sample-num", type=int, default=32)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--timestep", type=int, default=800)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    train_dir, heldout_dir = work / "train", work / "heldout"
+    if not (train_dir / "prompt.json").is_file():
+        make_fill50k(train_dir, num=args.train_num, size=args.resolution, seed=0)
+    if not (heldout_dir / "prompt.json").is_file():
+        make_fill50k(heldout_dir, num=max(args.heldout, args.sample_num), size=args.resolution, seed=1)
+    heldout = PairedDataset(heldout_dir, resolution=args.resolution)
+    base = load_base(args.base)
+    indices = list(range(args.heldout))
+
+    def sampled(control, window=(0.0, 1.0)) -> dict:
+        pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+        pipe.set_progress_bar_config(disable=True)
+        return evaluate(pipe, heldout, num=args.sample_num, steps=args.sample_steps, seed=1, guidance=args.guidance,
+                        control_window=window)[0]["mean"]
+
+    result = {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)",
+        "date": datetime.date.today().isoformat(), "settings": {**vars(args), "base_name": Path(args.base).name},
+        "text_only": {"one_step": one_step_scores(base, None, heldout, indices, args.timestep, seed=1),
+                      "sampling": sampled(None)},
+        "variants": {}, "windows": {},
+    }
+    for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
+        output = work / f"run-{k}"
+        cfg = TrainConfig(data=str(train_dir), output=str(output), base=args.base, control="lite",
+                          control_options=options or None, resolution=args.resolution, batch_size=args.batch_size,
+                          epochs=1000, max_steps=args.steps, learning_rate=lr, num_workers=0, num_validation=4,
+                          validation_steps=10, checkpoint_every=args.steps)
+        control = load_control(train(cfg, progress=False)).eval()
+        row = {
+            "learning_rate": lr, "control_options": options,
+            "parameters": sum(p.numel() for p in control.parameters()),
+            "step_seconds": round(step_seconds(output), 4),
+            "one_step": one_step_scores(base, control, heldout, indices, args.timestep, seed=1),
+            "one_step_shuffled": one_step_scores(base, control, heldout, indices, args.timestep, seed=1, shuffle=True),
+            "sampling": sampled(control),
+        }
+        result["variants"][name] = row
+        print(f"{name:>32}: one-step IoU {row['one_step']['disk_iou']:.3f} (shuffled "
+              f"{row['one_step_shuffled']['disk_iou']:.3f}), sampled IoU {row['sampling']['disk_iou']:.3f}, "
+              f"edge F1 {row['sampling']['edge_f1']:.3f}, {row['parameters']:,} parameters, "
+              f"{row['step_seconds']:.3f} s/step", flush=True)
+        if k == 0:  # the control window, on the default variant
+            for window_name, window in WINDOWS.items():
+                result["windows"][window_name] = {"window": list(window), "sampling": sampled(control, window)}
+                s = result["windows"][window_name]["sampling"]
+                print(f"{'window: ' + window_name:>32}: sampled IoU {s['disk_iou']:.3f}, edge F1 {s['edge_f1']:.3f}",
+                      flush=True)
+    out = HERE / "results" / f"lite-variants-{Path(args.base).name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
