@@ -22,8 +22,9 @@ import statistics
 from pathlib import Path
 
 import torch
+from fill50k_splits import fill50k_splits
 
-from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control, make_fill50k, train
+from lite_controlnet import TrainConfig, load_base, load_control, train
 from lite_controlnet.evaluate import evaluate, one_step_scores
 from lite_controlnet.pipeline import LiteControlNetPipeline
 from lite_controlnet.proxy_base import PROXY_BASE_DIR
@@ -65,12 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    train_dir, heldout_dir = work / "train", work / "heldout"
-    if not (train_dir / "prompt.json").is_file():
-        make_fill50k(train_dir, num=args.train_num, size=args.resolution, seed=0)
-    if not (heldout_dir / "prompt.json").is_file():
-        make_fill50k(heldout_dir, num=max(args.heldout, args.sample_num), size=args.resolution, seed=1)
-    heldout = PairedDataset(heldout_dir, resolution=args.resolution)
+    train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
     base = load_base(args.base)
     indices = list(range(args.heldout))
 
