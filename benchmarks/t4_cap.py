@@ -73,10 +73,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240, help="seconds per control kind")
     parser.add_argument("--allow-cpu", action="store_true", help="plumbing check without a GPU (no cap, fp32)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--summarize", type=Path, help="only rewrite the summary of this results file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.summarize:
+        data = json.loads(args.summarize.read_text())
+        args.resolution = data["resolution"]
+        data["summary"] = summarize(data["runs"], args)
+        args.summarize.write_text(json.dumps(data, indent=2) + "\n")
+        print("\n".join(data["summary"]))
         return
     if not torch.cuda.is_available() and not args.allow_cpu:
         sys.exit("t4_cap.py needs a CUDA GPU (the cap is GPU memory); --allow-cpu runs the plumbing only.")
@@ -125,6 +133,17 @@ def main() -> None:
 
 def summarize(runs: list[dict], args: argparse.Namespace) -> list[str]:
     lines = []
+    ok = {r["control"]: r for r in runs if "error" not in r}
+    if "lite" in ok and "controlnet" in ok and ok["lite"]["step_seconds_median"]:
+        lite, cn = ok["lite"], ok["controlnet"]
+        lines.append(
+            f"at the same effective batch ({lite['batch_size']}) under the cap, Lite's optimizer step is "
+            f"{cn['step_seconds_median'] / lite['step_seconds_median']:.1f}x faster than ControlNet's and its peak "
+            f"reserved memory {lite['run_peak_reserved_bytes'] / cn['run_peak_reserved_bytes']:.0%} of ControlNet's "
+            f"(per-step batches {lite['micro_batch']} and {cn['micro_batch']})"
+            if lite["run_peak_reserved_bytes"] and cn["run_peak_reserved_bytes"] else
+            f"at the same effective batch ({lite['batch_size']}), Lite's optimizer step is "
+            f"{cn['step_seconds_median'] / lite['step_seconds_median']:.1f}x faster than ControlNet's")
     for run in runs:
         if "error" in run:
             lines.append(f"{run['control']}: did not train under the cap: {run['error']}")
