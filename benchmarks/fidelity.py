@@ -71,11 +71,14 @@ def scores(base, control, heldout, args, full: bool) -> dict:
     return out
 
 
-def reached(curve: list[dict], key: str, fraction: float = 0.9) -> dict | None:
-    """The first point of `curve` whose `key` reaches `fraction` of the last point's."""
-    final = curve[-1][key]
+def reached(curve: list[dict], key: str, start: float, fraction: float = 0.9) -> dict | None:
+    """The first point of `curve` that has made `fraction` of its final gain over `start` (the
+    score without control: IoU does not start from 0); None if it never gained."""
+    gain = curve[-1][key] - start
+    if gain <= 0:
+        return None
     for point in curve:
-        if point[key] >= fraction * final:
+        if point[key] - start >= fraction * gain:
             return {"step": point["step"], "seconds": point["seconds"]}
     return None
 
@@ -84,6 +87,34 @@ def at_seconds(curve: list[dict], seconds: float, key: str) -> float:
     """`key` of the last point trained for at most `seconds`."""
     points = [p for p in curve if p["seconds"] <= seconds]
     return points[-1][key] if points else curve[0][key]
+
+
+def summarize(result: dict) -> dict:
+    """The questions of the comparison, from the curves: each kind at its best learning rate at
+    equal wall-clock, how fast each makes 90% of its final gain, the no-prompt test."""
+    text_only = result["text_only"]["one_step"]["disk_iou"]
+    curves = result["curves"]
+    equal_seconds = min(curve[-1]["seconds"] for curve in curves.values())
+    at_equal = {label: at_seconds(curve, equal_seconds, "one_step_iou") for label, curve in curves.items()}
+    best = {kind: max((label for label, v in result["variants"].items() if v["kind"] == kind), key=at_equal.get)
+            for kind in KINDS if any(v["kind"] == kind for v in result["variants"].values())}
+    summary = {
+        "reach_90pct_of_final_one_step_gain": {label: reached(curve, "one_step_iou", text_only)
+                                               for label, curve in curves.items()},
+        "equal_wall_clock_seconds": equal_seconds,
+        "one_step_iou_at_equal_wall_clock": at_equal,
+        "best_variant_at_equal_wall_clock": best,
+        "text_only_one_step_iou": text_only,
+        "no_prompt_one_step_iou": {label: curve[-1]["no_prompt"]["disk_iou"] for label, curve in curves.items()},
+        "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
+    }
+    if len(best) == 2:
+        lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
+        summary["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
+        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner ratio
+        summary["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
+            round((lite - text_only) / (cn - text_only), 3) if cn > text_only else None)
+    return summary
 
 
 def plot(result: dict, out: Path) -> None:
@@ -125,7 +156,15 @@ def main() -> None:
                         help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--summarize", type=Path, help="only recompute the summary and plot of this results file")
     args = parser.parse_args()
+    if args.summarize:
+        result = json.loads(args.summarize.read_text())
+        result["summary"] = summarize(result)
+        args.summarize.write_text(json.dumps(result, indent=1) + "\n")
+        plot(result, args.summarize.with_suffix(".png"))
+        print(json.dumps(result["summary"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
@@ -172,28 +211,7 @@ def main() -> None:
                   f"(shuffled {point['one_step_shuffled_iou']:.3f})"
                   + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""), flush=True)
 
-    # the questions of the comparison: each kind at its best learning rate at equal wall-clock
-    curves = result["curves"]
-    equal_seconds = min(curve[-1]["seconds"] for curve in curves.values())
-    at_equal = {label: at_seconds(curve, equal_seconds, "one_step_iou") for label, curve in curves.items()}
-    best = {kind: max((label for label, v in result["variants"].items() if v["kind"] == kind), key=at_equal.get)
-            for kind in KINDS if any(v["kind"] == kind for v in result["variants"].values())}
-    text_only = result["text_only"]["one_step"]["disk_iou"]
-    result["summary"] = {
-        "reach_90pct_of_final_one_step_iou": {label: reached(curve, "one_step_iou") for label, curve in curves.items()},
-        "equal_wall_clock_seconds": equal_seconds,
-        "one_step_iou_at_equal_wall_clock": at_equal,
-        "best_variant_at_equal_wall_clock": best,
-        "text_only_one_step_iou": text_only,
-        "no_prompt_one_step_iou": {label: curve[-1]["no_prompt"]["disk_iou"] for label, curve in curves.items()},
-        "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
-    }
-    if len(best) == 2:
-        lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
-        result["summary"]["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
-        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner ratio
-        result["summary"]["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
-            round((lite - text_only) / (cn - text_only), 3) if cn > text_only else None)
+    result["summary"] = summarize(result)
     out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{Path(args.base).name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

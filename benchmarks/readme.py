@@ -77,7 +77,7 @@ def fidelity_block() -> str:
         s, st = r["summary"], r["settings"]
         labels = list(r["curves"])
         last = {k: r["curves"][k][-1] for k in labels}
-        reach = s["reach_90pct_of_final_one_step_iou"]
+        reach = s["reach_90pct_of_final_one_step_gain"]
 
         def row(name: str, first: str, values: list[str]) -> str:
             return f"| {name} | {first} | " + " | ".join(values) + " |"
@@ -103,7 +103,7 @@ def fidelity_block() -> str:
                 f"{text_sampling['disk_iou']:.3f}", [sampled(k, "disk_iou", ".3f") for k in labels]),
             row("sampled edge F1", f"{text_sampling['edge_f1']:.3f}", [sampled(k, "edge_f1", ".3f") for k in labels]),
             row("training seconds", "", [f"{last[k]['seconds']:.0f}" for k in labels]),
-            row("reaches 90% of its final one-step IoU at", "",
+            row("makes 90% of its final one-step gain by", "",
                 [f"step {reach[k]['step']} ({reach[k]['seconds']:.0f} s)" if reach[k] else "" for k in labels]),
             "",
         ]
@@ -122,6 +122,34 @@ def fidelity_block() -> str:
             ]
         lines += [f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
     return "\n".join(lines).rstrip()
+
+
+def variants_block() -> str:
+    files = sorted(RESULTS.glob("lite-variants-*.json"))
+    if not files:
+        return _missing("Lite's widths, learning rate and control window", "python benchmarks/lite_variants.py")
+    lines = []
+    for path in files:
+        r = json.loads(path.read_text())
+        st, text = r["settings"], r["text_only"]
+        lines += [
+            f"Lite variants on **{st['base_name']}** ({r['machine']}, {r['date']}; {st['steps']} steps at batch "
+            f"{st['batch_size']} each; `python benchmarks/lite_variants.py`):",
+            "",
+            "| variant | parameters | s/step | one-step IoU | ... shuffled | sampled IoU | sampled edge F1 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| no control | | | {text['one_step']['disk_iou']:.3f} | | {text['sampling']['disk_iou']:.3f} | "
+            f"{text['sampling']['edge_f1']:.3f} |",
+        ]
+        for name, v in r["variants"].items():
+            lines.append(f"| {name} | {v['parameters']:,} | {v['step_seconds']:.3f} | {v['one_step']['disk_iou']:.3f} | "
+                         f"{v['one_step_shuffled']['disk_iou']:.3f} | {v['sampling']['disk_iou']:.3f} | "
+                         f"{v['sampling']['edge_f1']:.3f} |")
+        first = next(iter(r["variants"]))
+        lines += ["", f"Where control applies (sampling with *{first}*): " + "; ".join(
+            f"{name}: sampled IoU {w['sampling']['disk_iou']:.3f}, edge F1 {w['sampling']['edge_f1']:.3f}"
+            for name, w in r["windows"].items()) + "."]
+    return "\n".join(lines)
 
 
 def proxy_block() -> str:
@@ -143,7 +171,7 @@ def proxy_block() -> str:
 
 
 BLOCKS = {"params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
-          "fidelity": fidelity_block, "proxy": proxy_block}
+          "fidelity": fidelity_block, "variants": variants_block, "proxy": proxy_block}
 
 
 def main() -> None:
