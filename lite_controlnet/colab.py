@@ -81,7 +81,8 @@ def _dataset_root(folder: Path) -> Path:
     raise FileNotFoundError(f"No prompt.json, metadata.jsonl or train.jsonl in {folder} or its subfolders.")
 
 
-def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: int = 50_000, size: int = 512) -> Path:
+def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: int = 50_000, size: int = 512,
+                    seed: int = 0) -> Path:
     """The Fill50k to train on, on local disk: the real one copied from `real` (a folder or
     .zip), else the synthetic one, made once. Safe to call again after a disconnect wiped the
     local disk: the synthetic set is deterministic, so caches built from it stay valid."""
@@ -92,4 +93,4 @@ def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: i
         return data_dir
     from .fill50k import make_fill50k
 
-    return make_fill50k(data_dir, num=num, size=size)
+    return make_fill50k(data_dir, num=num, size=size, seed=seed)

@@ -111,7 +111,7 @@ def runs(tmp_path_factory):
            "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
     # QUICK mode as a user gets it (the proxy base the package ships, 32 px), shrunk to test size
     quick = {"QUICK": True, "DATA_DIR": str(tmp / "data"), "OUTPUT_DIR": str(tmp / "run")}
-    sizes = {"NUM_SAMPLES": 32, "EPOCHS": 2, "BATCH_SIZE": 4, "COMPARE_STEPS": 3, "FIDELITY_SAMPLES": 2,
+    sizes = {"NUM_SAMPLES": 32, "EPOCHS": 2, "BATCH_SIZE": 4, "COMPARE_STEPS": 4, "EVAL_EVERY": 2, "FIDELITY_SAMPLES": 2,
              "SAMPLE_STEPS": 2, "STEPS": 2,
              "TRAIN_OVERRIDES": {"num_workers": 0, "num_validation": 2, "validation_steps": 2}}
     result = {"output": tmp / "run", "unchanged": None}
@@ -180,9 +180,15 @@ def test_compare_prints_the_table_for_both_modules(runs):
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| module | parameters | train s/step |")
     assert [line.split(" | ")[0] for line in table[1:]] == ["| lite", "| controlnet"]
-    assert len(outputs_of(nb, "image/png")) >= 2  # the bar plots and the sample grid
+    assert len(outputs_of(nb, "image/png")) >= 3  # the fidelity curves, the bar plots and the sample grid
     for kind in ("lite", "controlnet"):
         assert (runs["output"] / "compare" / kind / "final" / "config.json").is_file()
+    # the curves: both modules scored after each turn of EVAL_EVERY steps, kept for a resume
+    state = json.loads((runs["output"] / "compare" / "fidelity.json").read_text())
+    assert {label: [p["step"] for p in curve] for label, curve in state["curves"].items()} == {
+        "lite": [2, 4], "controlnet": [2, 4]}
+    summary = [text for text in execute_results(nb) if "equal_wall_clock_seconds" in text]
+    assert summary and "lite_reaches_90pct_of_controlnet_at_equal_wall_clock" in summary[0]
 
 
 def test_sample_shows_the_panel_an_image_and_a_strip(runs):

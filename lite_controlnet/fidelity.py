@@ -1,0 +1,279 @@
+"""Fidelity against steps and seconds: control modules trained side by side on one base and one
+dataset, in chunks that resume exactly, and scored after each chunk.
+
+Each variant (a control kind and its learning rate) trains `eval_every` steps at a time, the
+variants taking turns so a busy machine slows all alike. After each chunk: the one-step disk
+IoU (held-out targets noised to `timestep`, predicted in one step; also with shuffled controls,
+which must not help) and, every `sample_every` chunks and at the end, full sampling (disk IoU,
+colour errors, edge F1). Wall-clock is the training time the trainer records (evaluation
+excluded). Also the text-only baseline and the no-prompt test (empty prompts).
+`benchmarks/fidelity.py` and the compare notebook call `fidelity_curves`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import TrainConfig
+from .controls import CONTROL_KINDS, load_control
+from .data import PairedDataset
+from .evaluate import evaluate, one_step_scores
+from .compare import TrainingStats, train_measured
+from .logs import LossLog
+from .pipeline import LiteControlNetPipeline
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A control kind at a learning rate (None: the kind's default)."""
+
+    kind: str
+    learning_rate: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.learning_rate is None else f"{self.kind} lr {self.learning_rate:g}"
+
+    @property
+    def folder(self) -> str:
+        return f"run-{self.kind}" if self.learning_rate is None else f"run-{self.kind}-lr{self.learning_rate:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """"lite" or "lite:1e-3"."""
+        kind, _, rate = text.partition(":")
+        if kind not in CONTROL_KINDS:
+            raise ValueError(f"variant {text!r}: the kind must be one of {CONTROL_KINDS}, optionally ':<learning rate>'.")
+        try:
+            return cls(kind, float(rate) if rate else None)
+        except ValueError:
+            raise ValueError(f"variant {text!r}: {rate!r} is not a learning rate (e.g. {kind}:1e-4).") from None
+
+
+@dataclass
+class ProbeSettings:
+    """How a trained module is scored."""
+
+    heldout: int = 64  # held-out pairs of the one-step probe
+    timestep: int = 800
+    sample_num: int = 32  # pairs sampled in full
+    sample_steps: int = 20
+    guidance: float = 3.0
+
+
+def score_module(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings, full: bool) -> dict:
+    """One-step scores (also with shuffled controls) and, if `full`, full-sampling scores."""
+    indices = list(range(probe.heldout))
+    out = {
+        "one_step": one_step_scores(base, control, heldout, indices, probe.timestep, seed=1),
+        "one_step_shuffled": one_step_scores(base, control, heldout, indices, probe.timestep, seed=1, shuffle=True)
+        if control is not None else None,
+    }
+    if full:
+        pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+        pipe.set_progress_bar_config(disable=True)
+        out["sampling"] = evaluate(pipe, heldout, num=probe.sample_num, steps=probe.sample_steps, seed=1,
+                                   guidance=probe.guidance)[0]["mean"]
+    return out
+
+
+def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | Path, steps: int,
+                    **settings: Any) -> dict[str, TrainConfig]:
+    """One `TrainConfig` per variant (`<work>/<variant.folder>`), the same in all else."""
+    if len({v.label for v in variants}) != len(variants):
+        raise ValueError(f"each variant once: got {[v.label for v in variants]}.")
+    settings = {"epochs": 1000, "num_workers": 0, "num_validation": 4, "validation_steps": 10, "keep_checkpoints": 1,
+                **settings}
+    return {v.label: TrainConfig(data=str(data), output=str(Path(work) / v.folder), control=v.kind,
+                                 learning_rate=v.learning_rate, max_steps=steps, **settings) for v in variants}
+
+
+def fidelity_curves(
+    configs: dict[str, TrainConfig],
+    base: Any,
+    heldout: PairedDataset,
+    eval_every: int,
+    sample_every: int = 4,
+    probe: ProbeSettings | None = None,
+    log: Callable[[str], None] = print,
+    state: str | Path | None = None,
+) -> dict:
+    """Train each run of `configs` to its `max_steps` in chunks of `eval_every`, taking turns,
+    scoring after each chunk.
+
+    Args:
+        configs: label -> the run's settings (`variant_configs`, or `compare.equal_budget_configs`);
+            all with the same `max_steps`, a multiple of `eval_every`.
+        base: the runs' base, loaded (`load_base(cfg.base)`), for scoring.
+        heldout: held-out pairs (not trained on).
+        sample_every: full sampling after every this many chunks, and after the last.
+        state: a JSON file that keeps the scores as they come: called again (after a
+            disconnect), the points already scored are kept and the runs resume.
+    Returns:
+        {"date", "variants", "text_only", "curves": {label: [point, ...]}, "training": {label:
+        step seconds, peak memory, final folder}, "summary"}.
+    """
+    probe = probe or ProbeSettings()
+    steps = {cfg.max_steps for cfg in configs.values()}
+    if len(steps) != 1 or None in steps or steps.pop() % eval_every:
+        raise ValueError(f"every run needs the same max_steps, a multiple of eval_every={eval_every}; got "
+                         f"{ {label: cfg.max_steps for label, cfg in configs.items()} }.")
+    steps = next(iter(configs.values())).max_steps
+    key = {"eval_every": eval_every, "steps": steps, "probe": dataclasses.asdict(probe),
+           "runs": {label: cfg.output for label, cfg in configs.items()}}
+    state = Path(state) if state else None
+    result = json.loads(state.read_text()) if state and state.is_file() else None
+    if result is not None and result.get("key") != key:
+        raise ValueError(f"{state} holds the scores of other settings ({result.get('key')}); give another state "
+                         f"file for these ({key}), or delete it.")
+    if result is None:
+        text_only = score_module(base, None, heldout, probe, full=True)
+        text_only["no_prompt"] = one_step_scores(base, None, heldout, list(range(probe.heldout)), probe.timestep,
+                                                 seed=1, empty_prompt=True)
+        result = {
+            "key": key,
+            "date": datetime.date.today().isoformat(),
+            "variants": {label: {"kind": cfg.control, "learning_rate": cfg.lr} for label, cfg in configs.items()},
+            "text_only": text_only,
+            "curves": {label: [] for label in configs},
+            "training": {},
+        }
+    for chunk, target in enumerate(range(eval_every, steps + 1, eval_every), start=1):
+        full = chunk % sample_every == 0 or target == steps
+        for label, cfg in configs.items():
+            if any(point["step"] == target for point in result["curves"][label]):
+                continue  # scored before a disconnect
+            stats = train_measured(dataclasses.replace(cfg, max_steps=target, checkpoint_every=eval_every),
+                                   progress=False)
+            rows = LossLog(cfg.output).read()
+            if len(rows) != target:  # a folder left by a longer run cannot be scored at this step
+                raise RuntimeError(f"{cfg.output} holds {len(rows)} steps, not {target}: delete it, or use another "
+                                   "output folder.")
+            before = result["training"].get(label, {}).get("peak_memory")
+            peaks = [m for m in (before, stats.peak_memory) if m is not None]
+            result["training"][label] = {"steps": stats.steps, "step_seconds": stats.step_seconds,
+                                         "peak_memory": max(peaks) if peaks else None,
+                                         "memory_kind": stats.memory_kind, "final": str(stats.final)}
+            control = load_control(stats.final).eval()
+            point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
+                     **score_module(base, control, heldout, probe, full)}
+            point["one_step_iou"] = point["one_step"]["disk_iou"]
+            point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
+            if target == steps:
+                point["no_prompt"] = one_step_scores(base, control, heldout, list(range(probe.heldout)),
+                                                     probe.timestep, seed=1, empty_prompt=True)
+            result["curves"][label].append(point)
+            if state:
+                _write_json(state, result)
+            log(f"{label:>20} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
+                f"(shuffled {point['one_step_shuffled_iou']:.3f})"
+                + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""))
+    result["summary"] = summarize(result)
+    return result
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write `path` whole or not at all (a disconnect mid-write leaves the previous file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, TrainingStats]:
+    """label -> `TrainingStats` of the runs `fidelity_curves` trained (peak memory over its chunks)."""
+    stats = {}
+    for label, cfg in configs.items():
+        t = result["training"][label]
+        stats[label] = TrainingStats(cfg.control, t["steps"], t["step_seconds"], t["peak_memory"], t["memory_kind"],
+                                     Path(t["final"]))
+    return stats
+
+
+def reached(curve: list[dict], key: str, start: float, fraction: float = 0.9) -> dict | None:
+    """The first point of `curve` that has made `fraction` of its final gain over `start` (the
+    score without control: IoU does not start from 0); None if it never gained."""
+    gain = curve[-1][key] - start
+    if gain <= 0:
+        return None
+    for point in curve:
+        if point[key] - start >= fraction * gain:
+            return {"step": point["step"], "seconds": point["seconds"]}
+    return None
+
+
+def at_seconds(curve: list[dict], seconds: float, key: str) -> float:
+    """`key` of the last point trained for at most `seconds`."""
+    points = [p for p in curve if p["seconds"] <= seconds]
+    return points[-1][key] if points else curve[0][key]
+
+
+def summarize(result: dict) -> dict:
+    """The questions of the comparison, from the curves: each kind at its best learning rate at
+    equal wall-clock, how fast each makes 90% of its final gain, the no-prompt test."""
+    text_only = result["text_only"]["one_step"]["disk_iou"]
+    curves = result["curves"]
+    equal_seconds = min(curve[-1]["seconds"] for curve in curves.values())
+    at_equal = {label: at_seconds(curve, equal_seconds, "one_step_iou") for label, curve in curves.items()}
+    kinds = [k for k in CONTROL_KINDS if any(v["kind"] == k for v in result["variants"].values())]
+    best = {kind: max((label for label, v in result["variants"].items() if v["kind"] == kind), key=at_equal.get)
+            for kind in kinds}
+    summary = {
+        "reach_90pct_of_final_one_step_gain": {label: reached(curve, "one_step_iou", text_only)
+                                               for label, curve in curves.items()},
+        "equal_wall_clock_seconds": equal_seconds,
+        "one_step_iou_at_equal_wall_clock": at_equal,
+        "best_variant_at_equal_wall_clock": best,
+        "text_only_one_step_iou": text_only,
+        "no_prompt_one_step_iou": {label: curve[-1]["no_prompt"]["disk_iou"] for label, curve in curves.items()},
+        "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
+    }
+    if len(best) == 2:
+        lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
+        summary["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
+        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner ratio
+        summary["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
+            round((lite - text_only) / (cn - text_only), 3) if cn > text_only else None)
+    return summary
+
+
+PANELS = (  # (y label, point -> value or None, text-only value)
+    ("one-step disk IoU", lambda p: p["one_step_iou"], lambda t: t["one_step"]["disk_iou"]),
+    ("sampled disk IoU", lambda p: p.get("sampling", {}).get("disk_iou"), lambda t: t["sampling"]["disk_iou"]),
+    ("sampled edge F1", lambda p: p.get("sampling", {}).get("edge_f1"), lambda t: t["sampling"]["edge_f1"]),
+    ("sampled disk colour error", lambda p: p.get("sampling", {}).get("circle_colour_error"),
+     lambda t: t["sampling"]["circle_colour_error"]),
+)
+
+
+def plot_fidelity(result: dict, title: str = "") -> Any:
+    """Scores against optimizer steps (top) and training seconds (bottom), one panel per score;
+    dotted: the one-step IoU with shuffled controls; dashed grey: no control."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(PANELS), 6.4))
+    axes = fig.subplots(2, len(PANELS))
+    for row, x in enumerate(("step", "seconds")):
+        for col, (name, value, baseline) in enumerate(PANELS):
+            ax = axes[row][col]
+            for label, curve in result["curves"].items():
+                points = [(p[x], value(p)) for p in curve if value(p) is not None]
+                line, = ax.plot(*zip(*points), marker="o", label=label) if points else ax.plot([], [], label=label)
+                if col == 0:
+                    ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":",
+                            color=line.get_color(), label=f"{label}, shuffled control")
+            ax.axhline(baseline(result["text_only"]), color="grey", ls="--", label="no control")
+            ax.set_xlabel("optimizer step" if x == "step" else "training seconds")
+            ax.set_ylabel(name)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,101 @@
+"""Fidelity curves: chunked training of several runs, scored after each chunk, resumable."""
+
+import json
+
+import pytest
+
+from lite_controlnet.data import PairedDataset
+from lite_controlnet.fidelity import (ProbeSettings, Variant, fidelity_curves, reached, summarize, training_stats,
+                                      variant_configs)
+from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.logs import LossLog
+
+PROBE = ProbeSettings(heldout=2, sample_num=2, sample_steps=2, guidance=3.0)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fidelity")
+    train_dir = make_fill50k(root / "train", num=8, size=64, seed=0, progress=False)
+    heldout = PairedDataset(make_fill50k(root / "heldout", num=2, size=64, seed=1, progress=False), resolution=64)
+    return train_dir, heldout
+
+
+def configs_for(tiny_base_dir, train_dir, work, steps=2):
+    variants = [Variant.parse("lite:1e-3"), Variant.parse("controlnet")]
+    return variant_configs(variants, train_dir, work, steps, base=str(tiny_base_dir), resolution=64, batch_size=4,
+                           num_validation=1, validation_steps=1)
+
+
+def test_variants_parse_and_name_their_runs():
+    assert Variant.parse("lite:1e-3") == Variant("lite", 1e-3)
+    assert (Variant("lite", 1e-3).label, Variant("controlnet").label) == ("lite lr 0.001", "controlnet")
+    assert Variant("lite", 1e-3).folder == "run-lite-lr0.001"
+    with pytest.raises(ValueError, match="'t2i'.*one of"):
+        Variant.parse("t2i")
+    with pytest.raises(ValueError, match="'fast' is not a learning rate"):
+        Variant.parse("lite:fast")
+    with pytest.raises(ValueError, match="each variant once"):
+        variant_configs([Variant("lite"), Variant("lite")], "d", "w", 2)
+
+
+def test_reached_counts_the_gain_over_no_control():
+    curve = [{"step": s, "seconds": s / 10, "iou": v} for s, v in ((1, 0.61), (2, 0.68), (3, 0.70))]
+    assert reached(curve, "iou", start=0.60) == {"step": 3, "seconds": 0.3}  # step 2 made 0.08 of the 0.10
+    assert reached(curve, "iou", start=0.60, fraction=0.5) == {"step": 2, "seconds": 0.2}
+    assert reached(curve, "iou", start=0.0) == {"step": 2, "seconds": 0.2}  # counted from 0, step 2 looks done
+    assert reached(curve, "iou", start=0.75) is None  # never above no control
+
+
+def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, tiny_base, splits, tmp_path):
+    train_dir, heldout = splits
+    configs = configs_for(tiny_base_dir, train_dir, tmp_path)
+    state = tmp_path / "fidelity.json"
+    lines = []
+    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE,
+                             log=lines.append, state=state)
+    assert {label: [p["step"] for p in curve] for label, curve in result["curves"].items()} == {
+        "lite lr 0.001": [1, 2], "controlnet": [1, 2]}
+    first = result["curves"]["lite lr 0.001"]
+    assert "sampling" not in first[0] and "sampling" in first[1]  # full sampling every 2nd chunk and at the end
+    assert "no_prompt" in first[1] and first[1]["seconds"] >= first[0]["seconds"] > 0
+    assert len(lines) == 4 and "one-step IoU" in lines[0]
+    assert json.loads(state.read_text())["curves"] == result["curves"]
+    stats = training_stats(result, configs)
+    assert stats["controlnet"].steps == 2 and stats["controlnet"].final.name == "final"
+    assert result["summary"]["best_variant_at_equal_wall_clock"] == {"lite": "lite lr 0.001", "controlnet": "controlnet"}
+
+    # called again (a notebook after a disconnect): nothing is trained or scored twice
+    logs = {label: LossLog(cfg.output).read() for label, cfg in configs.items()}
+    again = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE,
+                            log=lines.append, state=state)
+    assert again["curves"] == result["curves"] and len(lines) == 4
+    assert {label: LossLog(cfg.output).read() for label, cfg in configs.items()} == logs
+
+    # other settings against the same state, or a run folder ahead of the first chunk, are refused
+    with pytest.raises(ValueError, match="holds the scores of other settings"):
+        fidelity_curves(configs, tiny_base, heldout, eval_every=2, probe=PROBE, state=state)
+    with pytest.raises(RuntimeError, match="holds 2 steps, not 1"):
+        fidelity_curves(configs, tiny_base, heldout, eval_every=1, probe=PROBE, state=tmp_path / "other.json")
+    with pytest.raises(ValueError, match="multiple of eval_every=3"):
+        fidelity_curves(configs, tiny_base, heldout, eval_every=3, probe=PROBE)
+
+
+def test_summary_answers_the_equal_budget_questions():
+    def curve(points):
+        return [{"step": s, "seconds": t, "one_step_iou": v, "no_prompt": {"disk_iou": v - 0.05}} for s, t, v in points]
+
+    result = {
+        "text_only": {"one_step": {"disk_iou": 0.60}, "no_prompt": {"disk_iou": 0.55}},
+        "variants": {"lite": {"kind": "lite"}, "cn slow": {"kind": "controlnet"}, "cn": {"kind": "controlnet"}},
+        "curves": {"lite": curve([(1, 10, 0.66), (2, 20, 0.68)]),
+                   "cn slow": curve([(1, 15, 0.60), (2, 30, 0.61)]),
+                   "cn": curve([(1, 15, 0.70), (2, 30, 0.80)])},
+    }
+    s = summarize(result)
+    assert s["equal_wall_clock_seconds"] == 20  # the shortest run's training time
+    assert s["one_step_iou_at_equal_wall_clock"] == {"lite": 0.68, "cn slow": 0.60, "cn": 0.70}
+    assert s["best_variant_at_equal_wall_clock"] == {"lite": "lite", "controlnet": "cn"}
+    assert s["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"]  # 0.68 >= 0.63
+    assert s["lite_share_of_controlnet_gain_at_equal_wall_clock"] == pytest.approx(0.8)  # 0.08 of 0.10
+    assert s["no_prompt_one_step_iou"]["lite"] == pytest.approx(0.63)
