@@ -43,6 +43,8 @@ def benchmarks_block() -> str:
     lines = []
     for r in runs:
         m, st = r["machine"], r["settings"]
+        if lines:
+            lines.append("")
         lines.append(f"**{m['name']}** ({st['dtype']}, {st['resolution']} px, {m['threads']} thread(s), {m['date']}; "
                      "random weights, real SD1.5 architecture):")
         lines += [f"- {line}" for line in r["summary"]]
