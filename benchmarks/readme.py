@@ -172,7 +172,40 @@ def proxy_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
+def glance_block() -> str:
+    """The headline numbers, each from its results file."""
+    lines = []
+    counts = json.loads((RESULTS / "params.json").read_text())
+    lite, cn = counts["Lite (default)"], counts["ControlNet (diffusers ControlNetModel.from_unet)"]
+    lines.append(f"- **{lite:,} trainable parameters** against ControlNet's {cn:,} ({lite / cn:.2%}).")
+    for path in sorted(RESULTS.glob("t4-cap-*.json")):
+        t4 = json.loads(path.read_text())
+        runs = {r["control"]: r for r in t4["runs"] if "error" not in r}
+        if {"lite", "controlnet"} <= set(runs):
+            lines.append(
+                f"- **On a T4's 15 GiB** (rehearsed on an {t4['card']} with the memory capped, {t4['resolution']} px, "
+                f"fp16, no memory savers): the trainer fits Lite at {runs['lite']['micro_batch']} images per step and "
+                f"ControlNet at {runs['controlnet']['micro_batch']}; an optimizer step of {t4['batch_size']} takes "
+                f"{runs['lite']['step_seconds_median']} s against {runs['controlnet']['step_seconds_median']} s on that card.")
+    for path in sorted(RESULTS.glob("cpu-*.json")):
+        r = json.loads(path.read_text())
+        by = {(x["variant"], x["batch"]): x for x in r["training"] if "error" not in x}
+        if ("lite", 4) in by and ("controlnet", 4) in by:
+            lines.append(
+                f"- **Training step** at batch 4 ({r['settings']['resolution']} px, CPU): "
+                f"{by[('controlnet', 4)]['step_s'] / by[('lite', 4)]['step_s']:.2f}x faster than ControlNet's; "
+                f"sampling overhead {r['sampling']['overhead_vs_sd']['SD + Lite']:+.1%} against ControlNet's "
+                f"{r['sampling']['overhead_vs_sd']['SD + ControlNet']:+.1%}.")
+    for path in sorted(RESULTS.glob("fidelity-*.json")):
+        f = json.loads(path.read_text())["summary"]
+        share = f.get("lite_share_of_controlnet_gain_at_equal_wall_clock")
+        if share is not None:
+            lines.append(f"- **Fidelity is the price**: on the project's proxy base, at equal training time, Lite makes "
+                         f"{share:.0%} of ControlNet's gain in one-step disk IoU over no control (see [Fidelity](#fidelity)).")
+    return "\n".join(lines)
+
+
+BLOCKS = {"glance": glance_block, "params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
           "fidelity": fidelity_block, "variants": variants_block, "proxy": proxy_block}
 
 
