@@ -197,11 +197,14 @@ def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, T
     return stats
 
 
+MIN_GAIN = 0.01  # one IoU point: a smaller "gain" over no control is noise at these probe sizes
+
+
 def reached(curve: list[dict], key: str, start: float, fraction: float = 0.9) -> dict | None:
     """The first point of `curve` that has made `fraction` of its final gain over `start` (the
-    score without control: IoU does not start from 0); None if it never gained."""
+    score without control: IoU does not start from 0); None if it gained less than `MIN_GAIN`."""
     gain = curve[-1][key] - start
-    if gain <= 0:
+    if gain < MIN_GAIN:
         return None
     for point in curve:
         if point[key] - start >= fraction * gain:
@@ -238,9 +241,10 @@ def summarize(result: dict) -> dict:
     if len(best) == 2:
         lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
         summary["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
-        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner ratio
+        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner
+        # ratio (None while ControlNet has not gained: a ratio of noise means nothing)
         summary["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
-            round((lite - text_only) / (cn - text_only), 3) if cn > text_only else None)
+            round((lite - text_only) / (cn - text_only), 3) if cn - text_only >= MIN_GAIN else None)
     return summary
 
 

@@ -45,6 +45,7 @@ def test_reached_counts_the_gain_over_no_control():
     assert reached(curve, "iou", start=0.60, fraction=0.5) == {"step": 2, "seconds": 0.2}
     assert reached(curve, "iou", start=0.0) == {"step": 2, "seconds": 0.2}  # counted from 0, step 2 looks done
     assert reached(curve, "iou", start=0.75) is None  # never above no control
+    assert reached(curve, "iou", start=0.695) is None  # half an IoU point is noise, not a gain
 
 
 def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, tiny_base, splits, tmp_path):
@@ -99,3 +100,7 @@ def test_summary_answers_the_equal_budget_questions():
     assert s["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"]  # 0.68 >= 0.63
     assert s["lite_share_of_controlnet_gain_at_equal_wall_clock"] == pytest.approx(0.8)  # 0.08 of 0.10
     assert s["no_prompt_one_step_iou"]["lite"] == pytest.approx(0.63)
+    result["curves"]["cn"] = curve([(1, 15, 0.60), (2, 30, 0.605)])  # ControlNet not yet moving
+    s = summarize(result)
+    assert s["lite_share_of_controlnet_gain_at_equal_wall_clock"] is None
+    assert s["reach_90pct_of_final_one_step_gain"]["cn"] is None
