@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
 import torch
 from fill50k_splits import fill50k_splits
+from machine import machine_description
 
 from lite_controlnet import load_base
-from lite_controlnet.fidelity import (ProbeSettings, Variant, fidelity_curves, plot_fidelity, summarize,
-                                      variant_configs)
+from lite_controlnet.fidelity import (
+    ProbeSettings,
+    Variant,
+    fidelity_curves,
+    plot_fidelity,
+    summarize,
+    variant_configs,
+)
 from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -76,10 +81,9 @@ def main() -> None:
     configs = variant_configs(variants, train_dir, work, args.steps, base=args.base, resolution=args.resolution,
                               batch_size=args.batch_size)
     result = fidelity_curves(configs, load_base(args.base), heldout, args.eval_every, args.sample_every, probe,
-                             log=lambda line: print(line, flush=True))
+                             log=lambda line: print(line, flush=True), state=work / "fidelity-state.json")
     result = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)"
-        if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "machine": machine_description(args.threads),
         "settings": {**{k: v for k, v in vars(args).items() if k != "summarize"}, "base_name": Path(args.base).name},
         **result,
     }

@@ -19,19 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 from lite_controlnet.fill50k import make_fill50k
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fill50k_generation.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load_average() -> list[float] | None:
@@ -69,7 +61,7 @@ def main() -> None:
         "dataset_megabytes": round(disk_bytes / 1e6, 1),
         "machine": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "load_average_before": load_before,

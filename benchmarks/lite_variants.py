@@ -13,20 +13,17 @@ benchmarks/results/lite-variants-<base>.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
-import os
-import platform
-import statistics
 from pathlib import Path
 
 import torch
 from fill50k_splits import fill50k_splits
+from machine import machine_description
 
-from lite_controlnet import TrainConfig, load_base, load_control, train
-from lite_controlnet.evaluate import evaluate, one_step_scores
-from lite_controlnet.pipeline import LiteControlNetPipeline
+from lite_controlnet import TrainConfig, load_base, load_control
+from lite_controlnet.compare import train_measured
+from lite_controlnet.fidelity import ProbeSettings, sample_scores, score_module
 from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -41,12 +38,6 @@ VARIANTS = {
     "deeper level MLP (2 layers)": (1e-3, {"level_mlp_layers": 2}),
 }
 WINDOWS = {"whole schedule": (0.0, 1.0), "first half only": (0.0, 0.5), "last half only": (0.5, 1.0)}
-
-
-def step_seconds(output: Path) -> float:
-    with open(output / "logs" / "loss.csv", newline="") as f:
-        seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
-    return statistics.median(b - a for a, b in zip(seconds, seconds[1:]))
 
 
 def main() -> None:
@@ -68,35 +59,25 @@ def main() -> None:
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
     base = load_base(args.base)
-    indices = list(range(args.heldout))
-
-    def sampled(control, window=(0.0, 1.0)) -> dict:
-        pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-        pipe.set_progress_bar_config(disable=True)
-        return evaluate(pipe, heldout, num=args.sample_num, steps=args.sample_steps, seed=1, guidance=args.guidance,
-                        control_window=window)[0]["mean"]
-
+    probe = ProbeSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
     result = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)",
+        "machine": machine_description(args.threads),
         "date": datetime.date.today().isoformat(), "settings": {**vars(args), "base_name": Path(args.base).name},
-        "text_only": {"one_step": one_step_scores(base, None, heldout, indices, args.timestep, seed=1),
-                      "sampling": sampled(None)},
+        "text_only": score_module(base, None, heldout, probe, full=True),
         "variants": {}, "windows": {},
     }
     for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
-        output = work / f"run-{k}"
-        cfg = TrainConfig(data=str(train_dir), output=str(output), base=args.base, control="lite",
+        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control="lite",
                           control_options=options or None, resolution=args.resolution, batch_size=args.batch_size,
                           epochs=1000, max_steps=args.steps, learning_rate=lr, num_workers=0, num_validation=4,
                           validation_steps=10, checkpoint_every=args.steps)
-        control = load_control(train(cfg, progress=False)).eval()
+        stats = train_measured(cfg, progress=False)
+        control = load_control(stats.final).eval()
         row = {
             "learning_rate": lr, "control_options": options,
             "parameters": sum(p.numel() for p in control.parameters()),
-            "step_seconds": round(step_seconds(output), 4),
-            "one_step": one_step_scores(base, control, heldout, indices, args.timestep, seed=1),
-            "one_step_shuffled": one_step_scores(base, control, heldout, indices, args.timestep, seed=1, shuffle=True),
-            "sampling": sampled(control),
+            "step_seconds": round(stats.step_seconds, 4),
+            **score_module(base, control, heldout, probe, full=True),
         }
         result["variants"][name] = row
         print(f"{name:>32}: one-step IoU {row['one_step']['disk_iou']:.3f} (shuffled "
@@ -105,8 +86,8 @@ def main() -> None:
               f"{row['step_seconds']:.3f} s/step", flush=True)
         if k == 0:  # the control window, on the default variant
             for window_name, window in WINDOWS.items():
-                result["windows"][window_name] = {"window": list(window), "sampling": sampled(control, window)}
-                s = result["windows"][window_name]["sampling"]
+                s = sample_scores(base, control, heldout, probe, window)
+                result["windows"][window_name] = {"window": list(window), "sampling": s}
                 print(f"{'window: ' + window_name:>32}: sampled IoU {s['disk_iou']:.3f}, edge F1 {s['edge_f1']:.3f}",
                       flush=True)
     out = HERE / "results" / f"lite-variants-{Path(args.base).name}.json"

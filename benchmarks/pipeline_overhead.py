@@ -12,30 +12,24 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import PIL.Image
 import torch
+from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
+from sd15 import sd15_scheduler
+
+from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, load_base
+from lite_controlnet.sd_configs import SD15_UNET_CONFIG
+from lite_controlnet.tiny_base import make_tiny_base
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from sd15 import sd15_scheduler  # noqa: E402
-
-from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline  # noqa: E402
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG  # noqa: E402
-from lite_controlnet.tiny_base import make_tiny_base  # noqa: E402
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    import tempfile
-
-    from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
-
-    from lite_controlnet import load_base
-
     tiny = load_base(str(make_tiny_base(Path(tempfile.mkdtemp()) / "tiny")))
     with torch.device("meta"):
         unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "cross_attention_dim": tiny.text_encoder.config.hidden_size})

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd15 import sd15_components
+from torch.profiler import ProfilerActivity, profile
 
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline
 from lite_controlnet.controls import control_residuals

@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--markdown-only", action="store_true", help="only rewrite RESULTS.md from the results")
     args = parser.parse_args()
     if args.markdown_only:
-        rewrite_markdown()
+        print(f"Wrote {write_markdown()}")
         return
     torch.set_num_threads(args.threads)
     name = machine_name(args.device)
@@ -265,10 +265,6 @@ def main() -> None:
     print("\n".join(data["summary"]))
     print(f"Wrote {out} and {write_markdown()}")
 
-
-def rewrite_markdown() -> None:
-    """`python benchmarks/run.py --markdown-only`: RESULTS.md from the results files, measuring nothing."""
-    print(f"Wrote {write_markdown()}")
 
 
 if __name__ == "__main__":

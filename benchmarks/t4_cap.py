@@ -89,7 +89,6 @@ def main() -> None:
     if not torch.cuda.is_available() and not args.allow_cpu:
         sys.exit("t4_cap.py needs a CUDA GPU (the cap is GPU memory); --allow-cpu runs the plumbing only.")
     args.work = args.work or Path(tempfile.mkdtemp(prefix="t4cap-"))
-    sys.path.insert(0, str(HERE))
     from sd15 import write_random_sd15
 
     from lite_controlnet.fill50k import make_fill50k

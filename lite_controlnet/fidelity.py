@@ -16,16 +16,16 @@ import dataclasses
 import datetime
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
+from .compare import TrainingStats, train_measured
 from .config import TrainConfig
 from .controls import CONTROL_KINDS, load_control
 from .data import PairedDataset
 from .evaluate import evaluate, one_step_scores
-from .compare import TrainingStats, train_measured
 from .logs import LossLog
 from .pipeline import LiteControlNetPipeline
 
@@ -68,19 +68,30 @@ class ProbeSettings:
     guidance: float = 3.0
 
 
-def score_module(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings, full: bool) -> dict:
-    """One-step scores (also with shuffled controls) and, if `full`, full-sampling scores."""
+def sample_scores(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings,
+                  window: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """Mean full-sampling scores of the first `probe.sample_num` held-out pairs, with control
+    applied on the `window` share of the schedule."""
+    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
+    pipe.set_progress_bar_config(disable=True)
+    return evaluate(pipe, heldout, num=probe.sample_num, steps=probe.sample_steps, seed=1, guidance=probe.guidance,
+                    control_window=window)[0]["mean"]
+
+
+def score_module(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings, full: bool,
+                 no_prompt: bool = False) -> dict:
+    """One-step scores (also with shuffled controls); with `full`, full-sampling scores; with
+    `no_prompt`, one-step scores with empty prompts."""
     indices = list(range(probe.heldout))
-    out = {
-        "one_step": one_step_scores(base, control, heldout, indices, probe.timestep, seed=1),
-        "one_step_shuffled": one_step_scores(base, control, heldout, indices, probe.timestep, seed=1, shuffle=True)
-        if control is not None else None,
-    }
+
+    def one_step(**kwargs: Any) -> dict:
+        return one_step_scores(base, control, heldout, indices, probe.timestep, seed=1, **kwargs)
+
+    out = {"one_step": one_step(), "one_step_shuffled": one_step(shuffle=True) if control is not None else None}
     if full:
-        pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-        pipe.set_progress_bar_config(disable=True)
-        out["sampling"] = evaluate(pipe, heldout, num=probe.sample_num, steps=probe.sample_steps, seed=1,
-                                   guidance=probe.guidance)[0]["mean"]
+        out["sampling"] = sample_scores(base, control, heldout, probe)
+    if no_prompt:
+        out["no_prompt"] = one_step(empty_prompt=True)
     return out
 
 
@@ -121,11 +132,10 @@ def fidelity_curves(
         step seconds, peak memory, final folder}, "summary"}.
     """
     probe = probe or ProbeSettings()
-    steps = {cfg.max_steps for cfg in configs.values()}
-    if len(steps) != 1 or None in steps or steps.pop() % eval_every:
-        raise ValueError(f"every run needs the same max_steps, a multiple of eval_every={eval_every}; got "
-                         f"{ {label: cfg.max_steps for label, cfg in configs.items()} }.")
-    steps = next(iter(configs.values())).max_steps
+    max_steps = {label: cfg.max_steps for label, cfg in configs.items()}
+    steps = next(iter(max_steps.values()))
+    if set(max_steps.values()) != {steps} or steps is None or steps % eval_every:
+        raise ValueError(f"every run needs the same max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
     key = {"eval_every": eval_every, "steps": steps, "probe": dataclasses.asdict(probe),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
     state = Path(state) if state else None
@@ -134,14 +144,11 @@ def fidelity_curves(
         raise ValueError(f"{state} holds the scores of other settings ({result.get('key')}); give another state "
                          f"file for these ({key}), or delete it.")
     if result is None:
-        text_only = score_module(base, None, heldout, probe, full=True)
-        text_only["no_prompt"] = one_step_scores(base, None, heldout, list(range(probe.heldout)), probe.timestep,
-                                                 seed=1, empty_prompt=True)
         result = {
             "key": key,
             "date": datetime.date.today().isoformat(),
             "variants": {label: {"kind": cfg.control, "learning_rate": cfg.lr} for label, cfg in configs.items()},
-            "text_only": text_only,
+            "text_only": score_module(base, None, heldout, probe, full=True, no_prompt=True),
             "curves": {label: [] for label in configs},
             "training": {},
         }
@@ -156,19 +163,15 @@ def fidelity_curves(
             if len(rows) != target:  # a folder left by a longer run cannot be scored at this step
                 raise RuntimeError(f"{cfg.output} holds {len(rows)} steps, not {target}: delete it, or use another "
                                    "output folder.")
-            before = result["training"].get(label, {}).get("peak_memory")
-            peaks = [m for m in (before, stats.peak_memory) if m is not None]
+            peaks = [m for m in (result["training"].get(label, {}).get("peak_memory"), stats.peak_memory) if m]
             result["training"][label] = {"steps": stats.steps, "step_seconds": stats.step_seconds,
-                                         "peak_memory": max(peaks) if peaks else None,
+                                         "peak_memory": max(peaks, default=None),
                                          "memory_kind": stats.memory_kind, "final": str(stats.final)}
             control = load_control(stats.final).eval()
             point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
-                     **score_module(base, control, heldout, probe, full)}
+                     **score_module(base, control, heldout, probe, full, no_prompt=target == steps)}
             point["one_step_iou"] = point["one_step"]["disk_iou"]
             point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
-            if target == steps:
-                point["no_prompt"] = one_step_scores(base, control, heldout, list(range(probe.heldout)),
-                                                     probe.timestep, seed=1, empty_prompt=True)
             result["curves"][label].append(point)
             if state:
                 _write_json(state, result)

@@ -204,7 +204,7 @@ def plan_hardware(
     tried = []
     if use_8bit_adam is None and not bitsandbytes_available():
         tried.append("8-bit AdamW: bitsandbytes not installed (pip install bitsandbytes)")
-        settings = [(gc, adam) for gc, adam in settings if not adam] or settings
+        settings = [(gc, adam) for gc, adam in settings if not adam]
     for gc, adam in settings:
         for candidate in candidates:
             try:
