@@ -1,7 +1,9 @@
-"""Lite against the original ControlNet at equal budget: fidelity against steps and seconds.
+"""The control modules against each other at equal budget: fidelity against steps and seconds.
 
-    python benchmarks/fidelity.py                        # the committed proxy base, CPU
+    python benchmarks/fidelity.py                        # the committed proxy base, CPU, seed 0
     python benchmarks/fidelity.py --variants lite:1e-3 controlnet:1e-4 controlnet:1e-3
+    python benchmarks/fidelity.py --seed 1 ...           # one seed per call (run seeds in parallel)
+    python benchmarks/fidelity.py --combine              # all seeds: mean, spread, plateau, shares
     python benchmarks/fidelity.py --base stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 ...
 
 A variant is a control kind with an optional learning rate (`kind:lr`; without one, the
@@ -9,12 +11,14 @@ kind's default): a learning-rate sweep is part of a fair comparison.
 
 The variants train on the same base and data with the same trainer, taking turns in chunks
 of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.fidelity`).
-Writes benchmarks/results/fidelity-<base>.json and a plot beside it.
+Each seed writes benchmarks/results/fidelity-<base>/seed-<n>.json and a plot beside it;
+`--combine` writes benchmarks/results/fidelity-<base>.json and its plot from every seed there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from lite_controlnet.fidelity import (
     summarize,
     variant_configs,
 )
+from lite_controlnet.fidelity_seeds import combine_seeds, plot_seeds
 from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 def write(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    title = f"Lite vs ControlNet on {result['settings']['base_name']}, {result['machine']}"
+    title = f"seed {result['settings']['seed']} on {result['settings']['base_name']}, {result['machine']}"
     plot_fidelity(result, title).savefig(out.with_suffix(".png"), dpi=100)
 
 
@@ -58,12 +63,30 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--timestep", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--variants", nargs="+", default=["lite", "controlnet"],
+    parser.add_argument("--variants", nargs="+", default=["lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet"],
                         help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     parser.add_argument("--summarize", type=Path, help="only recompute the summary and plot of this results file")
+    parser.add_argument("--combine", action="store_true", help="only combine the seeds' results of --base")
     args = parser.parse_args()
+    name = Path(args.base).name
+    if args.combine:
+        files = sorted((HERE / "results" / f"fidelity-{name}").glob("seed-*.json"))
+        if not files:
+            raise SystemExit(f"--combine: no seed-*.json in {HERE / 'results' / f'fidelity-{name}'}; run seeds first.")
+        seeds = [json.loads(f.read_text()) for f in files]
+        combined = {"machine": seeds[0]["machine"], "date": max(r["date"] for r in seeds),
+                    "settings": {k: v for k, v in seeds[0]["settings"].items() if k not in ("seed", "out")},
+                    **combine_seeds(seeds)}
+        out = HERE / "results" / f"fidelity-{name}.json"
+        out.write_text(json.dumps(combined, indent=1) + "\n")
+        title = f"{len(seeds)} seeds (mean, min-max) on {name}, {combined['machine']}"
+        plot_seeds(combined, title).savefig(out.with_suffix(".png"), dpi=100)
+        print(json.dumps(combined["summary"], indent=1))
+        print(f"Wrote {out} and {out.with_suffix('.png')}")
+        return
     if args.summarize:
         result = json.loads(args.summarize.read_text())
         result["summary"] = summarize(result)
@@ -71,7 +94,7 @@ def main() -> None:
         print(json.dumps(result["summary"], indent=1))
         return
     try:
-        variants = [Variant.parse(v) for v in args.variants]
+        variants = [dataclasses.replace(Variant.parse(v), seed=args.seed) for v in args.variants]
     except ValueError as error:
         raise SystemExit(f"--variants: {error}") from None
     torch.set_num_threads(args.threads)
@@ -81,13 +104,13 @@ def main() -> None:
     configs = variant_configs(variants, train_dir, work, args.steps, base=args.base, resolution=args.resolution,
                               batch_size=args.batch_size)
     result = fidelity_curves(configs, load_base(args.base), heldout, args.eval_every, args.sample_every, probe,
-                             log=lambda line: print(line, flush=True), state=work / "fidelity-state.json")
+                             log=lambda line: print(line, flush=True), state=work / f"fidelity-state-seed{args.seed}.json")
     result = {
         "machine": machine_description(args.threads),
         "settings": {**{k: v for k, v in vars(args).items() if k != "summarize"}, "base_name": Path(args.base).name},
         **result,
     }
-    out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{Path(args.base).name}.json"
+    out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{name}" / f"seed-{args.seed}.json"
     write(result, out)
     print(json.dumps(result["summary"], indent=1))
     print(f"Wrote {out} and {out.with_suffix('.png')}")

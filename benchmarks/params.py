@@ -19,11 +19,13 @@ from lite_controlnet.sd_configs import SD15_UNET_CONFIG, empty_unet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "params.json"
-LITE_VARIANTS = {
-    "Lite (default)": {},
-    "Lite, level_channels=64": {"level_channels": 64},
-    "Lite, level_channels=128": {"level_channels": 128},
-    "Lite, level_channels=256, 2 level layers": {"level_channels": 256, "level_mlp_layers": 2},
+LITE_VARIANTS = {  # name -> (design, overrides)
+    "Lite (default: feedback)": ("feedback", {}),
+    "Lite static (best step-invariant)": ("static", {}),
+    "Lite, the seed's design": ("seed", {}),
+    "Lite, the seed's design, level_channels=64": ("seed", {"level_channels": 64}),
+    "Lite, the seed's design, level_channels=256, 2 level layers": ("seed", {"level_channels": 256,
+                                                                            "level_mlp_layers": 2}),
 }
 
 
@@ -40,8 +42,8 @@ def measure() -> dict[str, int]:
                                                   ("T2I-Adapter light (4 res blocks per level)", "light_adapter", 4)):
             counts[name] = count(T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=blocks,
                                             downscale_factor=8, adapter_type=adapter_type))
-    for name, overrides in LITE_VARIANTS.items():
-        counts[name] = count(LiteControlNetModel.from_unet(unet, **overrides))
+    for name, (design, overrides) in LITE_VARIANTS.items():
+        counts[name] = count(LiteControlNetModel.from_unet(unet, design=design, **overrides))
     return counts
 
 

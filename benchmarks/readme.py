@@ -69,6 +69,17 @@ def benchmarks_block() -> str:
     return "\n".join(lines) + "\n\nFull tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."
 
 
+KIND_NAMES = {"lite": "Lite (default, feedback)", "lite-static": "Lite static", "lite-seed": "the seed's design",
+              "t2i-adapter": "T2I-Adapter", "controlnet": "ControlNet"}
+
+
+def _ms(value: dict | None, fmt: str = ".3f") -> str:
+    """mean (min-max) of the seeds."""
+    if value is None:
+        return ""
+    return f"{value['mean']:{fmt}} ({value['min']:{fmt}}-{value['max']:{fmt}})"
+
+
 def fidelity_block() -> str:
     files = sorted(RESULTS.glob("fidelity-*.json"))
     if not files:
@@ -77,52 +88,42 @@ def fidelity_block() -> str:
     for path in files:
         r = json.loads(path.read_text())
         s, st = r["summary"], r["settings"]
-        labels = list(r["curves"])
-        last = {k: r["curves"][k][-1] for k in labels}
-        reach = s["reach_90pct_of_final_one_step_gain"]
-
-        def row(name: str, first: str, values: list[str]) -> str:
-            return f"| {name} | {first} | " + " | ".join(values) + " |"
-
-        def sampled(label: str, key: str, fmt: str) -> str:
-            value = last[label].get("sampling", {}).get(key)
-            return "" if value is None else format(value, fmt)
-
-        text_sampling = r["text_only"]["sampling"]
+        plateau, by_kind, text = s["controlnet_plateau"], s["by_kind"], s["text_only"]
+        kinds = list(by_kind)
         lines += [
-            f"On **{st['base_name']}** ({r['machine']}, {r['date']}; {st['steps']} steps at batch {st['batch_size']}, "
-            f"{st['resolution']} px; one-step probe at t={st['timestep']} on {st['heldout']} held-out pairs; "
-            f"`python benchmarks/fidelity.py --variants {' '.join(st['variants'])}`):",
-            "",
-            "| | no control | " + " | ".join(labels) + " |",
-            "|---|---:|" + "---:|" * len(labels),
-            row("one-step disk IoU, final", f"{s['text_only_one_step_iou']:.3f}",
-                [f"{last[k]['one_step_iou']:.3f}" for k in labels]),
-            row("... with shuffled controls (must not help)", "", [f"{last[k]['one_step_shuffled_iou']:.3f}" for k in labels]),
-            row("... with empty prompts", f"{s['text_only_no_prompt_one_step_iou']:.3f}",
-                [f"{s['no_prompt_one_step_iou'][k]:.3f}" for k in labels]),
-            row(f"sampled disk IoU ({st['sample_num']} samples, {st['sample_steps']} steps)",
-                f"{text_sampling['disk_iou']:.3f}", [sampled(k, "disk_iou", ".3f") for k in labels]),
-            row("sampled edge F1", f"{text_sampling['edge_f1']:.3f}", [sampled(k, "edge_f1", ".3f") for k in labels]),
-            row("training seconds", "", [f"{last[k]['seconds']:.0f}" for k in labels]),
-            row("makes 90% of its final one-step gain by", "",
-                [f"step {reach[k]['step']} ({reach[k]['seconds']:.0f} s)" if reach[k] else "" for k in labels]),
+            f"On **{st['base_name']}** ({r['machine']}, {r['date']}; seeds {', '.join(map(str, r['seeds']))}; up to "
+            f"{st['steps']} steps at batch {st['batch_size']}, {st['resolution']} px; one-step probe at t={st['timestep']} "
+            f"on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; each kind at its best learning rate "
+            f"of {', '.join(sorted({v.split(':')[1] for v in st['variants'] if ':' in v}))}; "
+            f"`python benchmarks/fidelity.py --seed N`, then `--combine`). Mean of the seeds (min-max):",
             "",
         ]
-        best = s.get("best_variant_at_equal_wall_clock", {})
-        if len(best) == 2:
-            eq = s["one_step_iou_at_equal_wall_clock"]
-            share = s.get("lite_share_of_controlnet_gain_at_equal_wall_clock")
-            lines += [
-                f"At equal wall-clock ({s['equal_wall_clock_seconds']:.0f} s of training), each kind at its best "
-                f"learning rate, Lite ({best['lite']}) reaches a one-step IoU of {eq[best['lite']]:.3f} against "
-                f"ControlNet's ({best['controlnet']}) {eq[best['controlnet']]:.3f}: Lite "
-                f"{'reaches' if s['lite_reaches_90pct_of_controlnet_at_equal_wall_clock'] else 'does not reach'} 90% of "
-                f"ControlNet's IoU"
-                + (f", and {share:.0%} of ControlNet's gain over no control." if share is not None else "."),
-                "",
-            ]
-        lines += [f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
+        for when, title in (("equal_wall_clock", f"**At equal wall-clock**: {plateau['seconds']:.0f} s of training, where "
+                             f"ControlNet's sampled disk IoU plateaus (step {plateau['step']})"),
+                            ("end", f"**At the end of training** ({st['steps']} steps each)")):
+            lines += [title, "", "| | no control | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
+                      "|---|---:|" + "---:|" * len(kinds)]
+            rows = (("steps trained", "", lambda k: str(by_kind[k][when]["step"])),
+                    ("one-step disk IoU", f"{text['one_step_iou']:.3f}", lambda k: _ms(by_kind[k][when]["one_step_iou"])),
+                    ("... shuffled controls (must not help)", "",
+                     lambda k: _ms(by_kind[k][when]["one_step_shuffled_iou"])),
+                    ("sampled disk IoU", f"{text['sampled_iou']:.3f}", lambda k: _ms(by_kind[k][when]["sampled_iou"])),
+                    ("sampled edge F1", "", lambda k: _ms(by_kind[k][when]["sampled_edge_f1"])))
+            for name, first, cell in rows:
+                lines.append(f"| {name} | {first} | " + " | ".join(cell(k) for k in kinds) + " |")
+            lines.append("")
+        shares = s["share_of_controlnet"]
+        lines.append("Share of ControlNet's result (one-step: of its gain over no control; sampled: of its disk IoU): "
+                     + "; ".join(f"{KIND_NAMES.get(k, k)} {sh['equal_wall_clock']['one_step_gain']:.0%} / "
+                                 f"{sh['equal_wall_clock']['sampled_iou']:.0%} at equal wall-clock, "
+                                 f"{sh['end']['one_step_gain']:.0%} / {sh['end']['sampled_iou']:.0%} at the end"
+                                 for k, sh in shares.items() if None not in (sh["end"]["one_step_gain"],
+                                                                             sh["end"]["sampled_iou"],
+                                                                             sh["equal_wall_clock"]["one_step_gain"],
+                                                                             sh["equal_wall_clock"]["sampled_iou"]))
+                     + ". Shuffled controls help "
+                     + (", ".join(KIND_NAMES.get(k, k) for k, v in s["shuffled_helps"].items() if v) or "none") + ".")
+        lines += ["", f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
     return "\n".join(lines).rstrip()
 
 
@@ -176,7 +177,7 @@ def glance_block() -> str:
     """The headline numbers, each from its results file."""
     lines = []
     counts = json.loads((RESULTS / "params.json").read_text())
-    lite, cn = counts["Lite (default)"], counts["ControlNet (diffusers ControlNetModel.from_unet)"]
+    lite, cn = counts["Lite (default: feedback)"], counts["ControlNet (diffusers ControlNetModel.from_unet)"]
     lines.append(f"- **{lite:,} trainable parameters** against ControlNet's {cn:,} ({lite / cn:.2%}).")
     for path in sorted(RESULTS.glob("t4-cap-*.json")):
         t4 = json.loads(path.read_text())
@@ -198,10 +199,12 @@ def glance_block() -> str:
                 f"{r['sampling']['overhead_vs_sd']['SD + ControlNet']:+.1%}.")
     for path in sorted(RESULTS.glob("fidelity-*.json")):
         f = json.loads(path.read_text())["summary"]
-        share = f.get("lite_share_of_controlnet_gain_at_equal_wall_clock")
-        if share is not None:
-            lines.append(f"- **Fidelity is the price**: on the project's proxy base, at equal training time, Lite makes "
-                         f"{share:.0%} of ControlNet's gain in one-step disk IoU over no control (see [Fidelity](#fidelity)).")
+        share = f["share_of_controlnet"].get("lite", {}).get("equal_wall_clock", {})
+        if None not in (share.get("one_step_gain"), share.get("sampled_iou")):
+            lines.append(f"- **Fidelity**: on the project's proxy base, at equal training time (where ControlNet "
+                         f"plateaus), the default Lite module makes {share['one_step_gain']:.0%} of ControlNet's "
+                         f"one-step disk IoU gain and {share['sampled_iou']:.0%} of its sampled disk IoU, mean of "
+                         f"{len(json.loads(path.read_text())['seeds'])} seeds (see [Fidelity](#fidelity)).")
     return "\n".join(lines)
 
 

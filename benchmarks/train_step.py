@@ -4,8 +4,8 @@ process (peak memory is per process). Called by `benchmarks/run.py`; prints one 
     python benchmarks/train_step.py --variant lite --batch 4 --resolution 256 --steps 3
 
 Variants:
-- lite: the Lite module's step (its forward, the UNet with its residuals, backward, AdamW);
-- controlnet: the same for diffusers' ControlNetModel;
+- a control kind (lite, lite-static, lite-seed, controlnet, t2i-adapter): its step (the module's
+  forward, the UNet under its control, backward, AdamW), as the trainer runs it;
 - floor: what any module that injects into the skip connections must pay: the frozen UNet's
   forward with residuals that need a gradient, and the backward through the decoder to them.
 """
@@ -19,10 +19,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from lite_controlnet.compare import PeakMemory
-from lite_controlnet.controls import build_control, control_residuals
+from lite_controlnet.controls import CONTROL_KINDS, build_control, controlled_unet, prepare_control
 from lite_controlnet.model import unet_residual_layout
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG, random_model
 
@@ -34,7 +34,7 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=["lite", "controlnet", "floor"], required=True)
+    parser.add_argument("--variant", choices=[*CONTROL_KINDS, "floor"], required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="measured steps, after one warm-up step")
@@ -51,8 +51,7 @@ def main() -> None:
     unet = random_model(UNet2DConditionModel, SD15_UNET_CONFIG).requires_grad_(False).eval()
     control = None
     if args.variant != "floor":
-        control = build_control(args.variant, unet) if args.variant == "lite" else ControlNetModel.from_unet(unet)
-        control.to(device).train()
+        control = build_control(args.variant, unet).to(device).train()
     unet.to(device, dtype)
     params = [p for p in control.parameters()] if control is not None else []
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
@@ -76,17 +75,14 @@ def main() -> None:
         t0 = time.perf_counter()
         with autocast:
             if control is not None:
-                res = control_residuals(control, sample=noisy, timestep=timesteps, encoder_hidden_states=text,
-                                        controlnet_cond=controls)
-                down, mid_res = res.down, res.mid
+                pred = controlled_unet(unet, noisy, timesteps, text, prepare_control(control, controls, dtype))
             else:  # the floor: residuals that need a gradient, from nothing
                 down = [torch.zeros(b, c, size >> lv, size >> lv, device=device, dtype=dtype, requires_grad=True)
                         for c, lv in zip(channels, levels)]
                 mid_res = torch.zeros(b, mid, size >> max(levels), size >> max(levels), device=device, dtype=dtype,
                                       requires_grad=True)
-            pred = unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False,
-                        down_block_additional_residuals=tuple(r.to(dtype) for r in down),
-                        mid_block_additional_residual=mid_res.to(dtype))[0]
+                pred = unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False,
+                            down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid_res)[0]
             loss = F.mse_loss(pred.float(), noise)
         sync(device)
         t1 = time.perf_counter()

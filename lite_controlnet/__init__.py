@@ -4,14 +4,25 @@ __version__ = "0.1.0"
 
 from .base import DEFAULT_BASE, BaseModelError, BaseModels, load_base
 from .config import TrainConfig
-from .controls import ControlResiduals, build_control, control_residuals, load_control
+from .controls import (
+    CONTROL_KINDS,
+    ControlResiduals,
+    build_control,
+    control_residuals,
+    controlled_unet,
+    load_control,
+    prepare_control,
+)
 from .data import DatasetError, PairedDataset
 from .fill50k import make_fill50k
-from .model import LiteControlNetModel, LiteControlNetOutput
+from .model import LITE_DESIGNS, LiteControlNetFeatures, LiteControlNetModel, LiteControlNetOutput
 from .pipeline import LiteControlNetPipeline
 from .trainer import EpochEnd, train
 
 __all__ = [
+    "CONTROL_KINDS",
+    "LITE_DESIGNS",
+    "LiteControlNetFeatures",
     "DEFAULT_BASE",
     "BaseModelError",
     "BaseModels",
@@ -25,6 +36,8 @@ __all__ = [
     "TrainConfig",
     "build_control",
     "control_residuals",
+    "controlled_unet",
+    "prepare_control",
     "load_base",
     "load_control",
     "make_fill50k",

@@ -17,7 +17,7 @@ from .controls import CONTROL_KINDS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
-DEFAULT_LEARNING_RATE = {"lite": 1e-4, "controlnet": 1e-5}
+DEFAULT_LEARNING_RATE = {"lite": 1e-4, "lite-static": 1e-4, "lite-seed": 1e-4, "controlnet": 1e-5, "t2i-adapter": 1e-5}
 
 
 @dataclass
@@ -27,14 +27,14 @@ class TrainConfig:
     data: str  # dataset folder (prompt.json, or metadata.jsonl / train.jsonl)
     output: str  # run folder: checkpoints, grids, logs, final model (on Drive in Colab)
     base: str = DEFAULT_BASE  # hub id, local diffusers folder, or "tiny"
-    control: Literal["lite", "controlnet"] = "lite"
+    control: Literal["lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter"] = "lite"
     control_options: dict | None = None  # the module's own settings, e.g. {"level_channels": 192} (lite)
     resolution: int = 512
     epochs: int = 2  # the seed trained 2 epochs of Fill50k
     max_steps: int | None = None  # stop after this many optimizer steps (all epochs together)
     batch_size: int = 4  # effective batch per optimizer step, as in the seed
     micro_batch: int | None = None  # per forward pass; None: the largest that fits (probed)
-    learning_rate: float | None = None  # None: 1e-4 for lite, 1e-5 for controlnet
+    learning_rate: float | None = None  # None: 1e-4 for the lite kinds, 1e-5 for controlnet and t2i-adapter
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0

@@ -1,41 +1,58 @@
-"""One small interface over the two control modules: Lite and the original ControlNet.
+"""One small interface over the control modules: Lite (three designs), the original ControlNet
+and T2I-Adapter.
 
-The pipeline, the trainer and the comparison build, load and run a control module only
-through these functions, so `kind="controlnet"` trains and samples the original
-`diffusers.ControlNetModel` exactly like the Lite module.
+The pipeline, the trainer and the evaluation build, load and run a control module only through
+these functions, so every kind trains and samples through the same code:
+
+    prepared = prepare_control(control, control_image, unet_dtype)   # once per generation
+    noise_pred = controlled_unet(unet, sample, t, text, prepared, conditioning_scale)  # each step
+
+The kinds differ in what they compute once and what at every step:
+
+| kind          | once per generation           | every step                                   |
+|---------------|-------------------------------|----------------------------------------------|
+| `lite`        | control features              | small layers reading the UNet's skip features |
+| `lite-static` | residuals (3x3 level layers)  | nothing                                      |
+| `lite-seed`   | residuals (the seed's design) | nothing                                      |
+| `t2i-adapter` | adapter features              | nothing (added inside the UNet's encoder)    |
+| `controlnet`  | nothing                       | a trainable copy of the UNet encoder         |
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, T2IAdapter
 
 from .model import LiteControlNetModel
 
-ControlKind = Literal["lite", "controlnet"]
-CONTROL_KINDS = ("lite", "controlnet")
-CONTROL_CLASSES = {"lite": LiteControlNetModel, "controlnet": ControlNetModel}
+ControlKind = Literal["lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter"]
+CONTROL_KINDS = ("lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter")
+LITE_KINDS = {"lite": "feedback", "lite-static": "static", "lite-seed": "seed"}  # kind -> `lite_design` name
+CONTROL_CLASSES = {"lite": LiteControlNetModel, "controlnet": ControlNetModel, "t2i-adapter": T2IAdapter}
 
 
 @dataclass
 class ControlResiduals:
-    """What a control module adds to the UNet: one tensor per skip connection, and the mid block."""
+    """What a control module adds to the UNet's skip connections and mid block."""
 
     down: tuple[torch.Tensor, ...]
     mid: torch.Tensor
 
-    def unet_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `UNet2DConditionModel.forward` (always both fields)."""
-        return {"down_block_additional_residuals": self.down, "mid_block_additional_residual": self.mid}
+    def unet_kwargs(self, scale: float | torch.Tensor = 1.0, dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Keyword arguments for `UNet2DConditionModel.forward` (always both fields: given only the
+        down residuals, diffusers takes them for a T2I-Adapter's), times `scale`, in `dtype`."""
+        def cast(r: torch.Tensor) -> torch.Tensor:
+            r = r if isinstance(scale, (int, float)) and scale == 1 else r * scale
+            return r.to(dtype) if dtype is not None else r
 
-    def repeat(self, times: int) -> ControlResiduals:
-        """The same residuals for a batch repeated `times` (e.g. 2 for classifier-free guidance)."""
-        return ControlResiduals(tuple(r.repeat(times, 1, 1, 1) for r in self.down), self.mid.repeat(times, 1, 1, 1))
+        return {"down_block_additional_residuals": tuple(cast(r) for r in self.down),
+                "mid_block_additional_residual": cast(self.mid)}
 
 
 def _check_options(target: Any, options: dict[str, Any], fixed: tuple[str, ...]) -> None:
@@ -53,16 +70,18 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
     """A freshly initialised control module that fits `unet`.
 
     Args:
-        kind: "lite" (`LiteControlNetModel`) or "controlnet" (`diffusers.ControlNetModel`, a
-            trainable copy of the UNet encoder initialised from `unet`'s weights).
+        kind: "lite" (`LiteControlNetModel` with feedback, the default), "lite-static" (its best
+            step-invariant design), "lite-seed" (the seed's design, as published), "controlnet"
+            (`diffusers.ControlNetModel`, a trainable copy of the UNet encoder initialised from
+            `unet`'s weights) or "t2i-adapter" (`diffusers.T2IAdapter`, the full adapter).
         unet: the base `UNet2DConditionModel`.
         vae_scale_factor: image pixels per latent pixel of the base (8 for SD, 1 without VAE).
-        kwargs: passed to the module's `from_unet`.
+        kwargs: the module's own settings (e.g. `level_channels=128` for Lite), over the kind's.
     """
-    if kind == "lite":
+    if kind in LITE_KINDS:
         _check_options(LiteControlNetModel, kwargs, ("residual_channels", "residual_levels", "mid_channels",
-                                                     "vae_scale_factor"))
-        return LiteControlNetModel.from_unet(unet, vae_scale_factor=vae_scale_factor, **kwargs)
+                                                     "vae_scale_factor", "design"))
+        return LiteControlNetModel.from_unet(unet, vae_scale_factor=vae_scale_factor, design=LITE_KINDS[kind], **kwargs)
     if kind == "controlnet":
         # ControlNet's condition encoder halves the image once per entry after the first;
         # it must land on the latent resolution.
@@ -72,16 +91,14 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
         _check_options(ControlNetModel.from_unet, kwargs, ("unet",))
         kwargs.setdefault("conditioning_embedding_out_channels", widths)
         return ControlNetModel.from_unet(unet, **kwargs)
+    if kind == "t2i-adapter":
+        _check_options(T2IAdapter, kwargs, ("channels", "downscale_factor"))
+        # the full adapter, as TencentARC's SD1.5 adapters (canny, depth, sketch...); its light
+        # variant needs the UNet's last two widths equal (SD1.5's are; the proxy base's are not)
+        settings = {"in_channels": 3, "num_res_blocks": 2, "adapter_type": "full_adapter", **kwargs}
+        return T2IAdapter(channels=list(unet.config.block_out_channels), downscale_factor=vae_scale_factor,
+                          **settings)
     raise ValueError(f"Unknown control kind {kind!r}: use one of {CONTROL_KINDS}.")
-
-
-def control_kind(control: torch.nn.Module) -> ControlKind:
-    """The kind name ("lite" or "controlnet") of a control module."""
-    for kind, cls in CONTROL_CLASSES.items():
-        if isinstance(control, cls):
-            return kind  # type: ignore[return-value]
-    raise TypeError(f"{type(control).__name__} is not a control module: expected one of "
-                    f"{[c.__name__ for c in CONTROL_CLASSES.values()]}.")
 
 
 def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
@@ -105,40 +122,139 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
                      f"expected one of {[c.__name__ for c in CONTROL_CLASSES.values()]}.")
 
 
+def _unwrap(control: torch.nn.Module) -> torch.nn.Module:
+    return getattr(control, "module", control)  # under DistributedDataParallel
+
+
 def is_step_invariant(control: torch.nn.Module) -> bool:
-    """True when the residuals depend only on the control image (compute once per generation)."""
-    module = getattr(control, "module", control)  # under DistributedDataParallel
-    return bool(getattr(module, "step_invariant", False))
+    """True when the module's contribution depends only on the control image (no per-step work)."""
+    module = _unwrap(control)
+    return isinstance(module, T2IAdapter) or bool(getattr(module, "step_invariant", False))
+
+
+@dataclass
+class PreparedControl:
+    """A control module with what it computes once per generation (`prepare_control`)."""
+
+    control: torch.nn.Module
+    controlnet_cond: torch.Tensor
+    unet_dtype: torch.dtype
+    residuals: ControlResiduals | None = None  # step-invariant Lite
+    features: tuple[torch.Tensor, ...] | None = None  # Lite with feedback, T2I-Adapter
+
+
+def prepare_control(control: torch.nn.Module, controlnet_cond: torch.Tensor, unet_dtype: torch.dtype) -> PreparedControl:
+    """Run what a control module computes from the control image alone.
+
+    Args:
+        control: a control module of any kind (or one wrapped by DistributedDataParallel).
+        controlnet_cond: control images in [0, 1], (B, C, H, W) at image resolution, batch as the
+            UNet's (repeat them for classifier-free guidance).
+        unet_dtype: the UNet's dtype (read once: a diffusers model's `.dtype` walks its modules).
+    """
+    module = _unwrap(control)
+    prepared = PreparedControl(control, controlnet_cond, unet_dtype)
+    if isinstance(module, T2IAdapter):
+        prepared.features = tuple(control(controlnet_cond.to(module.dtype)))
+    elif isinstance(module, LiteControlNetModel):
+        out = control(controlnet_cond, return_dict=False)
+        if module.step_invariant:
+            prepared.residuals = ControlResiduals(tuple(out[0]), out[1])
+        else:
+            prepared.features = tuple(out[0])
+    return prepared
+
+
+def controlled_unet(
+    unet: torch.nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float,
+    encoder_hidden_states: torch.Tensor,
+    prepared: PreparedControl | None = None,
+    conditioning_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """The UNet's prediction with a prepared control module applied at `conditioning_scale`
+    (or without control when `prepared` is None).
+
+    Args:
+        unet: the base `UNet2DConditionModel`.
+        sample, timestep, encoder_hidden_states: as for the UNet.
+        prepared: `prepare_control`'s output.
+        conditioning_scale: control strength, a float or one value per sample, shape (B,).
+    """
+    kwargs: dict[str, Any] = {}
+    context: Any = contextlib.nullcontext()
+    if prepared is not None:
+        module, dtype = _unwrap(prepared.control), prepared.unet_dtype
+        scale = conditioning_scale
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(sample.device, dtype).reshape(-1, 1, 1, 1)
+        if prepared.residuals is not None:
+            kwargs = prepared.residuals.unet_kwargs(scale, dtype)
+        elif isinstance(module, T2IAdapter):
+            context = _adapter_hooks(unet, [(f * scale).to(dtype) for f in prepared.features])
+        elif isinstance(module, LiteControlNetModel):
+            context = module.feedback(unet, prepared.features, scale)
+        else:
+            down, mid = prepared.control(
+                sample.to(module.dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(module.dtype),
+                controlnet_cond=prepared.controlnet_cond.to(module.dtype), conditioning_scale=1.0, return_dict=False,
+            )
+            kwargs = ControlResiduals(tuple(down), mid).unet_kwargs(scale, dtype)
+    with context:
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kwargs)[0]
+
+
+@contextlib.contextmanager
+def _adapter_hooks(unet: torch.nn.Module, features: list[torch.Tensor]) -> Any:
+    """Add T2I-Adapter's features inside the UNet's encoder, where diffusers adds them for a
+    cross-attention block: to the output of each down block's last layer, before its downsampler
+    (so into the skip and everything after). Hooks, because diffusers' own path adds them after
+    the downsampler of a block without cross-attention, where the sizes differ."""
+    if len(features) != len(unet.down_blocks):
+        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {len(unet.down_blocks)} down "
+                         "blocks: build it with build_control('t2i-adapter', unet).")
+    handles = []
+    for block, feature in zip(unet.down_blocks, features):
+        if getattr(block, "attentions", None):
+            hook = lambda m, a, out, f=feature: (out[0] + f, *out[1:])  # noqa: E731
+            handles.append(block.attentions[-1].register_forward_hook(hook))
+        else:
+            handles.append(block.resnets[-1].register_forward_hook(lambda m, a, out, f=feature: out + f))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def control_residuals(
     control: torch.nn.Module,
     *,
-    sample: torch.Tensor,
-    timestep: torch.Tensor | float,
-    encoder_hidden_states: torch.Tensor,
+    sample: torch.Tensor | None,
+    timestep: torch.Tensor | float | None,
+    encoder_hidden_states: torch.Tensor | None,
     controlnet_cond: torch.Tensor,
     conditioning_scale: float = 1.0,
 ) -> ControlResiduals:
-    """Run a control module of either kind and return its residuals for the UNet.
+    """The skip and mid residuals of a step-invariant Lite module or a ControlNet (the modules
+    whose whole contribution is residuals computed before the UNet runs); other kinds act inside
+    the UNet's forward: use `prepare_control` and `controlled_unet`.
 
     Args:
-        control: a `LiteControlNetModel` or a `ControlNetModel`.
-        sample: the noisy latents the UNet will see (ignored by step-invariant modules).
-        timestep: the diffusion timestep (ignored by step-invariant modules).
-        encoder_hidden_states: text embeddings (ignored by step-invariant modules).
+        control: a step-invariant `LiteControlNetModel` or a `ControlNetModel`.
+        sample, timestep, encoder_hidden_states: what the UNet will see (ControlNet only).
         controlnet_cond: control images in [0, 1], (B, C, H, W) at image resolution.
         conditioning_scale: control strength.
     """
-    if is_step_invariant(control):
+    module = _unwrap(control)
+    if isinstance(module, LiteControlNetModel) and module.step_invariant:
         down, mid = control(controlnet_cond, conditioning_scale=conditioning_scale, return_dict=False)
+    elif isinstance(module, ControlNetModel):
+        down, mid = control(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                            controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale, return_dict=False)
     else:
-        down, mid = control(
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            controlnet_cond=controlnet_cond,
-            conditioning_scale=conditioning_scale,
-            return_dict=False,
-        )
+        raise TypeError(f"{type(module).__name__}{' with feedback' if isinstance(module, LiteControlNetModel) else ''}"
+                        " acts inside the UNet's forward and has no residuals to return: use "
+                        "prepare_control() and controlled_unet().")
     return ControlResiduals(tuple(down), mid)

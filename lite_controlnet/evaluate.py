@@ -22,7 +22,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from .base import BaseModels
-from .controls import control_residuals
+from .controls import controlled_unet, prepare_control
 from .data import PairedDataset
 from .grids import table_grid
 from .latents import decode_latents, encode_images, encode_text, to_pil
@@ -64,14 +64,8 @@ def one_step_predictions(
     t = torch.full((len(latents),), timestep, device=device, dtype=torch.long)
     noisy = scheduler.add_noise(latents, noise, t)
     text = encode_text(base.tokenizer, base.text_encoder, prompts, device).to(dtype)
-    kwargs: dict[str, Any] = {}
-    if control is not None:
-        residuals = control_residuals(control, sample=noisy.to(control.dtype), timestep=t,
-                                      encoder_hidden_states=text.to(control.dtype),
-                                      controlnet_cond=controls.to(device, control.dtype))
-        kwargs = {"down_block_additional_residuals": tuple(r.to(dtype) for r in residuals.down),
-                  "mid_block_additional_residual": residuals.mid.to(dtype)}
-    pred = base.unet(noisy.to(dtype), t, encoder_hidden_states=text, return_dict=False, **kwargs)[0].float()
+    prepared = prepare_control(control, controls.to(device, control.dtype), dtype) if control is not None else None
+    pred = controlled_unet(base.unet, noisy.to(dtype), t, text, prepared).float()
     alpha = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
     kind = scheduler.config.prediction_type
     if kind == "v_prediction":

@@ -10,14 +10,37 @@ result into the Stable Diffusion (SD) Encoder Block using zero convolution". Her
       -> level MLP: (1x1 conv -> SiLU) x level_mlp_layers, one per resolution
       -> one zero-initialised 1x1 conv per UNet skip residual (and one for the mid block)
 
-The module sees neither the timestep nor the noisy latent, so a generation computes its
-residuals once and reuses them at every denoising step.
+That design (`lite_design("seed")`, the kind `lite-seed`) sees neither the timestep nor the noisy latent, so a
+generation computes its residuals once; measured on the proxy base it marks the outline's edges
+but barely moves the disk in full sampling. A per-pixel MLP followed by averaging sees each pixel
+alone (it can tell where the outline is, not which side is inside), and residuals fixed for the
+whole generation cannot follow what the generation has drawn so far, while the layout is decided
+in the first, noisy steps. Two settings address those two causes:
+
+- `level_kernel_size=3`: the per-resolution layers are 3x3 convolutions, spatial context where
+  the image is already pooled small (cheap: at SD1.5's 64x64 latent level a 3x3 conv of 64
+  channels costs about 0.2 GMAC, against the UNet's ~340 per step).
+- `feedback_levels`: feedback from the generation, the lesson of ControlNet-XS: at every
+  denoising step each UNet skip feature `h_k` (the UNet's own encoder feature, computed anyway:
+  nothing of the UNet is copied) is read through a group-normalised 1x1 projection, added to the
+  control feature of its level, mixed by a 3x3 conv, and projected back by the zero conv:
+
+      r_k = zero_conv_k(SiLU(mix_k(SiLU(control_features[level_k] + read_k(norm(h_k))))))
+
+  so the correction depends on the control, the timestep and what has been drawn. The control
+  features are still computed once per generation; only the small per-skip layers run per step,
+  inside the UNet's forward (`feedback`: hooks on the UNet's up blocks, which consume the skips,
+  and on its mid block).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+import contextlib
+import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +53,31 @@ from torch import nn
 # block): channels and resolution level (0 = 1/8 of the image, 3 = 1/64) of each of the 12.
 SD15_RESIDUAL_CHANNELS = (320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280)
 SD15_RESIDUAL_LEVELS = (0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3)
+
+# Named designs (`build_control`'s kinds lite-seed, lite-static and lite): settings over the
+# defaults, which are the seed's design, so a module saved before the others existed loads as it was.
+LITE_DESIGNS = ("seed", "static", "feedback")
+
+
+def lite_design(name: str, num_levels: int) -> dict[str, Any]:
+    """The settings of a named Lite design for a UNet with `num_levels` resolutions.
+
+    - "seed": pixel MLP, average pooling, 1x1 level MLPs, zero 1x1 convs (the seed's section 3).
+    - "static": the feedback design's control path without the feedback, two layers per level
+      (3x3 at the coarse levels): nothing runs per step.
+    - "feedback": 3x3 level layers and feedback from the UNet at the coarse levels (all but the
+      latent resolution, where a 3x3 layer costs the most and the layout is not decided).
+    """
+    coarse = tuple(range(1, num_levels))
+    designs = {
+        "seed": {},
+        "static": {"level_kernel_size": (1, *(3,) * len(coarse)), "level_mlp_layers": 2, "level_channels": 64},
+        "feedback": {"level_kernel_size": (1, *(3,) * len(coarse)), "feedback_levels": coarse,
+                     "feedback_channels": 32, "level_channels": 64},
+    }
+    if name not in designs:
+        raise ValueError(f"Unknown Lite design {name!r}: use one of {LITE_DESIGNS}.")
+    return designs[name]
 
 
 @dataclass
@@ -45,6 +93,18 @@ class LiteControlNetOutput(BaseOutput):
 
     down_block_res_samples: tuple[torch.Tensor, ...]
     mid_block_res_sample: torch.Tensor
+
+
+@dataclass
+class LiteControlNetFeatures(BaseOutput):
+    """What a feedback module computes from the control image alone, once per generation.
+
+    Args:
+        features: one tensor per resolution level; `LiteControlNetModel.feedback` turns them,
+            with the UNet's own features, into residuals at each step.
+    """
+
+    features: tuple[torch.Tensor, ...]
 
 
 def unet_residual_layout(unet_config: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -78,6 +138,35 @@ def _pointwise_mlp(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _level_layers(in_channels: int, width: int, layers: int, kernel_size: int) -> nn.Sequential:
+    """`layers` x (conv `kernel_size` -> SiLU) at one pooled resolution."""
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Conv2d(in_channels, width, kernel_size, padding=kernel_size // 2), nn.SiLU()]
+        in_channels = width
+    return nn.Sequential(*modules)
+
+
+def _norm_groups(channels: int) -> int:
+    return math.gcd(channels, 32)
+
+
+class _FeedbackSkip(nn.Module):
+    """Reads one UNet skip feature each step and turns it, with the control features of its
+    level, into that skip's correction (before the zero projection)."""
+
+    def __init__(self, skip_channels: int, feature_channels: int, width: int):
+        super().__init__()
+        self.groups = _norm_groups(skip_channels)
+        self.read = nn.Conv2d(skip_channels, feature_channels, kernel_size=1)
+        self.mix = nn.Conv2d(feature_channels, width, kernel_size=3, padding=1)
+
+    def forward(self, skip: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        # the UNet's features differ in scale by level and timestep: normalise before reading
+        seen = self.read(F.group_norm(skip.to(features.dtype), self.groups))
+        return F.silu(self.mix(F.silu(features + seen)))
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero all parameters, so the module's output is zero until training moves it."""
     for p in module.parameters():
@@ -92,16 +181,23 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         conditioning_channels: channels of the control image (3 for RGB).
         pixel_mlp_channels: widths of the 1x1 layers applied at full image resolution.
         level_channels: width of the per-resolution MLP applied after pooling.
-        level_mlp_layers: number of 1x1 layers per resolution after pooling (0: none).
+        level_mlp_layers: number of layers per resolution after pooling (0: none).
+        level_kernel_size: kernel of those layers: 1 (the seed's pixel-wise MLP) or 3 (spatial
+            context at the pooled resolutions); one for all levels, or one per level.
+        feedback_levels: the resolution levels whose skips (and, if any, the mid block) read the
+            UNet's own features at each step (see the module docstring); () for residuals computed
+            from the control image alone (step-invariant).
+        feedback_channels: width of the per-step feedback layers.
+        match_skip_scale: multiply each feedback residual by the standard deviation of the UNet
+            feature it corrects (per sample), so that one learned projection fits every timestep,
+            whose features differ in scale by orders of magnitude (the idea of ControlNeXt's Cross
+            Normalization: control matched to the statistics of what it is added to).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
             each level halves it).
         mid_channels: channels of the UNet mid block.
         vae_scale_factor: image pixels per latent pixel (8 for SD; 1 for a pixel-space base).
     """
-
-    # Residuals depend only on the control image: compute once per generation.
-    step_invariant = True
 
     @register_to_config
     def __init__(
@@ -110,6 +206,10 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         pixel_mlp_channels: tuple[int, ...] = (64, 64),
         level_channels: int = 96,
         level_mlp_layers: int = 1,
+        level_kernel_size: int | tuple[int, ...] = 1,
+        feedback_levels: tuple[int, ...] = (),
+        feedback_channels: int = 64,
+        match_skip_scale: bool = False,
         residual_channels: tuple[int, ...] = SD15_RESIDUAL_CHANNELS,
         residual_levels: tuple[int, ...] = SD15_RESIDUAL_LEVELS,
         mid_channels: int = 1280,
@@ -125,42 +225,63 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             raise ValueError("pixel_mlp_channels must name at least one width, e.g. (64, 64).")
         if level_mlp_layers < 0:
             raise ValueError(f"level_mlp_layers must be >= 0, got {level_mlp_layers}.")
+        num_levels = max(residual_levels) + 1
+        kernels = (level_kernel_size,) * num_levels if isinstance(level_kernel_size, int) else tuple(level_kernel_size)
+        if len(kernels) != num_levels or any(k not in (1, 3) for k in kernels):
+            raise ValueError(f"level_kernel_size must be 1 or 3, or one of those per level ({num_levels}), "
+                             f"got {level_kernel_size}.")
+        if any(level not in range(num_levels) for level in feedback_levels):
+            raise ValueError(f"feedback_levels must name levels 0 to {num_levels - 1}, got {feedback_levels}.")
+        if feedback_channels < 1:
+            raise ValueError(f"feedback_channels must be >= 1, got {feedback_channels}.")
         if vae_scale_factor < 1:
             raise ValueError(f"vae_scale_factor must be >= 1, got {vae_scale_factor}.")
-        num_levels = max(residual_levels) + 1
 
         # 1. the pixel-wise MLP, run at full image resolution
         self.pixel_mlp = _pointwise_mlp(conditioning_channels, pixel_mlp_channels)
-        # 2. one small pixel-wise MLP per resolution, after pooling
+        # 2. one small network per resolution, after pooling
         feature_channels = level_channels if level_mlp_layers else pixel_mlp_channels[-1]
         self.level_mlps = nn.ModuleList(
-            _pointwise_mlp(pixel_mlp_channels[-1], [level_channels] * level_mlp_layers)
-            for _ in range(num_levels)
+            _level_layers(pixel_mlp_channels[-1], level_channels, level_mlp_layers, kernel) for kernel in kernels
         )
-        # 3. the zero projections into the UNet. Only these are zeroed: two zero layers in
+        # 3. with feedback: per skip of those levels (and the mid block), layers that read the
+        # UNet's own feature
+        self.feedback_skips = nn.ModuleDict({
+            str(k): _FeedbackSkip(c, feature_channels, feedback_channels)
+            for k, (c, level) in enumerate(zip(residual_channels, residual_levels)) if level in feedback_levels
+        })
+        if feedback_levels:
+            self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels)
+        # 4. the zero projections into the UNet. Only these are zeroed: two zero layers in
         # series would leave the earlier one without gradient.
         self.zero_convs = nn.ModuleList(
-            zero_module(nn.Conv2d(feature_channels, c, kernel_size=1)) for c in residual_channels
+            zero_module(nn.Conv2d(feedback_channels if str(k) in self.feedback_skips else feature_channels, c, 1))
+            for k, c in enumerate(residual_channels)
         )
-        self.mid_zero_conv = zero_module(nn.Conv2d(feature_channels, mid_channels, kernel_size=1))
+        mid_in = feedback_channels if feedback_levels else feature_channels
+        self.mid_zero_conv = zero_module(nn.Conv2d(mid_in, mid_channels, kernel_size=1))
 
     @classmethod
-    def from_unet(cls, unet: Any, vae_scale_factor: int = 8, **overrides: Any) -> LiteControlNetModel:
+    def from_unet(
+        cls, unet: Any, vae_scale_factor: int = 8, design: str = "feedback", **overrides: Any
+    ) -> LiteControlNetModel:
         """Build a module whose residuals fit `unet` (a `UNet2DConditionModel` or its config).
 
         Args:
             unet: the frozen base UNet, or its `config`.
             vae_scale_factor: image pixels per latent pixel of the base (8 for SD, 1 without VAE).
-            overrides: any other `__init__` argument, e.g. `level_channels=128`.
+            design: "feedback" (the default), "static" or "seed" (see `lite_design`).
+            overrides: any other `__init__` argument, e.g. `level_channels=128`, over the design's.
         """
         config = getattr(unet, "config", unet)
         channels, levels, mid = unet_residual_layout(config)
+        settings = {**lite_design(design, max(levels) + 1), **overrides}
         return cls(
             residual_channels=channels,
             residual_levels=levels,
             mid_channels=mid,
             vae_scale_factor=vae_scale_factor,
-            **overrides,
+            **settings,
         )
 
     def residual_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
@@ -173,20 +294,13 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             h, w = (h + 1) // 2, (w + 1) // 2
         return sizes
 
-    def forward(
-        self,
-        controlnet_cond: torch.Tensor,
-        conditioning_scale: float | torch.Tensor = 1.0,
-        return_dict: bool = True,
-    ) -> LiteControlNetOutput | tuple:
-        """Compute the UNet residuals for a batch of control images.
+    @property
+    def step_invariant(self) -> bool:
+        """True when the residuals depend only on the control image (compute once per generation)."""
+        return not self.config.feedback_levels
 
-        Args:
-            controlnet_cond: control images, (B, conditioning_channels, H, W) in [0, 1], with
-                H and W multiples of `vae_scale_factor`.
-            conditioning_scale: control strength; multiplies every residual (0 disables control).
-            return_dict: return a `LiteControlNetOutput` rather than a tuple.
-        """
+    def control_features(self, controlnet_cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The features of the control image at each resolution level (what a generation caches)."""
         # 1. check the input
         cfg = self.config
         if controlnet_cond.ndim != 4 or controlnet_cond.shape[1] != cfg.conditioning_channels:
@@ -206,22 +320,99 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         x = self.pixel_mlp(x)
 
         # 3. average-pool to each skip resolution (each level pools the previous one: the same
-        # averages, computed from an 8x smaller tensor), then the per-level MLP
+        # averages, computed from an 8x smaller tensor), then the per-level layers
         features = []
         for level_mlp, size in zip(self.level_mlps, self.residual_sizes(height, width)):
             x = _average_pool(x, size)
             features.append(level_mlp(x))
+        return tuple(features)
+
+    def forward(
+        self,
+        controlnet_cond: torch.Tensor,
+        conditioning_scale: float | torch.Tensor = 1.0,
+        return_dict: bool = True,
+    ) -> LiteControlNetOutput | LiteControlNetFeatures | tuple:
+        """Compute the UNet residuals for a batch of control images; with feedback, the control
+        features that `feedback` turns into residuals at each step.
+
+        Args:
+            controlnet_cond: control images, (B, conditioning_channels, H, W) in [0, 1], with
+                H and W multiples of `vae_scale_factor`.
+            conditioning_scale: control strength; multiplies every residual (0 disables control).
+                Unused with feedback (give it to `feedback`).
+            return_dict: return a `LiteControlNetOutput` (`LiteControlNetFeatures` with
+                feedback) rather than a tuple.
+        """
+        features = self.control_features(controlnet_cond)
+        if not self.step_invariant:
+            return LiteControlNetFeatures(features=features) if return_dict else (features,)
 
         # 4. zero projections into the UNet's skip connections
         down = tuple(
             conv(features[level]) * conditioning_scale
-            for conv, level in zip(self.zero_convs, cfg.residual_levels)
+            for conv, level in zip(self.zero_convs, self.config.residual_levels)
         )
         mid = self.mid_zero_conv(features[-1]) * conditioning_scale
 
         if not return_dict:
             return down, mid
         return LiteControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+
+    @contextlib.contextmanager
+    def feedback(
+        self, unet: nn.Module, features: Sequence[torch.Tensor], conditioning_scale: float | torch.Tensor = 1.0
+    ) -> Iterator[None]:
+        """While active, each forward of `unet` adds this module's residuals, computed from the
+        control `features` (`forward`'s output) and the UNet's own skip and mid features, to the
+        skips its up blocks consume and to its mid block's output.
+
+        Args:
+            unet: the base `UNet2DConditionModel` the module was made for (`from_unet`).
+            features: `forward(controlnet_cond).features`, batch as the UNet's.
+            conditioning_scale: control strength (0: the UNet's own output).
+        """
+        if self.step_invariant:
+            raise ValueError("feedback needs a module with feedback_levels; this one's residuals come from "
+                             "forward() alone.")
+        levels, match_scale = self.config.residual_levels, self.config.match_skip_scale
+        # the up blocks consume the skips from the last: each takes the last len(resnets) left
+        blocks, left = [], len(levels)
+        for block in unet.up_blocks:
+            blocks.append((block, range(left - len(block.resnets), left)))
+            left -= len(block.resnets)
+        if left != 0 or unet.mid_block is None:
+            raise ValueError(f"this module was made for a UNet with {len(levels)} skip connections and a mid block; "
+                             f"the UNet given consumes {len(levels) - left}. Build it with from_unet(unet).")
+
+        def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
+            if index is None:
+                out = self.mid_zero_conv(self.feedback_mid(feature, features[-1]))
+                if match_scale:
+                    out = out * feature.detach().float().std(dim=(1, 2, 3), keepdim=True).to(out.dtype)
+            elif str(index) in self.feedback_skips:
+                out = self.zero_convs[index](self.feedback_skips[str(index)](feature, features[levels[index]]))
+                if match_scale:
+                    out = out * feature.detach().float().std(dim=(1, 2, 3), keepdim=True).to(out.dtype)
+            else:  # a level without feedback: the residual of the control features alone
+                out = self.zero_convs[index](features[levels[index]])
+            return (out * conditioning_scale).to(feature.dtype)
+
+        def up_hook(indices: range) -> Any:
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+                skips = kwargs["res_hidden_states_tuple"]
+                kwargs["res_hidden_states_tuple"] = tuple(s + correction(i, s) for i, s in zip(indices, skips))
+                return args, kwargs
+
+            return hook
+
+        handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
+        handles.append(unet.mid_block.register_forward_hook(lambda module, args, out: out + correction(None, out)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .base import DEFAULT_BASE, BaseModels, load_base
-from .controls import ControlResiduals, control_residuals, is_step_invariant, load_control
+from .controls import controlled_unet, load_control, prepare_control
 from .latents import decode_latents, encode_text
 
 logger = logging.getLogger(__name__)
@@ -220,19 +220,17 @@ class LiteControlNetPipeline(DiffusionPipeline):
             negative_embeds = negative_embeds.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
 
-        # 3. the control image, and the residuals of a step-invariant module (computed once)
-        control_image = cached = None
+        # 3. the control image, and what the module computes from it alone (once per generation)
+        # (a diffusers model's `.dtype` walks all its modules: read it once, not per step)
+        unet_dtype = self.unet.dtype
+        prepared = None
         if use_control:
             control_image = self.prepare_control_image(
                 image, len(prompts), height, width, device, self.controlnet.dtype
             ).repeat_interleave(num_images_per_prompt, dim=0)
             if do_cfg:
                 control_image = torch.cat([control_image] * 2)
-            if is_step_invariant(self.controlnet):
-                cached = control_residuals(
-                    self.controlnet, sample=None, timestep=None, encoder_hidden_states=None,
-                    controlnet_cond=control_image, conditioning_scale=1.0,
-                )
+            prepared = prepare_control(self.controlnet, control_image, unet_dtype)
 
         # 4. timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -248,32 +246,15 @@ class LiteControlNetPipeline(DiffusionPipeline):
         if "generator" in step_params:
             step_kwargs["generator"] = generator
 
-        # 5. denoise (a diffusers model's `.dtype` walks all its modules: read it once, not per step)
-        unet_dtype = self.unet.dtype
-        control_dtype = self.controlnet.dtype if use_control else None
+        # 5. denoise
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            residual_kwargs = {}
             # control applies on the steps inside [start, end] of the schedule, as in diffusers
             inside = not (i / len(timesteps) < control_guidance_start or (i + 1) / len(timesteps) > control_guidance_end)
-            if use_control:
-                scale = controlnet_conditioning_scale * float(inside)
-                if cached is not None:
-                    residuals = ControlResiduals(tuple(r * scale for r in cached.down), cached.mid * scale)
-                else:
-                    residuals = control_residuals(
-                        self.controlnet, sample=model_input.to(control_dtype), timestep=t,
-                        encoder_hidden_states=prompt_embeds.to(control_dtype),
-                        controlnet_cond=control_image, conditioning_scale=scale,
-                    )
-                residual_kwargs = {
-                    "down_block_additional_residuals": tuple(r.to(unet_dtype) for r in residuals.down),
-                    "mid_block_additional_residual": residuals.mid.to(unet_dtype),
-                }
-            noise_pred = self.unet(
-                model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False, **residual_kwargs
-            )[0]
+            scale = controlnet_conditioning_scale if inside else 0.0
+            noise_pred = controlled_unet(self.unet, model_input, t, prompt_embeds,
+                                         prepared if scale != 0 else None, scale)
             if do_cfg:
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)

@@ -47,7 +47,7 @@ from .checkpoint import (
     verify_checkpoint,
 )
 from .config import TrainConfig
-from .controls import build_control, control_residuals
+from .controls import build_control, controlled_unet, prepare_control
 from .data import PairedDataset
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .logs import LossLog
@@ -275,11 +275,8 @@ class Trainer:
             target = noise
         noisy, text = noisy.to(self.weight_dtype), text.to(device, self.weight_dtype)
         with self._autocast():
-            residuals = control_residuals(self.control_ddp, sample=noisy, timestep=timesteps,
-                                          encoder_hidden_states=text, controlnet_cond=controls.to(device))
-            pred = unet(noisy, timesteps, encoder_hidden_states=text, return_dict=False,
-                        down_block_additional_residuals=tuple(r.to(self.weight_dtype) for r in residuals.down),
-                        mid_block_additional_residual=residuals.mid.to(self.weight_dtype))[0]
+            prepared = prepare_control(self.control_ddp, controls.to(device), self.weight_dtype)
+            pred = controlled_unet(unet, noisy, timesteps, text, prepared)
         return F.mse_loss(pred.float(), target.float())
 
     def _optimizer_step(self, step: int, indices: list[int], controls: torch.Tensor, lr: float | None = None) -> float:

@@ -1,0 +1,157 @@
+"""Fidelity curves of several seeds combined: mean and spread, ControlNet's plateau, and each
+kind read at equal wall-clock there and at the end of training.
+
+`fidelity_curves` scores one seed's runs; `combine_seeds` takes one such result per seed (same
+variants, steps and probe) and answers the comparison's questions with the mean of the seeds,
+giving min and max beside each mean. `benchmarks/fidelity.py --combine` calls it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .fidelity import MIN_GAIN
+
+# (name, point -> value or None): the scores combined at each step
+SCORES: dict[str, Callable[[dict], float | None]] = {
+    "one_step_iou": lambda p: p["one_step_iou"],
+    "one_step_shuffled_iou": lambda p: p["one_step_shuffled_iou"],
+    "sampled_iou": lambda p: p.get("sampling", {}).get("disk_iou"),
+    "sampled_edge_f1": lambda p: p.get("sampling", {}).get("edge_f1"),
+    "sampled_colour_error": lambda p: p.get("sampling", {}).get("circle_colour_error"),
+    "no_prompt_iou": lambda p: p.get("no_prompt", {}).get("disk_iou"),
+}
+PLATEAU = 0.95  # ControlNet has plateaued once its mean sampled IoU is within 5% of its best
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
+
+
+def mean_curve(curves: Sequence[list[dict]]) -> list[dict]:
+    """One curve per seed -> one curve of {step, seconds, <score>: {mean, min, max}} (a score only
+    where every seed has it)."""
+    steps = [[p["step"] for p in curve] for curve in curves]
+    if any(s != steps[0] for s in steps):
+        raise ValueError(f"the seeds were scored at different steps: {steps}.")
+    out = []
+    for points in zip(*curves):
+        point: dict[str, Any] = {"step": points[0]["step"], "seconds": _spread([p["seconds"] for p in points])}
+        for name, value in SCORES.items():
+            values = [value(p) for p in points]
+            if all(v is not None for v in values):
+                point[name] = _spread(values)
+        out.append(point)
+    return out
+
+
+def _at(curve: list[dict], seconds: float, score: str) -> dict | None:
+    """The last point with `score` trained for at most `seconds` (mean seconds)."""
+    points = [p for p in curve if score in p and p["seconds"]["mean"] <= seconds]
+    return points[-1] if points else None
+
+
+def combine_seeds(results: Sequence[dict]) -> dict:
+    """One `fidelity_curves` result per seed -> {"seeds", "variants", "text_only", "curves": {label:
+    mean curve}, "summary"}."""
+    labels = list(results[0]["curves"])
+    if any(list(r["curves"]) != labels for r in results):
+        raise ValueError(f"every seed needs the same variants: {[list(r['curves']) for r in results]}.")
+    seeds = [next(iter(r["variants"].values())).get("seed", 0) for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"each seed once: got {seeds}.")
+    curves = {label: mean_curve([r["curves"][label] for r in results]) for label in labels}
+    variants = {label: {k: v for k, v in results[0]["variants"][label].items() if k != "seed"} for label in labels}
+    combined = {"seeds": seeds, "variants": variants, "text_only": results[0]["text_only"], "curves": curves}
+    combined["summary"] = summarize_seeds(combined)
+    return combined
+
+
+def summarize_seeds(combined: dict) -> dict:
+    """Each kind at its best learning rate (best final mean sampled IoU), read where the best
+    ControlNet's mean sampled IoU has plateaued (equal wall-clock) and at the end; the default
+    Lite's share of ControlNet's gains there."""
+    curves, variants = combined["curves"], combined["variants"]
+    text = combined["text_only"]
+    base = {"one_step_iou": text["one_step"]["disk_iou"], "sampled_iou": text["sampling"]["disk_iou"]}
+
+    def final(label: str, score: str) -> float:
+        return [p for p in curves[label] if score in p][-1][score]["mean"]
+
+    best = {}
+    for kind in dict.fromkeys(v["kind"] for v in variants.values()):
+        best[kind] = max((label for label, v in variants.items() if v["kind"] == kind),
+                         key=lambda label: final(label, "sampled_iou"))
+    summary: dict[str, Any] = {"best_variant": best, "text_only": base}
+    if "controlnet" not in best:
+        return summary
+    cn = curves[best["controlnet"]]
+    sampled = [p for p in cn if "sampled_iou" in p]
+    top = max(p["sampled_iou"]["mean"] for p in sampled)
+    plateau = next(p for p in sampled if p["sampled_iou"]["mean"] >= PLATEAU * top)
+    seconds = plateau["seconds"]["mean"]
+    summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, "sampled_iou": top}
+    table = {}
+    for kind, label in best.items():
+        row = {}
+        for when, limit in (("equal_wall_clock", seconds), ("end", float("inf"))):
+            one, samp = _at(curves[label], limit, "one_step_iou"), _at(curves[label], limit, "sampled_iou")
+            row[when] = {"step": one["step"] if one else 0,
+                         "one_step_iou": one["one_step_iou"] if one else None,
+                         "one_step_shuffled_iou": one["one_step_shuffled_iou"] if one else None,
+                         "sampled_step": samp["step"] if samp else 0,
+                         "sampled_iou": samp["sampled_iou"] if samp else None,
+                         "sampled_edge_f1": samp["sampled_edge_f1"] if samp else None}
+        table[kind] = row
+    summary["by_kind"] = table
+
+    def share(kind: str, when: str, score: str, over_base: bool) -> float | None:
+        mine, theirs = table[kind][when][score], table["controlnet"][when][score]
+        if mine is None or theirs is None:
+            return None
+        b = base[score] if over_base else 0.0
+        return round((mine["mean"] - b) / (theirs["mean"] - b), 3) if theirs["mean"] - b >= MIN_GAIN else None
+
+    summary["share_of_controlnet"] = {
+        kind: {when: {"one_step_gain": share(kind, when, "one_step_iou", True),
+                      "sampled_iou": share(kind, when, "sampled_iou", False)} for when in ("equal_wall_clock", "end")}
+        for kind in best if kind != "controlnet"}
+    # shuffled controls must not help: none beats no control by a gain that counts
+    summary["shuffled_helps"] = {
+        kind: row["end"]["one_step_shuffled_iou"]["mean"] - base["one_step_iou"] >= MIN_GAIN
+        for kind, row in table.items() if row["end"]["one_step_shuffled_iou"]}
+    return summary
+
+
+def plot_seeds(combined: dict, title: str = "") -> Any:
+    """Mean scores (lines) and their min-max over seeds (bands) against optimizer steps (top) and
+    training seconds (bottom); dashed grey: no control; dotted vertical: ControlNet's plateau."""
+    from matplotlib.figure import Figure
+
+    panels = (("one-step disk IoU", "one_step_iou", combined["text_only"]["one_step"]["disk_iou"]),
+              ("sampled disk IoU", "sampled_iou", combined["text_only"]["sampling"]["disk_iou"]),
+              ("sampled edge F1", "sampled_edge_f1", combined["text_only"]["sampling"]["edge_f1"]))
+    fig = Figure(figsize=(4.2 * len(panels), 6.6))
+    axes = fig.subplots(2, len(panels))
+    plateau = combined["summary"].get("controlnet_plateau")
+    for row, x in enumerate(("step", "seconds")):
+        for col, (name, score, baseline) in enumerate(panels):
+            ax = axes[row][col]
+            for label, curve in combined["curves"].items():
+                points = [p for p in curve if score in p]
+                xs = [p[x] if x == "step" else p[x]["mean"] for p in points]
+                line, = ax.plot(xs, [p[score]["mean"] for p in points], marker="o", ms=3, label=label)
+                ax.fill_between(xs, [p[score]["min"] for p in points], [p[score]["max"] for p in points],
+                                color=line.get_color(), alpha=0.2)
+            ax.axhline(baseline, color="grey", ls="--", label="no control")
+            if plateau:
+                ax.axvline(plateau[x] if x == "step" else plateau["seconds"], color="black", ls=":", lw=1)
+            ax.set_xlabel("optimizer step" if x == "step" else "training seconds")
+            ax.set_ylabel(name)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
