@@ -1,6 +1,6 @@
 """The control modules against each other at equal budget: fidelity against steps and seconds.
 
-    python benchmarks/fidelity.py                        # the committed proxy base, CPU, seed 0
+    python benchmarks/fidelity.py                        # the committed proxy base, CPU, seed 0 (~40 min)
     python benchmarks/fidelity.py --variants lite:1e-3 controlnet:1e-4 controlnet:1e-3
     python benchmarks/fidelity.py --seed 1 ...           # one seed per call (run seeds in parallel)
     python benchmarks/fidelity.py --combine              # all seeds: mean, spread, plateau, shares
@@ -55,16 +55,18 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-num", type=int, default=4000)
     parser.add_argument("--heldout", type=int, default=64, help="held-out pairs for the one-step probe")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--sample-every", type=int, default=4, help="full sampling every this many evaluations")
+    parser.add_argument("--steps", type=int, default=1200, help="past ControlNet's plateau on the proxy base")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--sample-every", type=int, default=2, help="full sampling every this many evaluations")
     parser.add_argument("--sample-num", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--timestep", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--variants", nargs="+", default=["lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet"],
-                        help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's)")
+    parser.add_argument("--variants", nargs="+",
+                        default=["lite:3e-3", "lite-static:3e-3", "lite-seed:1e-3", "t2i-adapter:1e-3", "controlnet:1e-3"],
+                        help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's); "
+                             "the defaults: each kind at its best rate of those tried on the proxy base")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)

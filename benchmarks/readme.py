@@ -127,6 +127,54 @@ def fidelity_block() -> str:
     return "\n".join(lines).rstrip()
 
 
+PARAMS_KEYS = {"lite": "Lite (default: feedback)", "lite-static": "Lite static (best step-invariant)",
+               "lite-seed": "Lite, the seed's design", "t2i-adapter": "T2I-Adapter full (2 res blocks per level)",
+               "controlnet": "ControlNet (diffusers ControlNetModel.from_unet)"}
+SAMPLING_KEYS = {"lite": "SD + Lite", "lite-static": "SD + Lite static", "lite-seed": "SD + Lite seed",
+                 "t2i-adapter": "SD + T2I-Adapter", "controlnet": "SD + ControlNet"}
+
+
+def frontier_block() -> str:
+    """Per kind: parameters, sampling overhead and training step at SD1.5 size (CPU suite), and
+    fidelity on the proxy base at equal wall-clock and at the end (mean of the seeds)."""
+    counts = json.loads((RESULTS / "params.json").read_text())
+    cpu = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cpu-*.json"))]
+    fid = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("fidelity-*.json"))]
+    if not cpu or not fid:
+        return _missing("the frontier", "python benchmarks/run.py and benchmarks/fidelity.py")
+    cpu, fid = cpu[0], fid[0]
+    by = {(r["variant"], r["batch"]): r for r in cpu["training"] if "error" not in r}
+    batch = max(b for _, b in by)
+    cn_step, cn_mem = by[("controlnet", batch)]["step_s"], by[("controlnet", batch)]["peak_memory_bytes"]
+    over, by_kind = cpu["sampling"]["overhead_vs_sd"], fid["summary"]["by_kind"]
+    text = fid["summary"]["text_only"]
+    lines = [f"At the SD1.5 configuration ({cpu['settings']['resolution']} px, CPU, `python benchmarks/run.py`; "
+             f"training at batch {batch}) and on the proxy base (mean of {len(fid['seeds'])} seeds, "
+             "`python benchmarks/fidelity.py`; one-step IoU / sampled disk IoU, no control: "
+             f"{text['one_step_iou']:.3f} / {text['sampled_iou']:.3f}):", "",
+             "| module | parameters | vs. ControlNet | sampling overhead | training step vs. ControlNet | "
+             "peak memory vs. ControlNet | fidelity at equal wall-clock | fidelity at the end |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet"):
+        n, row, fk = counts.get(PARAMS_KEYS[kind]), by.get((kind, batch)), by_kind.get(kind)
+        o = over.get(SAMPLING_KEYS[kind])
+
+        def fidelity(when: str) -> str:
+            if not fk or fk[when]["one_step_iou"] is None or fk[when]["sampled_iou"] is None:
+                return ""
+            return f"{fk[when]['one_step_iou']['mean']:.3f} / {fk[when]['sampled_iou']['mean']:.3f}"
+
+        cells = [f"{KIND_NAMES[kind]} (`{kind}`)",
+                 "" if n is None else f"{n:,}",
+                 "" if n is None else f"{n / counts[PARAMS_KEYS['controlnet']]:.2%}",
+                 "" if o is None else f"{o:+.1%}",
+                 "" if row is None else ("1x" if kind == "controlnet" else f"{cn_step / row['step_s']:.2f}x faster"),
+                 "" if row is None else f"{row['peak_memory_bytes'] / cn_mem:.0%}",
+                 fidelity("equal_wall_clock"), fidelity("end")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def variants_block() -> str:
     files = sorted(RESULTS.glob("lite-variants-*.json"))
     if not files:
@@ -209,7 +257,7 @@ def glance_block() -> str:
 
 
 BLOCKS = {"glance": glance_block, "params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
-          "fidelity": fidelity_block, "variants": variants_block, "proxy": proxy_block}
+          "fidelity": fidelity_block, "variants": variants_block, "proxy": proxy_block, "frontier": frontier_block}
 
 
 def main() -> None:

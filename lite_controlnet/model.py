@@ -10,16 +10,16 @@ result into the Stable Diffusion (SD) Encoder Block using zero convolution". Her
       -> level MLP: (1x1 conv -> SiLU) x level_mlp_layers, one per resolution
       -> one zero-initialised 1x1 conv per UNet skip residual (and one for the mid block)
 
-That design (`lite_design("seed")`, the kind `lite-seed`) sees neither the timestep nor the noisy latent, so a
-generation computes its residuals once; measured on the proxy base it marks the outline's edges
+That design (`lite_design("seed")`, the kind `lite-seed`) sees neither the timestep nor the
+noisy latent, so a generation computes its residuals once; measured on the proxy base it marks the outline's edges
 but barely moves the disk in full sampling. A per-pixel MLP followed by averaging sees each pixel
 alone (it can tell where the outline is, not which side is inside), and residuals fixed for the
 whole generation cannot follow what the generation has drawn so far, while the layout is decided
 in the first, noisy steps. Two settings address those two causes:
 
 - `level_kernel_size=3`: the per-resolution layers are 3x3 convolutions, spatial context where
-  the image is already pooled small (cheap: at SD1.5's 64x64 latent level a 3x3 conv of 64
-  channels costs about 0.2 GMAC, against the UNet's ~340 per step).
+  the image is already pooled small (cheap: at SD1.5's 32x32 level a 3x3 conv of 64 channels
+  costs about 0.04 GMAC, against the UNet's ~340 per step at 512 px).
 - `feedback_levels`: feedback from the generation, the lesson of ControlNet-XS: at every
   denoising step each UNet skip feature `h_k` (the UNet's own encoder feature, computed anyway:
   nothing of the UNet is copied) is read through a group-normalised 1x1 projection, added to the
@@ -31,16 +31,21 @@ in the first, noisy steps. Two settings address those two causes:
   features are still computed once per generation; only the small per-skip layers run per step,
   inside the UNet's forward (`feedback`: hooks on the UNet's up blocks, which consume the skips,
   and on its mid block).
+
+The default design (`lite_design("feedback")`, the kind `lite`) uses both at the coarse levels
+(H/16 and below, and the mid block), where the layout is decided and a 3x3 layer costs little;
+the skips at the latent resolution get the control features' residual alone. Its per-step work
+is a few small convolutions beside the UNet's; `lite_design("static")` keeps the same control
+path without the feedback, for a generation that must cost nothing per step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -188,10 +193,6 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             UNet's own features at each step (see the module docstring); () for residuals computed
             from the control image alone (step-invariant).
         feedback_channels: width of the per-step feedback layers.
-        match_skip_scale: multiply each feedback residual by the standard deviation of the UNet
-            feature it corrects (per sample), so that one learned projection fits every timestep,
-            whose features differ in scale by orders of magnitude (the idea of ControlNeXt's Cross
-            Normalization: control matched to the statistics of what it is added to).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
             each level halves it).
@@ -209,7 +210,6 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         level_kernel_size: int | tuple[int, ...] = 1,
         feedback_levels: tuple[int, ...] = (),
         feedback_channels: int = 64,
-        match_skip_scale: bool = False,
         residual_channels: tuple[int, ...] = SD15_RESIDUAL_CHANNELS,
         residual_levels: tuple[int, ...] = SD15_RESIDUAL_LEVELS,
         mid_channels: int = 1280,
@@ -375,7 +375,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         if self.step_invariant:
             raise ValueError("feedback needs a module with feedback_levels; this one's residuals come from "
                              "forward() alone.")
-        levels, match_scale = self.config.residual_levels, self.config.match_skip_scale
+        levels = self.config.residual_levels
         # the up blocks consume the skips from the last: each takes the last len(resnets) left
         blocks, left = [], len(levels)
         for block in unet.up_blocks:
@@ -388,12 +388,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
             if index is None:
                 out = self.mid_zero_conv(self.feedback_mid(feature, features[-1]))
-                if match_scale:
-                    out = out * feature.detach().float().std(dim=(1, 2, 3), keepdim=True).to(out.dtype)
             elif str(index) in self.feedback_skips:
                 out = self.zero_convs[index](self.feedback_skips[str(index)](feature, features[levels[index]]))
-                if match_scale:
-                    out = out * feature.detach().float().std(dim=(1, 2, 3), keepdim=True).to(out.dtype)
             else:  # a level without feedback: the residual of the control features alone
                 out = self.zero_convs[index](features[levels[index]])
             return (out * conditioning_scale).to(feature.dtype)

@@ -1,0 +1,69 @@
+"""Several seeds' fidelity curves combined: mean and spread, ControlNet's plateau, equal wall-clock."""
+
+import pytest
+
+from lite_controlnet.fidelity_seeds import combine_seeds, mean_curve
+
+TEXT_ONLY = {"one_step": {"disk_iou": 0.60}, "sampling": {"disk_iou": 0.02, "edge_f1": 0.05}}
+
+
+def point(step, seconds, one_step, sampled=None, shuffled=0.60):
+    p = {"step": step, "seconds": seconds, "one_step_iou": one_step, "one_step_shuffled_iou": shuffled}
+    if sampled is not None:
+        p["sampling"] = {"disk_iou": sampled, "edge_f1": sampled / 2, "circle_colour_error": 5.0}
+    return p
+
+
+def seed_result(seed, shift):
+    """ControlNet: 2 s per step, sampled IoU 0.2, 0.6, 0.62 at steps 2, 4, 6 (plateau from step 4);
+    Lite: 1 s per step, better per second."""
+    cn = [point(s, 2.0 * s + shift, 0.60 + 0.04 * s, {2: 0.2, 4: 0.6, 6: 0.62}.get(s)) for s in range(1, 7)]
+    lite = [point(s, 1.0 * s + shift, 0.60 + 0.03 * s + shift, {2: 0.1, 4: 0.3, 6: 0.5}.get(s)) for s in range(1, 7)]
+    return {"variants": {"lite lr 0.003": {"kind": "lite", "learning_rate": 3e-3, "seed": seed},
+                         "controlnet lr 0.001": {"kind": "controlnet", "learning_rate": 1e-3, "seed": seed}},
+            "text_only": TEXT_ONLY, "curves": {"lite lr 0.003": lite, "controlnet lr 0.001": cn}}
+
+
+def test_mean_curve_gives_mean_min_and_max_where_every_seed_has_the_score():
+    curve = mean_curve([[point(1, 1.0, 0.7, 0.3)], [point(1, 3.0, 0.8)]])
+    assert curve[0]["one_step_iou"] == {"mean": 0.75, "min": 0.7, "max": 0.8}
+    assert curve[0]["seconds"]["mean"] == 2.0
+    assert "sampled_iou" not in curve[0]  # only one seed was sampled there
+    with pytest.raises(ValueError, match="different steps"):
+        mean_curve([[point(1, 1.0, 0.7)], [point(2, 1.0, 0.7)]])
+
+
+def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():
+    combined = combine_seeds([seed_result(0, 0.0), seed_result(1, 0.02)])
+    summary = combined["summary"]
+    assert combined["seeds"] == [0, 1]
+    # ControlNet's best mean sampled IoU is 0.62; 95% of it (0.589) is first reached at step 4
+    assert summary["controlnet_plateau"]["step"] == 4
+    assert summary["controlnet_plateau"]["seconds"] == pytest.approx(8.01)
+    lite = summary["by_kind"]["lite"]
+    # by 8.01 s Lite (1 s per step, 0.01 s later on average) trained 7 steps; its last point is step 6
+    assert lite["equal_wall_clock"]["step"] == 6 and lite["equal_wall_clock"]["sampled_step"] == 6
+    assert lite["equal_wall_clock"]["one_step_iou"] == {"mean": 0.79, "min": 0.78, "max": 0.8}
+    assert summary["by_kind"]["controlnet"]["equal_wall_clock"]["sampled_step"] == 4
+    share = summary["share_of_controlnet"]["lite"]
+    # one-step gain over no control: Lite 0.19 against ControlNet's 0.16 at step 4; sampled 0.5 / 0.6
+    assert share["equal_wall_clock"] == {"one_step_gain": pytest.approx(0.19 / 0.16, abs=1e-3),
+                                         "sampled_iou": pytest.approx(0.5 / 0.6, abs=1e-3)}
+    assert share["end"]["sampled_iou"] == pytest.approx(0.5 / 0.62, abs=1e-3)
+    assert summary["shuffled_helps"] == {"lite": False, "controlnet": False}
+
+
+def test_a_shuffled_control_that_helps_is_reported():
+    results = [seed_result(0, 0.0)]
+    for p in results[0]["curves"]["lite lr 0.003"]:
+        p["one_step_shuffled_iou"] = 0.65
+    assert combine_seeds(results)["summary"]["shuffled_helps"]["lite"] is True
+
+
+def test_seeds_must_match_and_differ():
+    with pytest.raises(ValueError, match="each seed once"):
+        combine_seeds([seed_result(0, 0.0), seed_result(0, 0.0)])
+    other = seed_result(1, 0.0)
+    other["curves"].pop("lite lr 0.003")
+    with pytest.raises(ValueError, match="same variants"):
+        combine_seeds([seed_result(0, 0.0), other])
