@@ -9,6 +9,7 @@ keeps its traceback, as does every error under `--debug`.
 from __future__ import annotations
 
 import errno
+import math
 import re
 import sys
 import warnings
@@ -51,7 +52,11 @@ def disk_full(where: Any, needed: int | None = None, free: int | None = None, wh
 
 
 def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
+    """A size for people: 12 KB, 3.4 MB, 1.2 GB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{math.ceil(size / 2**10)} KB"
 
 
 def exit_code(error: BaseException) -> int | None:

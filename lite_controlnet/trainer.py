@@ -437,9 +437,11 @@ class Trainer:
                 self._epoch_grid(self.epoch)  # cut off between the epoch's checkpoint and its grid
             bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control}", dynamic_ncols=True)
-            while self.global_step < self.total_steps:
-                self._run_epoch(bar, log)
-            bar.close()
+            try:
+                while self.global_step < self.total_steps:
+                    self._run_epoch(bar, log)
+            finally:
+                bar.close()  # ends the bar's line, so that an error prints on a line of its own
             if self.main and not any(c.step == self.global_step for c in list_checkpoints(self.output)):
                 self._save()
             final = self.output / "final"
