@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .base import BaseModels
 from .data import DatasetError, PairedDataset
-from .errors import disk_full
+from .errors import disk_full, require_space
 from .latents import encode_text
 
 TEXT_CACHE_LIMIT = 4 * 2**30  # above this many bytes of embeddings, the text encoder runs per step
@@ -156,10 +156,8 @@ def build_cache(
 
 def _create_latents_file(path: Path, shape: tuple[int, ...]) -> None:
     """An empty latents file of `shape`, its blocks allocated; refused up front when the disk is too small."""
-    needed = math.prod(shape) * np.dtype(np.float16).itemsize + 4096
-    free = shutil.disk_usage(path.parent).free
-    if needed > free:
-        raise disk_full(path.parent, needed, free, f" for the latent cache of {shape[0]} images")
+    require_space(path.parent, math.prod(shape) * np.dtype(np.float16).itemsize + 4096,
+                  f" for the latent cache of {shape[0]} images")
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
     try:
         _allocate(path)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import USAGE, ReportedError, disk_full
+from .errors import USAGE, ReportedError, disk_full, require_space
 from .lock import RunLock, RunLockedError, pid_alive
 
 __all__ = ["MANIFEST", "Checkpoint", "CheckpointError", "RunLock", "RunLockedError", "checkpoint_root",
@@ -135,9 +135,7 @@ def _stage(local: Path, files: dict[str, dict[str, Any]], staging: Path, what: s
     # each file takes at least a block more than its bytes on most filesystems
     needed = sum(entry["size"] for entry in files.values()) + 4096 * (len(files) + 1)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(staging.parent).free
-    if needed > free:
-        raise disk_full(staging.parent, needed, free, f" to write {what}")
+    require_space(staging.parent, needed, f" to write {what}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for rel in files:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import math
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 USAGE = 2  # exit code: fix the command, the data or the files it names
@@ -51,6 +53,14 @@ def disk_full(where: Any, needed: int | None = None, free: int | None = None, wh
                                  "(e.g. --output or --cache-dir on a larger disk).")
 
 
+def require_space(folder: Path, needed: int, what: str) -> None:
+    """Raise `disk_full` unless `folder`'s filesystem has `needed` bytes free. A filesystem that
+    reports no size at all (some network mounts) is not judged: writing will tell."""
+    usage = shutil.disk_usage(folder)
+    if usage.total and needed > usage.free:
+        raise disk_full(folder, needed, usage.free, what)
+
+
 def _mb(size: int) -> str:
     """A size for people: 12 KB, 3.4 MB, 1.2 GB."""
     for unit, scale in (("GB", 2**30), ("MB", 2**20)):
@@ -79,7 +89,7 @@ def exit_code(error: BaseException) -> int | None:
 def one_line(error: BaseException) -> str:
     """The message of `error` on one line, without `[Errno N]` or a DataLoader worker's traceback."""
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted; run the same command again to resume from the last checkpoint."
+        return "interrupted (a training run resumes from its last checkpoint when started again)."
     message = str(error)
     if isinstance(error, OSError) and error.strerror:
         message = error.strerror + (f": {error.filename}" if error.filename and str(error.filename) not in error.strerror

@@ -143,14 +143,25 @@ class RunLock:
         return partial
 
     def _create(self) -> None:
+        """Create the lock file, failing if another acquirer created it meanwhile."""
         partial = self._partial()
         try:
-            os.link(partial, self.path)  # fails if another acquirer created it meanwhile
+            os.link(partial, self.path)  # the whole content at once
         except FileExistsError:
-            raise RunLockedError(f"{self.path.parent} was just taken by another training run; use another "
-                                 "--output, or try again once it has stopped.") from None
+            raise self._taken() from None
+        except OSError:  # no hard links here (some network mounts): create exclusively, then write
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise self._taken() from None
+            with os.fdopen(fd, "w") as f:
+                f.write(self._content())
         finally:
             partial.unlink(missing_ok=True)
+
+    def _taken(self) -> RunLockedError:
+        return RunLockedError(f"{self.path.parent} was just taken by another training run; use another --output, "
+                              "or try again once it has stopped.")
 
     def _write(self) -> None:
         os.replace(self._partial(), self.path)

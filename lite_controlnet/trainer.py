@@ -139,7 +139,11 @@ class Trainer:
             if newer:
                 refuse_mixing(self.output, newer[0].step, False, f"resuming from step {ckpt.step}")
             return ckpt, self._read_checkpoint(ckpt)
-        return load_latest(self.output, self._read_checkpoint)
+        found = load_latest(self.output, self._read_checkpoint)
+        if found is None and (published or (self.output / "final").exists()):
+            refuse_mixing(self.output, published[0].step if published else None, (self.output / "final").exists(),
+                          "a fresh start (none of its checkpoints can be resumed)")
+        return found
 
     @staticmethod
     def _read_checkpoint(ckpt: Checkpoint) -> dict:

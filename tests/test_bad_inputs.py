@@ -361,6 +361,15 @@ def _(c):
     return train_args(c, run, "--resume", run / "checkpoints" / "step-00000001"), ["step 2", "holds another run"], [run]
 
 
+@case("resume-when-every-checkpoint-is-damaged")
+def _(c):
+    run = copy_run(c)
+    for weights in (run / "checkpoints").glob("*/control/diffusion_pytorch_model.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:-100])
+    return train_args(c, run, "--max-steps", "3"), ["holds another run", "none of its checkpoints can be resumed"], \
+        [run]
+
+
 @case("resume-named-checkpoint-with-empty-manifest")
 def _(c):
     run = copy_run(c)

@@ -213,6 +213,35 @@ def test_concurrent_acquirers_get_the_lock_once(tmp_path, stale):
         assert outcomes.count("held") == 1, (trial, outcomes)
 
 
+def test_the_lock_works_where_hard_links_do_not(tmp_path, monkeypatch):
+    def no_links(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # as on some network mounts
+    lock = RunLock(tmp_path).acquire()
+    try:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            lock.release()
+            lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}))
+            with pytest.raises(RunLockedError, match="in use"):
+                RunLock(tmp_path).acquire()
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        lock.release()
+
+
+def test_a_filesystem_that_reports_no_size_is_not_judged_full(world, tmp_path, monkeypatch):
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(total=0, used=0, free=0))
+    train(TrainConfig(data=str(world.data), output=str(tmp_path / "run"), base=str(world.base), max_steps=1, **SMALL),
+          progress=False)
+    assert latest_control(tmp_path / "run") == tmp_path / "run" / "final"
+
+
 # -- 5. final/ is published whole, and checked -----------------------------------------------------
 
 
