@@ -363,7 +363,7 @@ def latest_control(output: str | Path) -> Path | None:
     newest = None
     for checkpoint in list_checkpoints(output):
         try:
-            verify_checkpoint(checkpoint)
+            verify_module_folder(checkpoint.path / "control")  # the module's files: not the optimizer state
         except CheckpointError as error:
             warnings.warn(f"Skipping checkpoint {checkpoint.path}: {error}", stacklevel=2)
             continue

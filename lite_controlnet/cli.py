@@ -200,6 +200,7 @@ def _make_proxy_base(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import add_config_arguments, parse_bool
     parser = _Parser(prog="lite_controlnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     p.add_argument("--data", required=True, help="held-out pairs (e.g. make-fill50k data/heldout --seed 1)")
     p.add_argument("--manifest", default=None, help="the manifest file, when the data folder holds several")
-    p.add_argument("--convert-mode", action="store_true", help="convert grey, palette or RGBA images to RGB")
+    p.add_argument("--convert-mode", type=parse_bool, default=False, metavar="{true,false}",
+                   help="convert grey, palette or RGBA images to RGB (default: false)")
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -262,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_evaluate)
 
-    from .config import add_config_arguments
 
     p = commands.add_parser("train", help="train a control module (resumes from --output's checkpoints)")
     p.add_argument("--config", default=None, help="JSON or YAML file of TrainConfig settings (flags win)")

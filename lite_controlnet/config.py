@@ -164,7 +164,7 @@ _WHOLE_RANGES = {
     "resolution": (8, 4096), "epochs": (1, None), "max_steps": (1, None), "batch_size": (1, None),
     "micro_batch": (1, None), "lr_warmup_steps": (0, None), "seed": (0, 2**63 - 1), "checkpoint_every": (1, None),
     "keep_checkpoints": (1, None), "validation_every": (1, None), "num_validation": (1, None),
-    "validation_steps": (1, 1000), "num_workers": (0, 64), "max_nonfinite": (1, None),
+    "validation_steps": (1, 500), "num_workers": (0, 64), "max_nonfinite": (1, None),
 }
 # Real-valued settings: (lowest, highest or None, whether the lowest itself is allowed); all finite.
 # A negative max_grad_norm would reverse the gradients; a NaN checkpoint_minutes would turn off
@@ -230,7 +230,7 @@ def add_config_arguments(parser: Any) -> None:
         if get_origin(kind) is Literal:
             parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
         elif kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}", help=help_text)
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="{true,false}", help=help_text)
         elif kind is dict:
             parser.add_argument(flag, type=_parse_json_object, default=None, metavar="JSON", help=help_text)
         else:
@@ -248,7 +248,8 @@ def _parse_json_object(text: str) -> dict:
     return value
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A command-line true or false (also yes/no, on/off, 1/0)."""
     if text.lower() in ("true", "1", "yes", "on"):
         return True
     if text.lower() in ("false", "0", "no", "off"):
