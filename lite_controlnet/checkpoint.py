@@ -350,7 +350,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} holds more than tensors and plain values (it would need unpickling "
                               "code to load); refused.") from error
     except (EOFError, RuntimeError) as error:
-        raise CheckpointError(f"{path} is unreadable ({str(error).splitlines()[0] if str(error) else error!r}).") from error
+        first = str(error).splitlines()[0] if str(error) else repr(error)
+        raise CheckpointError(f"{path} is unreadable ({first}).") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state.")
     return state

@@ -274,7 +274,8 @@ class PairedDataset(Dataset):
         folder = os.path.dirname(path)
         inside = self._inside.get(folder)
         if inside is None:
-            inside = self._inside[folder] = os.path.join(os.path.realpath(folder), "").startswith(self._real_root_prefix)
+            inside = os.path.join(os.path.realpath(folder), "").startswith(self._real_root_prefix)
+            self._inside[folder] = inside
         if not inside:
             raise DatasetError(
                 f"{key!r} path {value!r} goes through a symlinked folder that leads out of the dataset folder "

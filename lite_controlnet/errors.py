@@ -48,7 +48,7 @@ def disk_full(where: Any, needed: int | None = None, free: int | None = None, wh
     """An `OSError(ENOSPC)` that says where, how much is needed and how much is free."""
     amounts = ""
     if needed is not None:
-        amounts = f": needs {_mb(needed)}" + (f", {_mb(free)} free" if free is not None else "")
+        amounts = f": needs {_human_size(needed)}" + (f", {_human_size(free)} free" if free is not None else "")
     return OSError(errno.ENOSPC, f"No space left on {where}{what}{amounts}. Free some space or choose another folder "
                                  "(e.g. --output or --cache-dir on a larger disk).")
 
@@ -61,7 +61,7 @@ def require_space(folder: Path, needed: int, what: str) -> None:
         raise disk_full(folder, needed, usage.free, what)
 
 
-def _mb(size: int) -> str:
+def _human_size(size: int) -> str:
     """A size for people: 12 KB, 3.4 MB, 1.2 GB."""
     for unit, scale in (("GB", 2**30), ("MB", 2**20)):
         if size >= scale:
@@ -92,8 +92,8 @@ def one_line(error: BaseException) -> str:
         return "interrupted (a training run resumes from its last checkpoint when started again)."
     message = str(error)
     if isinstance(error, OSError) and error.strerror:
-        message = error.strerror + (f": {error.filename}" if error.filename and str(error.filename) not in error.strerror
-                                    else "")
+        named = error.filename and str(error.filename) not in error.strerror
+        message = error.strerror + (f": {error.filename}" if named else "")
     # An error raised in a DataLoader worker comes back wrapping the worker's traceback; its
     # last line is "module.Class: message", the message the user needs.
     if "\nOriginal Traceback" in message:

@@ -59,7 +59,8 @@ def snapshot(*folders):
                                          (name != "train_config.json" or path.parent == folder)):
                     continue
                 data = path.read_bytes()
-                found[str(path)] = data.decode().splitlines() if name == "loss.csv" else hashlib.sha256(data).hexdigest()
+                rows = name == "loss.csv"
+                found[str(path)] = data.decode().splitlines() if rows else hashlib.sha256(data).hexdigest()
     return found
 
 
@@ -632,7 +633,8 @@ def test_a_bug_keeps_its_traceback(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(LiteControlNetPipeline, "__call__", bug)
     with pytest.raises(TypeError, match="a bug"):
-        cli.main(["sample", "--base", str(world.base), "--prompt", "p", "--steps", "1", "--out", str(tmp_path / "o.png")])
+        cli.main(["sample", "--base", str(world.base), "--prompt", "p", "--steps", "1",
+                  "--out", str(tmp_path / "o.png")])
 
 
 @pytest.mark.parametrize("damage", ["empty-list manifest", "manifest without files", "state that needs unpickling",

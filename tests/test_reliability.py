@@ -164,7 +164,8 @@ def test_changed_target_images_are_encoded_again(world, tmp_path, monkeypatch):
 
     encoded = []
     original = AutoencoderKL.encode
-    monkeypatch.setattr(AutoencoderKL, "encode", lambda self, x, *a, **k: encoded.append(len(x)) or original(self, x, *a, **k))
+    monkeypatch.setattr(AutoencoderKL, "encode",
+                        lambda self, x, *a, **k: encoded.append(len(x)) or original(self, x, *a, **k))
     train(TrainConfig(data=str(data), **{**cfg, "output": str(tmp_path / "b")}), progress=False)
     after = np.load(latents_file)
     assert encoded == [1]  # the changed image alone
@@ -224,7 +225,8 @@ def test_the_lock_works_where_hard_links_do_not(tmp_path, monkeypatch):
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         try:
             lock.release()
-            lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}))
+            held = {"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}
+            lock.path.write_text(json.dumps(held))
             with pytest.raises(RunLockedError, match="in use"):
                 RunLock(tmp_path).acquire()
         finally:
