@@ -206,15 +206,13 @@ class LiteControlNetPipeline(DiffusionPipeline):
         """`check_sampling_args`, and the number of steps against this scheduler's range."""
         check_sampling_args(num_inference_steps, guidance_scale, controlnet_conditioning_scale, height, width,
                             self.vae_scale_factor)
-        most = self.scheduler.config.num_train_timesteps
-        if num_inference_steps <= most:
-            self.scheduler.set_timesteps(num_inference_steps)
-            timesteps = self.scheduler.timesteps.tolist()
-        if num_inference_steps > most or len(set(timesteps)) != len(timesteps):
+        # as many steps as training timesteps already breaks UniPC (it repeats the last timestep)
+        train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps >= train_timesteps:
             raise ValueError(
-                f"num_inference_steps={num_inference_steps} (--steps) is beyond what the "
-                f"{type(self.scheduler).__name__} can take ({most} training timesteps; it would repeat some): "
-                "use fewer, e.g. 20 to 50."
+                f"num_inference_steps={num_inference_steps} (--steps) is beyond the range of the "
+                f"{type(self.scheduler).__name__} of this base: expected fewer than its {train_timesteps} training "
+                "timesteps (20 to 50 is usual)."
             )
 
     def _default_size(self, image: Any) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from .base import load_base
 from .cache import build_cache
 from .checkpoint import (
     Checkpoint,
+    CheckpointError,
     RunLock,
     clean_stale_staging,
     list_checkpoints,
@@ -147,8 +148,12 @@ class Trainer:
 
     @staticmethod
     def _read_checkpoint(ckpt: Checkpoint) -> dict:
+        state = load_state(ckpt.path / "state.pt")
+        missing = [key for key in ("global_step", "epoch", "step_in_epoch", "optimizer", "rng") if key not in state]
+        if missing:  # read here, so that load_latest falls back to the previous checkpoint
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} lacks {missing}: not a training state.")
         return {
-            "state": load_state(ckpt.path / "state.pt"),
+            "state": state,
             "identity": saved_identity(ckpt.path),
             "plan": json.loads((ckpt.path / "plan.json").read_text()),
         }

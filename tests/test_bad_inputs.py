@@ -523,7 +523,7 @@ for extra, texts in [
     (["--scale", "1e9"], ["controlnet_conditioning_scale=1000000000.0", "to 10"]),
     (["--steps", "0"], ["num_inference_steps=0", "--steps", ">= 1"]),
     (["--steps", "-5"], ["num_inference_steps=-5", ">= 1"]),
-    (["--steps", "1000"], ["num_inference_steps=1000", "UniPCMultistepScheduler", "fewer"]),
+    (["--steps", "1000"], ["num_inference_steps=1000", "UniPCMultistepScheduler", "fewer than its 1000"]),
     (["--steps", "5000", "--scheduler", "ddim"], ["num_inference_steps=5000", "DDIMScheduler"]),
     (["--guidance", "nan"], ["guidance_scale=nan", "--guidance"]),
     (["--height", "0"], ["height=0", "multiple of 8"]),
