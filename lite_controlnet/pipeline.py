@@ -16,15 +16,15 @@ from typing import Any, Sequence
 
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UniPCMultistepScheduler
+from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UniPCMultistepScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .base import DEFAULT_BASE, BaseModels, load_base
 from .checkpoint import verify_module_folder
-from .controls import ControlResiduals, control_kind, control_residuals, is_step_invariant, load_control
+from .controls import ControlResiduals, control_residuals, is_step_invariant, load_control
 from .latents import decode_latents, encode_text
-from .model import unet_residual_layout
+from .model import LiteControlNetModel, unet_residual_layout
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +67,19 @@ def check_sampling_args(
 
 
 def check_control_fits(control: torch.nn.Module, unet: Any, vae_scale_factor: int) -> None:
-    """Refuse a control module made for another base: its residuals would not fit the UNet's skips."""
+    """Refuse a control module made for another base: its residuals would not fit the UNet's skips.
+
+    Lite modules and ControlNets are checked; other kinds are left to fail in their own words."""
     config = control.config
     expected = unet_residual_layout(unet.config)
-    if control_kind(control) == "lite":
+    if isinstance(control, LiteControlNetModel):
         found = (tuple(config.residual_channels), tuple(config.residual_levels), config.mid_channels)
         scale = config.vae_scale_factor
-    else:  # ControlNet: a copy of the encoder of the UNet it was made from
+    elif isinstance(control, ControlNetModel):  # a copy of the encoder of the UNet it was made from
         found = unet_residual_layout(config)
         scale = 2 ** (len(config.conditioning_embedding_out_channels) - 1)
+    else:
+        return
     if found != expected or scale != vae_scale_factor:
         raise ValueError(
             f"This {type(control).__name__} was made for another base: its residuals have channels {list(found[0])} "
