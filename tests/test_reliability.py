@@ -6,6 +6,7 @@ and everywhere with the full disk simulated.
 
 import errno
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -74,17 +75,28 @@ def files(folder):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MB tmpfs (needs root), unmounted afterwards."""
+    """mount(megabytes): a tmpfs of that size (3 MB as in the issue; needs root), unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    mounted = []
+
+    def mount(megabytes=3):
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(disk)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def size_of(folder):
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def fill(disk, leave):
@@ -100,20 +112,24 @@ def run_subprocess(argv):
 
 
 def test_full_disk_while_the_cache_is_built_is_one_line_not_sigbus(world, small_disk, tmp_path):
+    disk = small_disk(3)
     # 8 latents at 256 px take 64 KB; the text embeddings (44 KB) still fit
-    fill(small_disk, 80 * 1024)
+    fill(disk, 80 * 1024)
     result = run_subprocess(train_cli(world, tmp_path / "out", "--resolution", "256", "--max-steps", "1",
-                                      "--cache-dir", small_disk / "cache"))
+                                      "--cache-dir", disk / "cache"))
     assert result.returncode == 1, f"exit {result.returncode} (135 / -7: SIGBUS)\n{result.stderr[-2000:]}"
     line = error_line(result.stderr)
     assert "No space left" in line and "latent cache" in line and "needs" in line
-    assert not list(small_disk.rglob("latents.npy"))  # no sparse file left for a later run to write into
+    assert not list(disk.rglob("latents.npy"))  # no sparse file left for a later run to write into
 
 
 def test_full_disk_while_a_checkpoint_is_written_keeps_the_earlier_ones(world, small_disk):
-    run = Path(shutil.copytree(world.run, small_disk / "run", ignore=shutil.ignore_patterns("cache")))
+    # a disk that holds the run, and then half a checkpoint more (the run's own files take KBs)
+    checkpoint = size_of(world.run / "checkpoints" / "step-00000002")
+    disk = small_disk(max(3, math.ceil((size_of(world.run) + 2 * checkpoint) / 2**20)))
+    run = Path(shutil.copytree(world.run, disk / "run", ignore=shutil.ignore_patterns("cache")))
     before = files(run)
-    fill(small_disk, 200 * 1024)  # a checkpoint takes about 730 KB
+    fill(disk, max(checkpoint // 2, 100 * 1024))
     result = run_subprocess(train_cli(world, run, "--max-steps", "3", "--cache-dir", world.run / "cache"))
     assert result.returncode == 1, result.stderr[-2000:]
     line = error_line(result.stderr)
