@@ -63,7 +63,7 @@ def benchmarks_block() -> str:
     if overhead.is_file():
         o = json.loads(overhead.read_text())
         lines.append(f"\nThe sampling loop's own cost without the UNet's arithmetic (`python benchmarks/pipeline_overhead.py`, "
-                     f"SD1.5 module tree): Lite adds {o['lite_extra_ms_per_step']:.2f} ms per step, "
+                     f"SD1.5 module tree, the seed's design): Lite adds {o['lite_extra_ms_per_step']:.2f} ms per step, "
                      f"{o['generation_ms']['SD + Lite'] - o['generation_ms']['SD']:.0f} ms per {o['steps']}-step generation "
                      "including its one forward pass.")
     return "\n".join(lines) + "\n\nFull tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."

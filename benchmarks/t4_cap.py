@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def child(args: argparse.Namespace) -> None:
     from lite_controlnet.trainer import Trainer
 
     cuda = torch.cuda.is_available()
+    shutil.rmtree(args.work / f"run-{args.child}", ignore_errors=True)  # a fresh run: never mixed with an earlier one
     cfg = TrainConfig(
         data=str(args.work / "data"), output=str(args.work / f"run-{args.child}"), base=str(args.work / "base"),
         control=args.child, resolution=args.resolution, batch_size=args.batch_size, max_steps=args.steps, epochs=100,

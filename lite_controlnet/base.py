@@ -23,6 +23,7 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from safetensors import SafetensorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -113,6 +114,8 @@ def load_base(
         device: where to put the networks.
         load_kwargs: passed to every `from_pretrained` (e.g. `revision`, `variant`, `cache_dir`).
     """
+    # the shipped and generated bases hold safetensors: never let diffusers try a pickled .bin
+    ours = {"use_safetensors": True} if str(base) in (TINY_BASE, PROXY_BASE) else {}
     base = resolve_base(base)
     local = Path(base).expanduser().is_dir()
     if local:
@@ -129,7 +132,7 @@ def load_base(
     def load(component: str, cls: Any, **kwargs: Any) -> Any:
         try:
             return cls.from_pretrained(base, subfolder=component, **load_kwargs, **kwargs)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             if local:
                 raise BaseModelError(f"Could not load {component}/ of the base model folder {base}: {error}") from error
             raise BaseModelError(
@@ -146,10 +149,10 @@ def load_base(
     scheduler_cls = getattr(diffusers, scheduler_config["_class_name"], diffusers.DDPMScheduler)
     models = BaseModels(
         tokenizer=load("tokenizer", CLIPTokenizer),
-        text_encoder=load("text_encoder", CLIPTextModel, **dtype_kwargs),
-        unet=load("unet", UNet2DConditionModel, **dtype_kwargs),
+        text_encoder=load("text_encoder", CLIPTextModel, **dtype_kwargs, **ours),
+        unet=load("unet", UNet2DConditionModel, **dtype_kwargs, **ours),
         scheduler=scheduler_cls.from_config(scheduler_config),
-        vae=load("vae", AutoencoderKL, **dtype_kwargs) if _has_vae(base, local) else None,
+        vae=load("vae", AutoencoderKL, **dtype_kwargs, **ours) if _has_vae(base, local) else None,
     )
     models.freeze()
     if device is not None:

@@ -3,8 +3,14 @@
 An epoch then reads them instead of running the VAE encoder and the text encoder at every
 step. The cache is a folder of numpy files (memory-mapped, so 50k latents need no RAM), keyed
 by the dataset's manifest, the resolution and the base model, so another dataset or size gets
-its own. It is built in chunks and records its progress: after a disconnect, building
-continues where it stopped, and a later session reuses it.
+its own. Within it, each latent is keyed on the content it encodes: the size, time and SHA-256
+of its target image are recorded, and a target that changed since is encoded again. It is
+built in chunks and records its progress: after a disconnect, building continues where it
+stopped, and a later session reuses it.
+
+The latents file is allocated on disk before it is written through its memory map: a write
+into a sparse memory-mapped file on a full disk kills the process with SIGBUS, without a
+word; allocating first turns a full disk into an `OSError` that says how much is needed.
 
 Latents are the VAE posterior's mean (its spread is negligible for SD's VAE), scaled by the
 VAE's scaling factor, stored as float16.
@@ -12,9 +18,12 @@ VAE's scaling factor, stored as float16.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +33,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .base import BaseModels
-from .data import PairedDataset
+from .data import DatasetError, PairedDataset
+from .errors import disk_full, require_space
 from .latents import encode_text
 
 TEXT_CACHE_LIMIT = 4 * 2**30  # above this many bytes of embeddings, the text encoder runs per step
@@ -110,15 +120,17 @@ def build_cache(
             _atomic_write_npy(text_file, np.concatenate(chunks))
         text = np.load(text_file, mmap_mode="r")
 
-    # 3. latents, in chunks, resumable
+    # 3. latents, in chunks, resumable; those whose target changed since are encoded again
     size = dataset.resolution // base.vae_scale_factor
     latent_shape = (base.vae.config.latent_channels if base.vae is not None else 3, size, size)
     latents_file, done_file = folder / "latents.npy", folder / "latents_done.npy"
     if not latents_file.is_file():
-        np.lib.format.open_memmap(latents_file, mode="w+", dtype=np.float16, shape=(n, *latent_shape)).flush()
+        _create_latents_file(latents_file, (n, *latent_shape))
     done = np.load(done_file) if done_file.is_file() else np.zeros(n, dtype=bool)
+    _forget_stale(dataset, folder, done, done_file, progress)
     todo = np.flatnonzero(~done)
     if len(todo):
+        _allocate(latents_file)
         latents = np.load(latents_file, mmap_mode="r+")
         loader = DataLoader(Subset(dataset, todo.tolist()), batch_size=batch_size, num_workers=num_workers)
         with tqdm(total=len(todo), desc="Encoding latents", disable=not progress) as bar:
@@ -140,6 +152,76 @@ def build_cache(
             {"manifest": str(dataset.manifest), "records": n, "resolution": dataset.resolution, "base": base_name,
              "latent_shape": list(latent_shape), "prompts": len(prompts), "text_cached": text is not None}, indent=2))
     return TrainingCache(folder, np.load(latents_file, mmap_mode="r"), prompt_ids, prompts, text)
+
+
+def _create_latents_file(path: Path, shape: tuple[int, ...]) -> None:
+    """An empty latents file of `shape`, its blocks allocated; refused up front when the disk is too small."""
+    require_space(path.parent, math.prod(shape) * np.dtype(np.float16).itemsize + 4096,
+                  f" for the latent cache of {shape[0]} images")
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
+    try:
+        _allocate(path)
+    except OSError:
+        path.unlink(missing_ok=True)  # never leave a sparse file that a later run would write into
+        raise
+
+
+def _allocate(path: Path) -> None:
+    """Give `path` all its disk blocks now, so that writing it through a memory map cannot hit a
+    full disk (SIGBUS); a full disk raises `OSError` here instead."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: no sparse-file trap to avoid this way
+        return
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path.parent, size, shutil.disk_usage(path.parent).free, " for the latent cache") from error
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):  # a filesystem without it
+            raise
+    finally:
+        os.close(fd)
+
+
+def _target_stamps(dataset: PairedDataset, previous: list | None, progress: bool) -> list[list]:
+    """[size, mtime_ns, sha256] of each target image; a hash is reused from `previous` when the
+    file's size and time are unchanged (a stat instead of reading every image at every start)."""
+    stamps = []
+    for record in tqdm(dataset.records, desc="Checking targets", disable=not progress or len(dataset) < 1000):
+        try:
+            stat = os.stat(record.target)
+        except OSError as error:
+            raise DatasetError(f"target image {record.target} cannot be read ({error.strerror}); the latent cache "
+                               "is keyed on the images it encodes.", dataset.manifest, record.line,
+                               record.target) from None
+        old = previous[record.index] if previous else None
+        if old and old[:2] == [stat.st_size, stat.st_mtime_ns]:
+            stamps.append(old)
+        else:
+            digest = hashlib.sha256(Path(record.target).read_bytes()).hexdigest()
+            stamps.append([stat.st_size, stat.st_mtime_ns, digest])
+    return stamps
+
+
+def _forget_stale(dataset: PairedDataset, folder: Path, done: np.ndarray, done_file: Path, progress: bool) -> None:
+    """Mark as not done the latents whose target image changed since they were encoded."""
+    stamps_file = folder / "targets.json"
+    previous = json.loads(stamps_file.read_text()) if stamps_file.is_file() else None
+    if previous is not None and len(previous) != len(dataset):
+        previous = None
+    stamps = _target_stamps(dataset, previous, progress)
+    if previous is None:  # encoded before targets were recorded: nothing proves them current
+        stale = done.copy()
+    else:
+        stale = done & np.array([old[2] != new[2] for old, new in zip(previous, stamps)], dtype=bool)
+    if stale.any():
+        if progress:
+            tqdm.write(f"{int(stale.sum())} cached latents do not match their target images: encoding them again.")
+        done[stale] = False
+        _atomic_write_npy(done_file, done)  # before the new stamps: a kill in between re-encodes them anyway
+    if stamps != previous:
+        _atomic_write(stamps_file, json.dumps(stamps).encode())
 
 
 def _encode(base: BaseModels, pixels: torch.Tensor, device: torch.device | str) -> torch.Tensor:

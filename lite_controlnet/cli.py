@@ -1,12 +1,26 @@
-"""Command line: `python -m lite_controlnet <command>` (or `lite-controlnet <command>`)."""
+"""Command line: `python -m lite_controlnet <command>` (or `lite-controlnet <command>`).
+
+Every command reports an expected error (bad data, values, files or folders; a full disk) as
+one line, `error: ...`, with exit code 2 for usage errors and 1 when the run could not go on;
+`--debug` shows the traceback instead (see `errors.py`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .base import DEFAULT_BASE
+from .errors import USAGE, UsageError, run_command
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the full usage is one --help away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _make_fill50k(args: argparse.Namespace) -> None:
@@ -22,43 +36,100 @@ def _make_tiny_base(args: argparse.Namespace) -> None:
 
     out = Path(args.out_dir)
     if (out / "model_index.json").exists() and not args.overwrite:
-        raise SystemExit(f"{out} already holds a model (model_index.json); pass --overwrite to replace it.")
+        raise UsageError(f"{out} already holds a model (model_index.json); pass --overwrite to replace it.")
     make_tiny_base(out, seed=args.seed)
     print(f"Wrote a tiny random SD stack to {out}")
 
 
-def _new_output(args: argparse.Namespace) -> Path:
-    """`--out`, refused if it exists and `--overwrite` was not given: outputs are never replaced silently."""
+def _new_output(args: argparse.Namespace, suffixes: tuple[str, ...] | None = None) -> Path:
+    """`--out`, checked before any work: refused if it exists and `--overwrite` was not given
+    (outputs are never replaced silently), if it is a folder, if its suffix is not one of
+    `suffixes` (None: an image format Pillow writes), or if its folder cannot be written."""
+    import PIL.Image
+
     out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; expected a file name such as {out / 'out.png'}.")
     if out.exists() and not args.overwrite:
-        raise SystemExit(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+        raise UsageError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    if suffixes is None:
+        written = {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.SAVE}
+        accepted, shown = written, ".png, .jpg, .webp or another format Pillow writes"
+    else:
+        accepted, shown = set(suffixes), " or ".join(suffixes)
+    if out.suffix.lower() not in accepted:
+        raise UsageError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'!r}; expected {shown}.")
+    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write into {folder}; choose another --out.")
     return out
 
 
-def _pipeline(args: argparse.Namespace, **kwargs):
-    """The pipeline of `--base` and `--control-model` on `--device` (fp16 on CUDA)."""
+def _device(name: str | None) -> str:
+    """`--device`, checked: a device this machine has (default: cuda when available, else cpu)."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device: expected cuda, cuda:N, cpu or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UsageError(f"--device {name}: {why}; use --device cpu (or omit --device).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu.")
+    if device.type not in ("cuda", "cpu", "mps"):
+        raise UsageError(f"--device {name}: expected cuda, cuda:N, cpu or mps.")
+    return str(device)
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed {seed} is invalid: expected a whole number from 0 to 2**63 - 1.")
+
+
+def _pipeline(args: argparse.Namespace, device: str, **kwargs):
+    """The pipeline of `--base` and `--control-model` on `device` (fp16 on CUDA)."""
     import torch
 
     from .pipeline import LiteControlNetPipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.control_model is not None and not Path(args.control_model).is_dir():
+        raise UsageError(f"--control-model {args.control_model} is not a folder; expected one written by training "
+                         "(e.g. runs/run1/final).")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     return LiteControlNetPipeline.from_base(args.base, controlnet=args.control_model, torch_dtype=dtype,
                                             device=device, **kwargs)
 
 
-def _sample(args: argparse.Namespace) -> None:
+def _read_control_image(path: str):
     import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, PIL.Image.DecompressionBombError) as error:
+        raise UsageError(f"Cannot read control image {path}: {error}. Expected an image file Pillow can open "
+                         "(PNG, JPEG, ...).") from None
+
+
+def _sample(args: argparse.Namespace) -> None:
     import torch
 
+    from .pipeline import check_sampling_args
+
+    # 1. everything that can be checked before the models are loaded
+    check_sampling_args(args.steps, args.guidance, args.scale)  # height and width: by the base, once loaded
+    _check_seed(args.seed)
     out = _new_output(args)
-    pipe = _pipeline(args, scheduler=args.scheduler)
-    image = None
-    if args.image:
-        try:
-            image = PIL.Image.open(args.image).convert("RGB")
-        except OSError as error:
-            raise SystemExit(f"Cannot read control image {args.image}: {error}") from error
+    device = _device(args.device)
+    image = _read_control_image(args.image) if args.image else None
+    # 2. sample
+    pipe = _pipeline(args, device, scheduler=args.scheduler)
     result = pipe(
         args.prompt,
         image,
@@ -85,15 +156,26 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-
     from .data import PairedDataset
     from .evaluate import evaluate, native_resolution, one_step_scores, write_report
+    from .pipeline import check_sampling_args
 
-    out = _new_output(args)
-    pipe = _pipeline(args)
+    check_sampling_args(args.steps, args.guidance, args.scale)
+    _check_seed(args.seed)
+    if args.num < 1:
+        raise UsageError(f"--num {args.num} is invalid: expected a whole number >= 1.")
+    if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
+        raise UsageError(f"--resolution {args.resolution} is invalid: expected a multiple of 8 (e.g. 512).")
+    out = _new_output(args, suffixes=(".json",))
+    device = _device(args.device)
+    pipe = _pipeline(args, device)
     pipe.set_progress_bar_config(disable=True)
     base = pipe.base_models()
-    dataset = PairedDataset(args.data, resolution=args.resolution or native_resolution(base))
+    if not 0 <= args.one_step_t < pipe.scheduler.config.num_train_timesteps:
+        raise UsageError(f"--one-step-t {args.one_step_t} is invalid: expected a timestep from 0 to "
+                         f"{pipe.scheduler.config.num_train_timesteps - 1}.")
+    dataset = PairedDataset(args.data, resolution=args.resolution or native_resolution(base), manifest=args.manifest,
+                            convert_mode=args.convert_mode)
     report, grid = evaluate(pipe, dataset, num=args.num, steps=args.steps, seed=args.seed,
                             guidance=args.guidance, scale=args.scale)
     indices = list(range(args.num))
@@ -118,7 +200,9 @@ def _make_proxy_base(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lite_controlnet", description=__doc__)
+    from .config import add_config_arguments, parse_bool
+    parser = _Parser(prog="lite_controlnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("make-fill50k", help="write a synthetic Fill50k (circle outline -> filled circle)")
@@ -165,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     p.add_argument("--data", required=True, help="held-out pairs (e.g. make-fill50k data/heldout --seed 1)")
+    p.add_argument("--manifest", default=None, help="the manifest file, when the data folder holds several")
+    p.add_argument("--convert-mode", type=parse_bool, default=False, metavar="{true,false}",
+                   help="convert grey, palette or RGBA images to RGB (default: false)")
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -177,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_evaluate)
 
-    from .config import add_config_arguments
 
     p = commands.add_parser("train", help="train a control module (resumes from --output's checkpoints)")
     p.add_argument("--config", default=None, help="JSON or YAML file of TrainConfig settings (flags win)")
@@ -187,12 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; an expected error exits with its code after one line on stderr."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
     if argv[:1] == ["make-proxy-base"]:  # its own parser, flags and --help included
         argv = ["make-proxy-base", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, OSError) as error:  # user errors: print the message, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    code = run_command(lambda: args.func(args), debug=debug)
+    if code:
+        raise SystemExit(code)

@@ -6,14 +6,16 @@ notebooks and the checkpoint, so a run is reproduced from its checkpoint alone.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .base import DEFAULT_BASE
-from .controls import CONTROL_KINDS
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
@@ -56,39 +58,46 @@ class TrainConfig:
     cache_dir: str | None = None  # latent/text cache; None: <output>/cache
     num_workers: int = 2  # data loader processes
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    manifest: str | None = None  # the dataset's manifest file, when it holds several (relative to data)
+    convert_mode: bool = False  # convert grey, palette or RGBA images to RGB instead of refusing them
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: expected {accepted}.")
+            flag = "--" + name.replace("_", "-")
+            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} ({flag}) is invalid: expected {accepted}.")
 
-        if self.control not in CONTROL_KINDS:
-            raise bad("control", f"one of {CONTROL_KINDS}")
-        if self.control_options is not None and not isinstance(self.control_options, dict):
-            raise bad("control_options", 'a mapping of module settings, e.g. {"level_channels": 192}, or None')
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"one of {PRECISIONS}")
-        for name in ("resolution", "epochs", "batch_size", "checkpoint_every", "keep_checkpoints",
-                     "num_validation", "validation_steps", "max_nonfinite"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise bad(name, "a whole number >= 1")
-        for name in ("max_steps", "micro_batch", "validation_every"):
+        # 1. types: what a JSON or YAML file can get wrong (flags arrive typed)
+        for f in dataclasses.fields(self):
+            problem = _type_problem(getattr(self, f.name), _HINTS[f.name])
+            if problem:
+                raise bad(f.name, problem)
+        # 2. ranges
+        for name, (low, high) in _WHOLE_RANGES.items():
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise bad(name, "a whole number >= 1, or None")
+            if value is not None and (value < low or (high is not None and value > high)):
+                raise bad(name, f"a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
+                          + (", or None" if _is_optional(_HINTS[name]) else ""))
+        for name, (low, high, low_allowed) in _REAL_RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            above = value >= low if low_allowed else value > low
+            if not math.isfinite(value) or not above or (high is not None and value > high):
+                raise bad(name, f"a finite number {'>=' if low_allowed else '>'} {low:g}"
+                          + (f" and <= {high:g}" if high is not None else "")
+                          + (", or None for the default" if _is_optional(_HINTS[name]) else ""))
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise bad("prompt_dropout", "a share in [0, 1)")
+        # 3. settings that depend on each other, or name things
+        if self.control_options is not None and not all(isinstance(k, str) for k in self.control_options):
+            raise bad("control_options", 'a mapping of module settings, e.g. {"level_channels": 192}, or None')
         if self.micro_batch is not None and self.batch_size % self.micro_batch:
             raise bad("micro_batch", f"a divisor of batch_size={self.batch_size}")
         if self.resolution % 8:
             raise bad("resolution", "a multiple of 8 (e.g. 512)")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise bad("learning_rate", "a positive number, or None for the default")
-        if not 0.0 <= self.prompt_dropout < 1.0:
-            raise bad("prompt_dropout", "a share in [0, 1)")
-        if self.max_gpu_memory is not None and not self.max_gpu_memory > 0:
-            raise bad("max_gpu_memory", "a positive number of GiB, or None for the whole GPU")
-        if self.checkpoint_minutes <= 0:
-            raise bad("checkpoint_minutes", "a positive number of minutes")
-        if self.lr_warmup_steps < 0 or self.num_workers < 0:
-            raise bad("lr_warmup_steps" if self.lr_warmup_steps < 0 else "num_workers", "a number >= 0")
+        for name in ("data", "output", "base", "resume"):
+            if not getattr(self, name).strip():
+                raise bad(name, "a non-empty text")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise bad("resume", "'auto', 'never', or an existing checkpoint folder")
 
@@ -106,31 +115,105 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(map(str, set(values) - set(names)))
         if unknown:
-            raise ValueError(f"{source}: unknown setting(s) {unknown}; known settings are {sorted(known)}.")
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; known settings are {sorted(names)}.")
+        missing = [name for name in ("data", "output") if name not in values]
+        if missing:
+            raise ValueError(f"{source}: needs {' and '.join(missing)} (the dataset and the run folder), "
+                             f"as settings or as --{' and --'.join(missing)}.")
         return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML file of settings; `overrides` win over the file."""
         path = Path(path)
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"Cannot read the config file {path}: {error.strerror or error}.") from error
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected JSON or "
+                             "YAML settings.") from error
         if path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError as error:
                 raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON.") from error
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f", line {mark.line + 1}" if mark is not None else ""
+                problem = getattr(error, "problem", None) or type(error).__name__
+                raise ValueError(f"{path}{where}: not valid YAML ({problem}).") from error
         else:
             try:
                 values = json.loads(text)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of setting names to values.")
+            raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
         return cls.from_dict({**values, **overrides}, source=str(path))
+
+_HINTS = get_type_hints(TrainConfig)
+# Whole-number settings: (lowest, highest or None). Upper limits catch typos, not wishes.
+_WHOLE_RANGES = {
+    "resolution": (8, 4096), "epochs": (1, None), "max_steps": (1, None), "batch_size": (1, None),
+    "micro_batch": (1, None), "lr_warmup_steps": (0, None), "seed": (0, 2**63 - 1), "checkpoint_every": (1, None),
+    "keep_checkpoints": (1, None), "validation_every": (1, None), "num_validation": (1, None),
+    "validation_steps": (1, 500), "num_workers": (0, 64), "max_nonfinite": (1, None),
+}
+# Real-valued settings: (lowest, highest or None, whether the lowest itself is allowed); all finite.
+# A negative max_grad_norm would reverse the gradients; a NaN checkpoint_minutes would turn off
+# timed checkpoints without a word.
+_REAL_RANGES = {
+    "learning_rate": (0.0, 1.0, False), "weight_decay": (0.0, None, True), "max_grad_norm": (0.0, None, False),
+    "max_gpu_memory": (0.0, None, False), "checkpoint_minutes": (0.0, None, False),
+    "validation_guidance": (0.0, 100.0, True),
+}
+
+
+def _is_optional(hint: Any) -> bool:
+    return get_origin(hint) in (Union, UnionType) and type(None) in get_args(hint)
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What a setting of type `hint` should be, when `value` is not that; None when it is."""
+    kinds = list(get_args(hint)) if get_origin(hint) in (Union, UnionType) else [hint]
+    if value is None and type(None) in kinds:
+        return None
+    accepted = []
+    for kind in (k for k in kinds if k is not type(None)):
+        if get_origin(kind) is Literal:
+            if isinstance(value, str) and value in get_args(kind):
+                return None
+            accepted.append(f"one of {get_args(kind)}")
+        elif kind is bool:
+            if isinstance(value, bool):
+                return None
+            accepted.append("true or false")
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return None
+            accepted.append("a whole number")
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return None  # finite and in range: checked with the ranges
+            accepted.append("a number")
+        elif kind is str:
+            if isinstance(value, str):
+                return None
+            accepted.append("a text")
+        elif kind is dict:
+            if isinstance(value, dict):
+                return None
+            accepted.append('a mapping of settings, e.g. {"level_channels": 192}')
+    problem = " or ".join(accepted) + (", or None" if type(None) in kinds else "")
+    if isinstance(value, str) and any(k in (int, float) for k in kinds):
+        problem += " (a number in a YAML file needs a dot before an exponent, e.g. 1.0e-4: YAML reads 1e-4 as text)"
+    return problem
 
 
 def add_config_arguments(parser: Any) -> None:
@@ -146,7 +229,7 @@ def add_config_arguments(parser: Any) -> None:
         if get_origin(kind) is Literal:
             parser.add_argument(flag, choices=get_args(kind), default=None, help=help_text)
         elif kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="{true,false}", help=help_text)
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="{true,false}", help=help_text)
         elif kind is dict:
             parser.add_argument(flag, type=_parse_json_object, default=None, metavar="JSON", help=help_text)
         else:
@@ -157,18 +240,20 @@ def _parse_json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r} ({error})") from None
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r} "
+                                         f"({error.msg})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r}")
     return value
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A command-line true or false (also yes/no, on/off, 1/0)."""
     if text.lower() in ("true", "1", "yes", "on"):
         return True
     if text.lower() in ("false", "0", "no", "off"):
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def config_from_args(args: Any) -> TrainConfig:

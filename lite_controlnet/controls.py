@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 from diffusers import ControlNetModel, T2IAdapter
+from safetensors import SafetensorError
 
 from .model import LiteControlNetModel
 
@@ -108,16 +109,24 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
         path: a folder holding `config.json` and the weights.
         kwargs: passed to `from_pretrained` (e.g. `torch_dtype=torch.float16`).
     """
+    expected = ("expected a folder with config.json and diffusion_pytorch_model.safetensors, as written by "
+                "save_pretrained (e.g. <output>/final)")
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(
-            f"No control module at {path}: expected a folder with config.json and "
-            "diffusion_pytorch_model.safetensors, as written by save_pretrained (e.g. <output>/final)."
-        )
-    class_name = json.loads(config_file.read_text()).get("_class_name")
+        raise FileNotFoundError(f"No control module at {path}: {expected}.")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise OSError(f"{config_file} is unreadable ({error}): {expected}.") from error
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    kwargs.setdefault("use_safetensors", True)  # our folders hold safetensors: never unpickle a .bin
     for cls in CONTROL_CLASSES.values():
         if cls.__name__ == class_name:
-            return cls.from_pretrained(path, **kwargs)
+            try:
+                return cls.from_pretrained(path, **kwargs)
+            except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a damaged or foreign folder
+                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                raise OSError(f"Cannot load the control module in {path} ({first}): {expected}.") from error
     raise ValueError(f"{config_file} describes a {class_name!r}, which is not a control module: "
                      f"expected one of {[c.__name__ for c in CONTROL_CLASSES.values()]}.")
 

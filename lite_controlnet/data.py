@@ -168,6 +168,8 @@ class PairedDataset(Dataset):
         # Plain strings for the per-line path checks: pathlib is slow on 50k lines.
         self._root_str = str(self.root)
         self._root_prefix = os.path.join(self._root_str, "")
+        self._real_root_prefix = os.path.join(os.path.realpath(self._root_str), "")
+        self._inside: dict[str, bool] = {}  # folder -> whether it resolves inside the dataset folder
         self.resolution = resolution
         self.on_error = on_error
         self.convert_mode = convert_mode
@@ -194,11 +196,12 @@ class PairedDataset(Dataset):
             raise DatasetError(
                 f"No manifest found in {self.root}: looked for prompt.json (ControlNet layout, keys "
                 f"source/target/prompt), metadata.jsonl or train.jsonl (diffusers layout, keys "
-                f"image/conditioning_image/text). Pass manifest='...' to name another file."
+                f"image/conditioning_image/text). Pass manifest='...' (train --manifest FILE) to name another file."
             )
         if len(found) > 1:
             names = ", ".join(path.name for path in found)
-            raise DatasetError(f"{self.root} holds several manifests ({names}); pass manifest='...' to choose one.")
+            raise DatasetError(f"{self.root} holds several manifests ({names}); pass manifest='...' "
+                               f"(train --manifest {found[0].name}) to choose one.")
         return found[0]
 
     @property
@@ -258,13 +261,26 @@ class PairedDataset(Dataset):
     def _resolve(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise DatasetError(f"{key!r} must be an image path relative to {self.root}, got {value!r}.")
-        # A lexical check, not Path.resolve(): symlinked images inside the
-        # folder (a common way to share data) stay allowed; '..' escapes do not.
         path = os.path.normpath(os.path.join(self._root_str, value))
         if not path.startswith(self._root_prefix):
             raise DatasetError(
                 f"{key!r} path {value!r} leaves the dataset folder {self.root}; "
                 f"paths must be relative to it and stay inside it.",
+                file=Path(path),
+            )
+        # The folders on the way must resolve inside the dataset folder too: a symlinked folder
+        # (`root -> /`) would let a downloaded dataset read any image on the machine. The image
+        # file itself may be a symlink (a common way to share data), as README says.
+        folder = os.path.dirname(path)
+        inside = self._inside.get(folder)
+        if inside is None:
+            inside = os.path.join(os.path.realpath(folder), "").startswith(self._real_root_prefix)
+            self._inside[folder] = inside
+        if not inside:
+            raise DatasetError(
+                f"{key!r} path {value!r} goes through a symlinked folder that leads out of the dataset folder "
+                f"{self.root} (to {os.path.realpath(folder)}); image files may be symlinks, folders may not "
+                "leave the dataset folder.",
                 file=Path(path),
             )
         return path
@@ -292,7 +308,8 @@ class PairedDataset(Dataset):
             hint = (
                 "its value range is unknown; convert it to 8-bit RGB yourself"
                 if image.mode in ("I", "F")
-                else "convert it, or pass convert_mode=True to convert such images to RGB on load (alpha is dropped)"
+                else "convert it, or pass convert_mode=True (train --convert-mode true) to convert such images to "
+                "RGB on load (alpha is dropped)"
             )
             raise DatasetError(
                 f"{role} image {path} has mode {image.mode!r}; expected 'RGB': {hint}.",

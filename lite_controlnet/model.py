@@ -349,6 +349,9 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             return LiteControlNetFeatures(features=features) if return_dict else (features,)
 
         # 4. zero projections into the UNet's skip connections
+        if isinstance(conditioning_scale, torch.Tensor):  # per sample, (B,) or (B, 1, 1, 1): in the module's dtype
+            scale = conditioning_scale.to(features[0].device, features[0].dtype)
+            conditioning_scale = scale.reshape(-1, 1, 1, 1) if scale.ndim == 1 else scale
         down = tuple(
             conv(features[level]) * conditioning_scale
             for conv, level in zip(self.zero_convs, self.config.residual_levels)

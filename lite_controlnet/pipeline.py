@@ -10,22 +10,83 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UniPCMultistepScheduler
+from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UniPCMultistepScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .base import DEFAULT_BASE, BaseModels, load_base
+from .checkpoint import verify_module_folder
 from .controls import controlled_unet, load_control, prepare_control
 from .latents import decode_latents, encode_text
+from .model import LiteControlNetModel, unet_residual_layout
 
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = {"unipc": UniPCMultistepScheduler, "ddim": DDIMScheduler}
+MAX_CONDITIONING_SCALE = 10.0  # far beyond any useful strength: larger is a typo
+MAX_GUIDANCE_SCALE = 100.0
+
+
+def check_sampling_args(
+    num_inference_steps: int,
+    guidance_scale: float,
+    controlnet_conditioning_scale: float,
+    height: int | None = None,
+    width: int | None = None,
+    multiple: int = 1,
+) -> None:
+    """Refuse sampling settings that would give a black image, noise or an error deep in the loop.
+
+    Each message names the argument, its command-line flag, and what would be accepted.
+    """
+    def bad(name: str, flag: str, value: Any, accepted: str) -> ValueError:
+        return ValueError(f"{name}={value!r} ({flag}) is invalid: expected {accepted}.")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise bad("num_inference_steps", "--steps", num_inference_steps, "a whole number >= 1 (e.g. 20)")
+    if not number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE_SCALE:
+        raise bad("guidance_scale", "--guidance", guidance_scale,
+                  f"a finite number from 0 to {MAX_GUIDANCE_SCALE:g} (<= 1 turns guidance off; 7.5 is usual)")
+    if not number(controlnet_conditioning_scale) or not 0 <= controlnet_conditioning_scale <= MAX_CONDITIONING_SCALE:
+        raise bad("controlnet_conditioning_scale", "--scale", controlnet_conditioning_scale,
+                  f"a finite number from 0 (no control) to {MAX_CONDITIONING_SCALE:g}")
+    for name, size in (("height", height), ("width", width)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < multiple
+                                 or size % multiple or size > 8192):
+            raise bad(name, f"--{name}", size, f"a multiple of {multiple} from {multiple} to 8192, or None for the "
+                      "control image's size")
+
+
+def check_control_fits(control: torch.nn.Module, unet: Any, vae_scale_factor: int) -> None:
+    """Refuse a control module made for another base: its residuals would not fit the UNet's skips.
+
+    Lite modules and ControlNets are checked; other kinds are left to fail in their own words."""
+    config = control.config
+    expected = unet_residual_layout(unet.config)
+    if isinstance(control, LiteControlNetModel):
+        found = (tuple(config.residual_channels), tuple(config.residual_levels), config.mid_channels)
+        scale = config.vae_scale_factor
+    elif isinstance(control, ControlNetModel):  # a copy of the encoder of the UNet it was made from
+        found = unet_residual_layout(config)
+        scale = 2 ** (len(config.conditioning_embedding_out_channels) - 1)
+    else:
+        return
+    if found != expected or scale != vae_scale_factor:
+        raise ValueError(
+            f"This {type(control).__name__} was made for another base: its residuals have channels {list(found[0])} "
+            f"(mid {found[2]}, image/latent scale {scale}), but this base's UNet takes {list(expected[0])} (mid "
+            f"{expected[2]}, scale {vae_scale_factor}). Sample with the base it was trained on (its run's "
+            "train_config.json names it)."
+        )
 
 
 class LiteControlNetPipeline(DiffusionPipeline):
@@ -72,7 +133,10 @@ class LiteControlNetPipeline(DiffusionPipeline):
         """
         models = load_base(base, torch_dtype=torch_dtype, **load_kwargs)
         if isinstance(controlnet, (str, Path)):
+            verify_module_folder(controlnet)  # flipped bytes would change the image silently
             controlnet = load_control(controlnet, **({"torch_dtype": torch_dtype} if torch_dtype else {}))
+        if controlnet is not None:
+            check_control_fits(controlnet, models.unet, models.vae_scale_factor)
         elif controlnet is not None and torch_dtype is not None and controlnet.dtype != torch_dtype:
             controlnet = controlnet.to(dtype=torch_dtype)
         pipe = cls(
@@ -141,6 +205,20 @@ class LiteControlNetPipeline(DiffusionPipeline):
         # layout into the residuals and through the UNet (slower on a GPU)
         return control.to(device=device, dtype=dtype).contiguous()
 
+    def check_inputs(self, num_inference_steps: int, guidance_scale: float, controlnet_conditioning_scale: float,
+                     height: int | None, width: int | None) -> None:
+        """`check_sampling_args`, and the number of steps against this scheduler's range."""
+        check_sampling_args(num_inference_steps, guidance_scale, controlnet_conditioning_scale, height, width,
+                            self.vae_scale_factor)
+        # as many steps as training timesteps already breaks UniPC (it repeats the last timestep)
+        train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps >= train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} (--steps) is beyond the range of the "
+                f"{type(self.scheduler).__name__} of this base: expected fewer than its {train_timesteps} training "
+                "timesteps (20 to 50 is usual)."
+            )
+
     def _default_size(self, image: Any) -> tuple[int, int]:
         first = (image if isinstance(image, list) else [image])[0] if image is not None else None
         if isinstance(first, PIL.Image.Image):
@@ -194,6 +272,7 @@ class LiteControlNetPipeline(DiffusionPipeline):
         """
         # 1. check inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        self.check_inputs(num_inference_steps, guidance_scale, controlnet_conditioning_scale, height, width)
         if not 0.0 <= control_guidance_start < control_guidance_end <= 1.0:
             raise ValueError(
                 f"Need 0 <= control_guidance_start < control_guidance_end <= 1, got "

@@ -37,25 +37,27 @@ from tqdm.auto import tqdm
 from .base import load_base
 from .cache import build_cache
 from .checkpoint import (
-    MANIFEST,
     Checkpoint,
+    CheckpointError,
     RunLock,
+    clean_stale_staging,
     list_checkpoints,
     load_latest,
     load_state,
+    open_checkpoint,
+    publish_folder,
     save_checkpoint,
-    verify_checkpoint,
 )
 from .config import TrainConfig
 from .controls import build_control, controlled_unet, prepare_control
 from .data import PairedDataset
+from .errors import TrainingError
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .logs import LossLog
+from .runs import RUN_FILE, check_same_run, refuse_mixing, run_identity, saved_identity
 from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Settings a checkpoint can only be resumed with unchanged (they define the data order and model).
-RESUME_INVARIANTS = ("control", "control_options", "resolution", "batch_size", "seed")
 
 
 @dataclass
@@ -124,36 +126,49 @@ class Trainer:
             tqdm.write(message)
 
     def _find_resume(self) -> tuple[Checkpoint, dict] | None:
+        """The checkpoint to resume (None: a fresh start), refusing a start that would mix two runs."""
         cfg = self.cfg
+        published = list_checkpoints(self.output)
         if cfg.resume == "never":
+            if published or (self.output / "final").exists():
+                refuse_mixing(self.output, published[0].step if published else None,
+                              (self.output / "final").exists(), "--resume never")
             return None
         if cfg.resume != "auto":  # an explicit checkpoint folder: it must verify
-            ckpt = Checkpoint(Path(cfg.resume), json.loads((Path(cfg.resume) / MANIFEST).read_text())["step"])
-            verify_checkpoint(ckpt)
+            ckpt = open_checkpoint(cfg.resume)
+            newer = [c for c in published if c.step > ckpt.step and c.path.resolve() != ckpt.path.resolve()]
+            if newer:
+                refuse_mixing(self.output, newer[0].step, False, f"resuming from step {ckpt.step}")
             return ckpt, self._read_checkpoint(ckpt)
-        return load_latest(self.output, self._read_checkpoint)
+        found = load_latest(self.output, self._read_checkpoint)
+        if found is None and (published or (self.output / "final").exists()):
+            refuse_mixing(self.output, published[0].step if published else None, (self.output / "final").exists(),
+                          "a fresh start (none of its checkpoints can be resumed)")
+        return found
 
     @staticmethod
     def _read_checkpoint(ckpt: Checkpoint) -> dict:
+        state = load_state(ckpt.path / "state.pt")
+        missing = [key for key in ("global_step", "epoch", "step_in_epoch", "optimizer", "rng") if key not in state]
+        if missing:  # read here, so that load_latest falls back to the previous checkpoint
+            raise CheckpointError(f"{ckpt.path / 'state.pt'} lacks {missing}: not a training state.")
         return {
-            "state": load_state(ckpt.path / "state.pt"),
-            "config": json.loads((ckpt.path / "train_config.json").read_text()),
+            "state": state,
+            "identity": saved_identity(ckpt.path),
             "plan": json.loads((ckpt.path / "plan.json").read_text()),
         }
-
-    def _check_same_run(self, saved: dict, ckpt: Checkpoint) -> None:
-        changed = [k for k in RESUME_INVARIANTS if saved.get(k) != getattr(self.cfg, k)]
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
-            raise ValueError(
-                f"{ckpt.path} was made with other settings ({details}). Resume with the same settings, "
-                f"or start a new run with --resume never or another --output."
-            )
 
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         resume = self._find_resume()
         self.resume_from = resume
+        # 0. the data (only its manifest is read here) and what defines the run: a resume that
+        # would change it is refused before anything is loaded
+        self.dataset = PairedDataset(cfg.data, resolution=cfg.resolution, manifest=cfg.manifest,
+                                     convert_mode=cfg.convert_mode)
+        self.identity = run_identity(cfg, self.dataset)
+        if resume is not None:
+            check_same_run(resume[1]["identity"], self.identity, resume[0].path)
         # 1. the hardware plan: reused from the checkpoint unless the device changed
         plan = self.forced_plan
         if plan is None and resume is not None:
@@ -167,8 +182,7 @@ class Trainer:
         self.weight_dtype = DTYPES[self.precision]
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
-        # 3. data and cache (the main process encodes; the others wait, then read)
-        self.dataset = PairedDataset(cfg.data, resolution=cfg.resolution)
+        # 3. the cache (the main process encodes; the others wait, then read)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
         self.steps_per_epoch = len(self.dataset) // cfg.batch_size
@@ -181,8 +195,12 @@ class Trainer:
         self.cache = build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=False)
         # 4. the control module, in fp32 (master weights), and the plan
         torch.manual_seed(derived_seed(cfg.seed, 0, 3))  # the module's initial weights follow the seed
-        self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
-                                     **(cfg.control_options or {}))
+        try:
+            self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
+                                         **(cfg.control_options or {}))
+        except (TypeError, ValueError, RuntimeError) as error:  # the module's own check, or torch's
+            raise ValueError(f"--control-options {json.dumps(cfg.control_options or {})} cannot build a "
+                             f"{cfg.control} module: {error}") from error
         self.control.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
@@ -225,7 +243,6 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint, loaded: dict) -> None:
         from safetensors.torch import load_file
 
-        self._check_same_run(loaded["config"], ckpt)
         weights = load_file(ckpt.path / "control" / "diffusion_pytorch_model.safetensors")
         self.control.load_state_dict(weights)
         state = loaded["state"]
@@ -346,9 +363,20 @@ class Trainer:
 
     # -- checkpoints and validation ------------------------------------------------------------
 
+    def _check_weights(self) -> None:
+        """Refuse to publish non-finite weights: they would replace good checkpoints and final/."""
+        bad = [name for name, p in self.control.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingError(
+                f"The control module's weights are not finite at step {self.global_step} ({len(bad)} tensors, e.g. "
+                f"{bad[0]}); nothing was saved, the last good checkpoint is kept in {self.output / 'checkpoints'}. "
+                "Try a lower --learning-rate or --max-grad-norm, or --precision fp32."
+            )
+
     def _save(self) -> None:
         if not self.main:
             return
+        self._check_weights()
         cfg, plan = self.cfg, self.plan
         np_state = np.random.get_state()
         py_state = random.getstate()
@@ -371,6 +399,7 @@ class Trainer:
             torch.save(state, folder / "state.pt")
             (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
+            (folder / RUN_FILE).write_text(json.dumps(self.identity, indent=1))
 
         save_checkpoint(self.output, self.global_step, write, keep=cfg.keep_checkpoints,
                         info={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch})
@@ -399,6 +428,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         lock = RunLock(self.output).acquire() if self.main else None  # before the cache is built
         try:
+            if self.main:
+                clean_stale_staging(self.output)  # what a killed run left in the temp folder
             self.setup()
             if self.main:
                 (self.output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -412,14 +443,17 @@ class Trainer:
                 self._epoch_grid(self.epoch)  # cut off between the epoch's checkpoint and its grid
             bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control}", dynamic_ncols=True)
-            while self.global_step < self.total_steps:
-                self._run_epoch(bar, log)
-            bar.close()
+            try:
+                while self.global_step < self.total_steps:
+                    self._run_epoch(bar, log)
+            finally:
+                bar.close()  # ends the bar's line, so that an error prints on a line of its own
             if self.main and not any(c.step == self.global_step for c in list_checkpoints(self.output)):
                 self._save()
             final = self.output / "final"
             if self.main:
-                self.control.save_pretrained(final)
+                self._check_weights()
+                publish_folder(final, self.control.save_pretrained, info={"step": self.global_step})
                 if self.step_in_epoch != 0:  # stopped by max_steps inside an epoch
                     grid, path = self._grid(f"step-{self.global_step:08d}", f"final, step {self.global_step}")
                 LossLog(self.output).plot()
@@ -489,7 +523,7 @@ class Trainer:
             self.nonfinite_run += 1
             self._log(f"Step {self.global_step}: non-finite loss, update skipped ({self.nonfinite_total} so far).")
             if self.nonfinite_run >= self.cfg.max_nonfinite:
-                raise RuntimeError(
+                raise TrainingError(
                     f"The loss was not finite for {self.nonfinite_run} steps in a row (step {self.global_step}); "
                     f"training stopped. The last good checkpoint is kept in {self.output / 'checkpoints'}. "
                     "Try a lower learning rate, or precision fp32."

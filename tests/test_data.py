@@ -333,3 +333,22 @@ def test_check_opens_every_image(tmp_path):
     converting = PairedDataset(tmp_path, on_error="skip", convert_mode=True)
     report = converting.check()
     assert (report.ok, report.skipped, report.converted) == (3, 1, 1)
+
+
+def test_symlinked_folders_may_not_leave_the_dataset_but_symlinked_images_may(tmp_path):
+    outside = tmp_path / "elsewhere"
+    _flat(outside / "shared.png", RED)
+    root = _controlnet_dir(tmp_path / "data", n=1)
+    os.symlink(outside / "shared.png", root / "source" / "linked.png")  # a symlinked image: allowed
+    os.symlink("/", root / "root")  # a symlinked folder leading out: refused
+    os.symlink(outside, root / "shared")  # likewise, even to a harmless place
+    _manifest(root / "prompt.json", [{**GOOD, "source": "source/linked.png"}])
+    assert PairedDataset(root, resolution=None)[0]["conditioning_pixel_values"][:, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    for source in ("root" + str(outside / "shared.png"), "shared/shared.png"):
+        _manifest(root / "prompt.json", [GOOD, {**GOOD, "source": source}])
+        message = _error(2, root)
+        assert "symlinked folder" in message and repr(source) in message
+    # the dataset folder itself may be a symlink (e.g. to a copy on local disk)
+    os.symlink(root, tmp_path / "link")
+    _manifest(root / "prompt.json", [GOOD])
+    assert len(PairedDataset(tmp_path / "link")) == 1

@@ -51,7 +51,7 @@ def test_each_sample_gets_its_own_seed(heldout):
     assert pipe.calls == [[100, 101, 102, 103], [104, 105]]
 
 
-def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, heldout, tmp_path):
+def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, heldout, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = ["evaluate", "--base", str(tiny_base_dir), "--data", str(heldout), "--num", "4", "--steps", "2",
             "--resolution", "64", "--out", str(out)]
@@ -61,7 +61,10 @@ def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, heldout, tmp_path):
     assert len(report["per_sample"]) == 4 and report["mean"]["count"] == 4
     assert 0.0 <= report["one_step"]["with_control"]["disk_iou"] <= 1.0
     assert out.with_suffix(".png").is_file()
-    with pytest.raises(SystemExit, match="overwrite"):
+    written = out.read_bytes()
+    with pytest.raises(SystemExit) as info:
         cli_main(args)
+    assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == written
     with pytest.raises(ValueError, match="only 12 pairs"):
         evaluate(OraclePipe(PairedDataset(heldout, resolution=64)), PairedDataset(heldout, resolution=64), num=20)

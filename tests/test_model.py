@@ -42,25 +42,24 @@ def unet_skip_shapes(unet, latents, t, text):
     return shapes, mid[0]
 
 
-def test_zero_initialised_module_leaves_unet_output_unchanged(tiny_base):
-    lite = LiteControlNetModel.from_unet(tiny_base.unet)
+@pytest.mark.parametrize("kind", ["lite", "lite-static", "lite-seed"])
+def test_zero_initialised_module_leaves_unet_output_unchanged(kind, tiny_base):
+    lite = build_control(kind, tiny_base.unet)
     latents, t, text = unet_inputs(tiny_base)
     control = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         plain = tiny_base.unet(latents, t, encoder_hidden_states=text).sample
-        res = control_residuals(lite, sample=latents, timestep=t, encoder_hidden_states=text, controlnet_cond=control)
-        controlled = tiny_base.unet(latents, t, encoder_hidden_states=text, **res.unet_kwargs()).sample
+        controlled = controlled_unet(tiny_base.unet, latents, t, text, prepare_control(lite, control, torch.float32))
     assert torch.equal(plain, controlled)
     # and once trained (random weights here), the same call does change the output
     randomize_(lite)
     with torch.no_grad():
-        res = control_residuals(lite, sample=latents, timestep=t, encoder_hidden_states=text, controlnet_cond=control)
-        changed = tiny_base.unet(latents, t, encoder_hidden_states=text, **res.unet_kwargs()).sample
+        changed = controlled_unet(tiny_base.unet, latents, t, text, prepare_control(lite, control, torch.float32))
     assert (changed - plain).abs().max() > 1e-3
 
 
 def test_residual_shapes_match_tiny_unet(tiny_base):
-    lite = LiteControlNetModel.from_unet(tiny_base.unet)
+    lite = LiteControlNetModel.from_unet(tiny_base.unet, design="static")
     latents, t, text = unet_inputs(tiny_base)
     expected_down, expected_mid = unet_skip_shapes(tiny_base.unet, latents, t, text)
     out = lite(torch.rand(2, 3, 64, 64))
@@ -69,7 +68,7 @@ def test_residual_shapes_match_tiny_unet(tiny_base):
 
 
 def test_residual_shapes_match_sd15_layout():
-    lite = LiteControlNetModel.from_unet(empty_unet(SD15_UNET_CONFIG))
+    lite = LiteControlNetModel.from_unet(empty_unet(SD15_UNET_CONFIG), design="static")
     assert lite.config.residual_channels == LiteControlNetModel().config.residual_channels  # the defaults are SD1.5
     out = lite(torch.rand(1, 3, 512, 512))
     sizes = [64] * 3 + [32] * 3 + [16] * 3 + [8] * 3
@@ -82,7 +81,7 @@ def test_residual_shapes_match_sd15_layout():
 def test_sd21_layout_derived_from_config():
     channels, levels, mid = unet_residual_layout(SD21_UNET_CONFIG)
     assert len(channels) == 12 and mid == 1280
-    lite = LiteControlNetModel.from_unet(SD21_UNET_CONFIG)
+    lite = LiteControlNetModel.from_unet(SD21_UNET_CONFIG, design="static")
     out = lite(torch.rand(1, 3, 768, 768))
     assert out.down_block_res_samples[0].shape == (1, 320, 96, 96)
     assert out.mid_block_res_sample.shape == (1, 1280, 12, 12)
@@ -102,7 +101,7 @@ def test_sd15_parameter_count_is_under_one_percent_of_controlnet():
 
 
 def test_save_and_load_round_trip(tmp_path, tiny_base):
-    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, level_channels=48))
+    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design="static", level_channels=48))
     lite.save_pretrained(tmp_path / "lite")
     assert (tmp_path / "lite" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = LiteControlNetModel.from_pretrained(tmp_path / "lite")
@@ -117,7 +116,7 @@ def test_save_and_load_round_trip(tmp_path, tiny_base):
 
 
 def test_earlier_layers_learn_once_the_zero_projection_moves():
-    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG, level_channels=16, pixel_mlp_channels=(8,))
+    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG, design="seed", level_channels=16, pixel_mlp_channels=(8,))
     optimizer = torch.optim.SGD(lite.parameters(), lr=0.1)
     control = torch.rand(1, 3, 64, 64)
     for step in range(2):
@@ -133,7 +132,7 @@ def test_earlier_layers_learn_once_the_zero_projection_moves():
 
 
 def test_conditioning_scale_multiplies_residuals(tiny_base):
-    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet))
+    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design="static"))
     control = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         one, half, zero = (lite(control, conditioning_scale=s) for s in (1.0, 0.5, 0.0))

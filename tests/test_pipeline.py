@@ -114,7 +114,7 @@ def test_memory_options_keep_the_image(pipe, control_image):
         pipe.disable_vae_slicing()
 
 
-def test_cli_sample_writes_an_image(tiny_base_dir, trained_lite, control_image, tmp_path):
+def test_cli_sample_writes_an_image(tiny_base_dir, trained_lite, control_image, tmp_path, capsys):
     trained_lite.save_pretrained(tmp_path / "lite")
     control_image.save(tmp_path / "control.png")
     out = tmp_path / "out.png"
@@ -122,5 +122,8 @@ def test_cli_sample_writes_an_image(tiny_base_dir, trained_lite, control_image, 
             "--image", str(tmp_path / "control.png"), "--prompt", PROMPT, "--steps", "2", "--out", str(out)]
     cli_main(args)
     assert PIL.Image.open(out).size == (64, 64)
-    with pytest.raises(SystemExit, match="overwrite"):
+    written = out.read_bytes()
+    with pytest.raises(SystemExit) as info:
         cli_main(args)  # an existing output is never replaced silently
+    assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == written

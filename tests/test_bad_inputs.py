@@ -1,0 +1,665 @@
+"""Bad inputs, careless or hostile: each ends in the right exit code and one line that names the
+culprit (file, line or value) and what would be accepted, without a traceback; and nothing a
+user had before (checkpoints, final/, the loss log, the data, the base) changes.
+
+Every case runs the CLI in this process (`cli.main`) on a tiny base, a 32 px dataset of 8 pairs
+and a run of 2 steps shared by the whole module; cases that damage something damage a copy.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import PIL.Image
+import pytest
+import torch
+
+from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, cli
+from lite_controlnet.config import TrainConfig
+from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.trainer import train
+
+SMALL = dict(resolution=32, batch_size=2, num_workers=0, num_validation=1, validation_steps=1)
+SMALL_FLAGS = ["--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--num-validation", "1",
+               "--validation-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_base_dir):
+    """A dataset, and a run of 2 steps with a checkpoint after each and a final/ module."""
+    root = tmp_path_factory.mktemp("world")
+    data = make_fill50k(root / "data", num=8, size=32, progress=False)
+    run = root / "run"
+    train(TrainConfig(data=str(data), output=str(run), base=str(tiny_base_dir), max_steps=2, checkpoint_every=1,
+                      **SMALL), progress=False)
+    return SimpleNamespace(root=root, data=data, run=run, base=Path(tiny_base_dir), image=data / "source" / "0.png")
+
+
+# Files a start may rightly rewrite: the lock's guard (made on first use), the settings of the
+# latest start, the loss plot; the loss log is checked apart: rows may only be added after it.
+REWRITTEN = {".lock.guard", "train_config.json", "loss.png", "loss.csv"}
+
+
+def snapshot(*folders):
+    """Every file under `folders` (symlinks not followed) with its hash; a run's loss log as its rows."""
+    found = {}
+    for folder in map(Path, folders):
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                path = Path(parent) / name
+                if path.is_symlink() or (name in REWRITTEN and name != "loss.csv" and
+                                         (name != "train_config.json" or path.parent == folder)):
+                    continue
+                data = path.read_bytes()
+                rows = name == "loss.csv"
+                found[str(path)] = data.decode().splitlines() if rows else hashlib.sha256(data).hexdigest()
+    return found
+
+
+def unchanged(before, after):
+    """Whether every file of `before` is still there, unchanged (a loss log may have gained rows)."""
+    for path, value in before.items():
+        now = after.get(path)
+        if isinstance(value, list) and isinstance(now, list):
+            if now[: len(value)] != value:
+                return False
+        elif now != value:
+            return False
+    return True
+
+
+def run_cli(argv, capsys):
+    """(exit code, stderr) of `lite_controlnet argv`, run in this process."""
+    capsys.readouterr()
+    code, message = 0, ""
+    try:
+        cli.main([str(a) for a in argv])
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+        message = "" if isinstance(exit.code, int) or exit.code is None else f"{exit.code}\n"
+    return code, capsys.readouterr().err + message
+
+
+def assert_one_line(err, culprits):
+    """stderr ends with one `error:` line that holds every text in `culprits`; no traceback."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1].startswith("error: ") and lines[-1] == errors[0], err[-3000:]
+    for text in culprits:
+        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
+
+
+# -- the cases: each returns (argv, texts the error line must hold[, folders to watch, a check]) --
+
+CASES = {}
+
+
+def case(name, code=2):
+    def register(make):
+        CASES[name] = (make, code)
+        return make
+
+    return register
+
+
+def train_args(c, output, *extra, data=None, base=None):
+    return ["train", "--base", base or c.w.base, "--data", data or c.w.data, "--output", output, *SMALL_FLAGS,
+            *extra]
+
+
+def sample_args(c, *extra, control=None):
+    control = ["--control-model", control] if control else []
+    return ["sample", "--base", c.w.base, *control, "--image", c.w.image, "--prompt", "red circle", "--steps", "1",
+            "--out", c.tmp / "out.png", *extra]
+
+
+def copy_run(c):
+    return Path(shutil.copytree(c.w.run, c.tmp / "run"))
+
+
+def copy_data(c):
+    return Path(shutil.copytree(c.w.data, c.tmp / "data"))
+
+
+def write_manifest(folder, lines):
+    (folder / "prompt.json").write_text("\n".join(line if isinstance(line, str) else json.dumps(line)
+                                                  for line in lines) + "\n")
+
+
+def pair(i):
+    return {"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": f"prompt {i}"}
+
+
+def rewrite_manifest_entry(checkpoint, rel):
+    """Make a checkpoint's manifest agree with a file replaced on purpose (so only the content is bad)."""
+    manifest = json.loads((checkpoint / "MANIFEST.json").read_text())
+    data = (checkpoint / rel).read_bytes()
+    manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+class Payload:  # unpickling it would need this module's code
+    pass
+
+
+# settings: flags and config files
+
+
+for flag, value, texts in [
+    ("--learning-rate", "inf", ["learning_rate=inf", "--learning-rate", "> 0"]),
+    ("--learning-rate", "nan", ["learning_rate=nan", "finite"]),
+    ("--learning-rate", "-0.0001", ["learning_rate=-0.0001", "> 0"]),
+    ("--max-grad-norm", "nan", ["max_grad_norm=nan", "finite number > 0"]),
+    ("--max-grad-norm", "-1", ["max_grad_norm=-1.0", "> 0"]),
+    ("--checkpoint-minutes", "nan", ["checkpoint_minutes=nan", "> 0"]),
+    ("--checkpoint-minutes", "0", ["checkpoint_minutes=0.0", "> 0"]),
+    ("--weight-decay", "inf", ["weight_decay=inf", "finite"]),
+    ("--prompt-dropout", "1.5", ["prompt_dropout=1.5", "[0, 1)"]),
+    ("--validation-guidance", "nan", ["validation_guidance=nan", "finite"]),
+    ("--max-gpu-memory", "inf", ["max_gpu_memory=inf", "finite"]),
+    ("--epochs", "0", ["epochs=0", ">= 1"]),
+    ("--seed", "-1", ["seed=-1", ">= 0"]),
+    ("--resolution", "500", ["resolution=500", "multiple of 8"]),
+    ("--micro-batch", "3", ["micro_batch=3", "divisor of batch_size=2"]),
+    ("--epochs", "two", ["--epochs", "'two'", "int"]),
+    ("--control", "t2i", ["--control", "'t2i'", "lite"]),
+    ("--control-options", "level_channels=40", ["--control-options", "JSON object"]),
+    ("--xformers", "maybe", ["--xformers", "true or false"]),
+]:
+    def make(c, flag=flag, value=value, texts=texts):
+        return train_args(c, c.tmp / "out", flag, value), texts
+
+    case(f"flag{flag}={value}")(make)
+
+
+@case("train-without-data")
+def _(c):
+    return ["train", "--output", c.tmp / "out"], ["--data"]
+
+
+@case("resume-folder-missing")
+def _(c):
+    return train_args(c, c.tmp / "out", "--resume", c.tmp / "nope"), ["resume=", "nope", "checkpoint folder"]
+
+
+@case("config-file-missing")
+def _(c):
+    return ["train", "--config", c.tmp / "run.json"], ["run.json", "Cannot read"]
+
+
+@case("config-json-broken")
+def _(c):
+    (c.tmp / "run.json").write_text('{\n "data": "d",\n "epochs": 2,,\n}\n')
+    return ["train", "--config", c.tmp / "run.json"], ["run.json, line 3", "not valid JSON"]
+
+
+@case("config-yaml-broken")
+def _(c):
+    (c.tmp / "run.yaml").write_text("data: d\noutput: o\nepochs: [2\n")
+    return ["train", "--config", c.tmp / "run.yaml"], ["run.yaml, line", "not valid YAML"]
+
+
+@case("config-wrong-type")
+def _(c):
+    (c.tmp / "run.json").write_text(json.dumps({"data": str(c.w.data), "output": str(c.tmp / "o"), "epochs": "two"}))
+    return ["train", "--config", c.tmp / "run.json"], ["epochs='two'", "whole number"]
+
+
+@case("config-yaml-exponent-is-text")
+def _(c):
+    (c.tmp / "run.yaml").write_text(f"data: {c.w.data}\noutput: {c.tmp / 'o'}\nlearning_rate: 1e-4\n")
+    return ["train", "--config", c.tmp / "run.yaml"], ["learning_rate='1e-4'", "1.0e-4"]
+
+
+@case("config-negative-grad-norm")
+def _(c):
+    (c.tmp / "run.json").write_text(json.dumps({"data": "d", "output": "o", "max_grad_norm": -1}))
+    return ["train", "--config", c.tmp / "run.json"], ["max_grad_norm=-1", "> 0"]
+
+
+@case("config-unknown-setting")
+def _(c):
+    (c.tmp / "run.json").write_text(json.dumps({"data": "d", "output": "o", "epoch": 3}))
+    return ["train", "--config", c.tmp / "run.json"], ["unknown setting", "'epoch'", "epochs"]
+
+
+@case("config-not-a-mapping")
+def _(c):
+    (c.tmp / "run.json").write_text("[1, 2]")
+    return ["train", "--config", c.tmp / "run.json"], ["run.json", "mapping"]
+
+
+@case("control-option-unknown")
+def _(c):
+    return train_args(c, c.tmp / "out", "--control-options", '{"width": 3}'), ["'width'", "level_channels"]
+
+
+@case("control-option-bad-value")
+def _(c):
+    return train_args(c, c.tmp / "out", "--control-options", '{"level_channels": "big"}'), \
+        ["--control-options", "level_channels", "cannot build a lite module"]
+
+
+# data
+
+
+@case("data-missing")
+def _(c):
+    return train_args(c, c.tmp / "out", data=c.tmp / "nope"), ["nope", "does not exist"]
+
+
+@case("data-without-manifest")
+def _(c):
+    (c.tmp / "empty").mkdir()
+    return train_args(c, c.tmp / "out", data=c.tmp / "empty"), ["No manifest found", "prompt.json", "--manifest"]
+
+
+@case("data-two-manifests")
+def _(c):
+    data = copy_data(c)
+    (data / "metadata.jsonl").write_text("")
+    return train_args(c, c.tmp / "out", data=data), ["several manifests", "--manifest prompt.json"], [data]
+
+
+@case("data-broken-line")
+def _(c):
+    data = copy_data(c)
+    write_manifest(data, [pair(0), pair(1), "{broken", pair(3)])
+    return train_args(c, c.tmp / "out", data=data), ["prompt.json, line 3", "not valid JSON"], [data]
+
+
+@case("data-path-escapes")
+def _(c):
+    data = copy_data(c)
+    write_manifest(data, [pair(0), {**pair(1), "source": "../outside.png"}, pair(2), pair(3)])
+    return train_args(c, c.tmp / "out", data=data), ["line 2", "leaves the dataset folder"], [data]
+
+
+@case("data-symlinked-folder")
+def _(c):
+    data = copy_data(c)
+    secret = c.tmp / "secret.png"  # an image of the machine, outside the dataset
+    shutil.copy(c.w.image, secret)
+    os.symlink("/", data / "root")
+    write_manifest(data, [{**pair(0), "source": "root" + str(secret)}, pair(1), pair(2), pair(3)])
+    return train_args(c, c.tmp / "out", data=data), ["line 1", "symlinked folder", "leave the dataset folder"], [data]
+
+
+@case("data-grey-image")
+def _(c):
+    data = copy_data(c)
+    PIL.Image.open(data / "source" / "0.png").convert("L").save(data / "source" / "0.png")
+    return train_args(c, c.tmp / "out", data=data), ["line 1", "mode 'L'", "--convert-mode true"], [data]
+
+
+@case("data-decompression-bomb")
+def _(c):
+    c.mp.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # a 32x32 image now counts as a bomb
+    return train_args(c, c.tmp / "out"), ["line 1", "decompression bomb"]
+
+
+@case("data-fewer-pairs-than-a-batch")
+def _(c):
+    return train_args(c, c.tmp / "out", "--batch-size", "16"), ["8 pairs", "batch_size=16"]
+
+
+@case("data-target-deleted-after-caching")
+def _(c):
+    run, data = copy_run(c), copy_data(c)
+    (data / "target" / "3.png").unlink()
+    return train_args(c, run, "--max-steps", "3", data=data), ["line 4", "target/3.png", "cannot be read"], [run]
+
+
+@case("data-error-in-a-loader-worker")
+def _(c):
+    run, data = copy_run(c), copy_data(c)
+    for image in (data / "source").iterdir():  # the cache holds the targets: only the loader reads these
+        image.write_bytes(b"not a png")
+    return train_args(c, run, "--max-steps", "3", "--num-workers", "1", data=data), \
+        ["prompt.json, line", "cannot read source (control) image"], [run]
+
+
+# runs, checkpoints and locks
+
+
+@case("resume-with-other-data")
+def _(c):
+    run = copy_run(c)
+    other = make_fill50k(c.tmp / "other", num=8, size=32, seed=1, progress=False)
+    return train_args(c, run, "--max-steps", "3", data=other), ["belongs to another run", "--data"], [run]
+
+
+@case("resume-with-other-base")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--max-steps", "3", base="proxy"), ["belongs to another run", "--base", "proxy"], [run]
+
+
+@case("resume-with-other-batch-size")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--max-steps", "3", "--batch-size", "4"), ["--batch-size: 2 -> 4"], [run]
+
+
+@case("fresh-start-in-a-used-folder")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--resume", "never"), [str(run), "holds another run", "step 2", "another --output"], [run]
+
+
+@case("resume-from-an-older-checkpoint-than-the-folder-holds")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--resume", run / "checkpoints" / "step-00000001"), ["step 2", "holds another run"], [run]
+
+
+@case("resume-when-every-checkpoint-is-damaged")
+def _(c):
+    run = copy_run(c)
+    for weights in (run / "checkpoints").glob("*/control/diffusion_pytorch_model.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:-100])
+    return train_args(c, run, "--max-steps", "3"), ["holds another run", "none of its checkpoints can be resumed"], \
+        [run]
+
+
+@case("resume-named-checkpoint-with-empty-manifest")
+def _(c):
+    run = copy_run(c)
+    (run / "checkpoints" / "step-00000002" / "MANIFEST.json").write_text("[]")
+    return train_args(c, run, "--resume", run / "checkpoints" / "step-00000002"), \
+        ["step-00000002", "MANIFEST.json is malformed"], [run]
+
+
+@case("resume-named-checkpoint-that-needs-unpickling")
+def _(c):
+    run = copy_run(c)
+    checkpoint = run / "checkpoints" / "step-00000002"
+    torch.save({"global_step": 2, "payload": Payload()}, checkpoint / "state.pt")
+    rewrite_manifest_entry(checkpoint, "state.pt")
+    return train_args(c, run, "--resume", checkpoint), ["state.pt", "unpickling", "refused"], [run]
+
+
+@case("second-trainer-on-a-locked-folder")
+def _(c):
+    run = copy_run(c)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    c.defer(lambda: (holder.kill(), holder.wait()))
+    (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}))
+    return train_args(c, run, "--max-steps", "3"), ["in use by another training run", f"pid {holder.pid}"], [run]
+
+
+@case("weights-become-non-finite", code=1)
+def _(c):
+    run = copy_run(c)
+    step = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    c.mp.setattr(torch.optim.AdamW, "step", poisoned)
+    return train_args(c, run, "--max-steps", "3"), ["not finite at step 3", "--learning-rate"], [run]
+
+
+@case("disk-full-while-the-cache-is-built", code=1)
+def _(c):
+    usage = shutil.disk_usage
+    full = str(c.tmp / "out")
+    c.mp.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=1024) if str(path).startswith(full)
+                 else usage(path))
+    return train_args(c, c.tmp / "out"), ["No space left", "latent cache", "needs"]
+
+
+@case("disk-full-while-a-checkpoint-is-written", code=1)
+def _(c):
+    run = copy_run(c)
+    copy = shutil.copyfile
+
+    def copyfile(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(run / "checkpoints")):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return copy(src, dst, *args, **kwargs)
+
+    c.mp.setattr(shutil, "copyfile", copyfile)
+
+    def nothing_left_behind():
+        assert not list((run / "checkpoints").glob(".tmp-*"))
+
+    return train_args(c, run, "--max-steps", "3"), ["No space left", "checkpoint step-00000003"], [run], \
+        nothing_left_behind
+
+
+# models
+
+
+def module_folder(c, *files):
+    folder = c.tmp / "module"
+    folder.mkdir()
+    for name in files:
+        shutil.copy(c.w.run / "final" / name, folder / name)
+    return folder
+
+
+@case("control-model-with-flipped-bytes")
+def _(c):
+    run = copy_run(c)
+    weights = run / "final" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # inside the last tensor: still loads, as another image
+    weights.write_bytes(bytes(data))
+    return sample_args(c, control=run / "final"), ["final", "does not match its manifest"], [run]
+
+
+@case("control-model-holding-only-config")
+def _(c):
+    return sample_args(c, control=module_folder(c, "config.json")), \
+        ["Cannot load the control module", "diffusion_pytorch_model.safetensors"]
+
+
+@case("control-model-with-pickled-weights-only")
+def _(c):
+    folder = module_folder(c, "config.json")
+    module = LiteControlNetModel.from_pretrained(c.w.run / "final")
+    torch.save(module.state_dict(), folder / "diffusion_pytorch_model.bin")
+    return sample_args(c, control=folder), ["Cannot load the control module", "safetensors"]
+
+
+@case("control-model-for-another-base")
+def _(c):
+    folder = c.tmp / "module"
+    LiteControlNetModel(residual_channels=(8, 8), residual_levels=(0, 1), mid_channels=8).save_pretrained(folder)
+    return sample_args(c, control=folder), ["made for another base", "channels [8, 8]"]
+
+
+@case("control-model-config-garbage")
+def _(c):
+    folder = module_folder(c, "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text("{not json")
+    return sample_args(c, control=folder), ["config.json", "unreadable"]
+
+
+@case("control-model-missing")
+def _(c):
+    return sample_args(c, control=c.tmp / "nope"), ["--control-model", "nope", "not a folder"]
+
+
+@case("base-missing")
+def _(c):
+    return ["sample", "--base", c.tmp / "nope", "--prompt", "p", "--out", c.tmp / "o.png"], ["nope", "does not exist"]
+
+
+@case("base-without-unet")
+def _(c):
+    (c.tmp / "notamodel").mkdir()
+    return ["sample", "--base", c.tmp / "notamodel", "--prompt", "p", "--out", c.tmp / "o.png"], \
+        ["notamodel", "no unet/ subfolder"]
+
+
+@case("base-with-truncated-weights")
+def _(c):
+    base = Path(shutil.copytree(c.w.base, c.tmp / "base"))
+    weights = base / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return ["sample", "--base", base, "--prompt", "p", "--out", c.tmp / "o.png"], ["unet/", str(base)], [base]
+
+
+# sampling
+
+
+for extra, texts in [
+    (["--scale", "nan"], ["controlnet_conditioning_scale=nan", "--scale", "from 0"]),
+    (["--scale", "inf"], ["controlnet_conditioning_scale=inf", "--scale"]),
+    (["--scale", "1e9"], ["controlnet_conditioning_scale=1000000000.0", "to 10"]),
+    (["--steps", "0"], ["num_inference_steps=0", "--steps", ">= 1"]),
+    (["--steps", "-5"], ["num_inference_steps=-5", ">= 1"]),
+    (["--steps", "1000"], ["num_inference_steps=1000", "UniPCMultistepScheduler", "fewer than its 1000"]),
+    (["--steps", "5000", "--scheduler", "ddim"], ["num_inference_steps=5000", "DDIMScheduler"]),
+    (["--guidance", "nan"], ["guidance_scale=nan", "--guidance"]),
+    (["--height", "0"], ["height=0", "multiple of 8"]),
+    (["--width", "30"], ["width=30", "multiple of 8"]),
+    (["--seed", "-1"], ["--seed -1", "from 0"]),
+    (["--control-start", "0.9", "--control-end", "0.1"], ["control_guidance_start", "0.9"]),
+    (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], ["--device cuda", "cpu"]),
+    (["--device", "gpu"], ["--device 'gpu'", "cuda, cuda:N, cpu or mps"]),
+]:
+    def make(c, extra=extra, texts=texts):
+        return sample_args(c, *extra, control=c.w.run / "final"), texts
+
+    case(f"sample{'='.join(extra)}")(make)
+
+
+def no_sampling(c):
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling started before --out was checked")
+
+    c.mp.setattr(LiteControlNetPipeline, "__call__", refuse)
+
+
+@case("sample-out-unknown-format")
+def _(c):
+    no_sampling(c)
+    return [*sample_args(c), "--out", c.tmp / "out.xyz"], ["--out", "out.xyz", ".png"]
+
+
+@case("sample-out-exists")
+def _(c):
+    no_sampling(c)
+    (c.tmp / "out.png").write_bytes(b"keep me")
+    return sample_args(c), ["out.png exists", "--overwrite"], [c.tmp]
+
+
+@case("sample-out-is-a-folder")
+def _(c):
+    no_sampling(c)
+    (c.tmp / "out.png").mkdir()
+    return sample_args(c, "--overwrite"), ["out.png is a folder"]
+
+
+@case("sample-image-missing")
+def _(c):
+    return [*sample_args(c), "--image", c.tmp / "nope.png"], ["control image", "nope.png"]
+
+
+@case("sample-image-not-an-image")
+def _(c):
+    (c.tmp / "fake.png").write_text("hello")
+    return [*sample_args(c), "--image", c.tmp / "fake.png"], ["control image", "fake.png", "PNG, JPEG"]
+
+
+@case("sample-image-decompression-bomb")
+def _(c):
+    c.mp.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
+    return sample_args(c), ["control image", "0.png", "decompression bomb"]
+
+
+@case("evaluate-num-zero")
+def _(c):
+    return ["evaluate", "--base", c.w.base, "--data", c.w.data, "--num", "0", "--out", c.tmp / "r.json"], \
+        ["--num 0", ">= 1"]
+
+
+@case("evaluate-out-not-json")
+def _(c):
+    return ["evaluate", "--base", c.w.base, "--data", c.w.data, "--num", "1", "--out", c.tmp / "r.txt"], \
+        ["--out", "r.txt", ".json"]
+
+
+@case("evaluate-one-step-timestep-out-of-range")
+def _(c):
+    return ["evaluate", "--base", c.w.base, "--data", c.w.data, "--num", "1", "--one-step-t", "5000",
+            "--out", c.tmp / "r.json"], ["--one-step-t 5000", "from 0 to 999"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_ends_in_one_line_and_changes_nothing(name, world, tmp_path, capsys, monkeypatch, request):
+    make, code = CASES[name]
+    c = SimpleNamespace(w=world, tmp=tmp_path, mp=monkeypatch, defer=request.addfinalizer)
+    argv, culprits, *rest = make(c)
+    watched = rest[0] if rest else []
+    shared, own = snapshot(world.root, world.base), snapshot(*watched)
+    got, err = run_cli(argv, capsys)
+    assert_one_line(err, culprits)
+    assert got == code, err[-2000:]
+    assert snapshot(world.root, world.base) == shared  # the shared data, run and base
+    assert unchanged(own, snapshot(*watched))  # checkpoints, final/, loss log, data of the case
+    if len(rest) > 1:
+        rest[1]()
+
+
+def test_the_case_list_covers_every_area():
+    assert len(CASES) >= 40
+
+
+def test_debug_shows_the_traceback(world, tmp_path, capsys):
+    with pytest.raises(ValueError, match="learning_rate=inf"):
+        cli.main(["train", "--data", str(world.data), "--output", str(tmp_path / "o"), "--learning-rate", "inf",
+                  "--debug"])
+
+
+def test_a_bug_keeps_its_traceback(world, tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise TypeError("a bug, not a bad input")
+
+    monkeypatch.setattr(LiteControlNetPipeline, "__call__", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["sample", "--base", str(world.base), "--prompt", "p", "--steps", "1",
+                  "--out", str(tmp_path / "o.png")])
+
+
+@pytest.mark.parametrize("damage", ["empty-list manifest", "manifest without files", "state that needs unpickling",
+                                   "weights cut short"])
+def test_a_damaged_newest_checkpoint_of_any_kind_falls_back(damage, world, tmp_path, capsys):
+    run = Path(shutil.copytree(world.run, tmp_path / "run"))
+    shutil.rmtree(run / "final")
+    newest = run / "checkpoints" / "step-00000002"
+    if damage == "empty-list manifest":
+        (newest / "MANIFEST.json").write_text("[]")
+    elif damage == "manifest without files":
+        (newest / "MANIFEST.json").write_text(json.dumps({"step": 2}))
+    elif damage == "state that needs unpickling":
+        torch.save({"global_step": 2, "payload": Payload()}, newest / "state.pt")
+        rewrite_manifest_entry(newest, "state.pt")
+    else:
+        weights = newest / "control" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    code, err = run_cli(["train", "--base", world.base, "--data", world.data, "--output", run, *SMALL_FLAGS,
+                         "--max-steps", "2", "--checkpoint-every", "1"], capsys)
+    assert code == 0, err[-3000:]
+    warnings = [line for line in err.splitlines() if line.startswith("warning: Skipping checkpoint")]
+    assert len(warnings) == 1 and "step-00000002" in warnings[0] and "Traceback" not in err
+    # resumed from step 1: the same weights as the run never damaged
+    from safetensors.torch import load_file
+
+    a, b = (load_file(r / "final" / "diffusion_pytorch_model.safetensors") for r in (world.run, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
