@@ -140,11 +140,13 @@ def fidelity_curves(
     steps = next(iter(max_steps.values()))
     if set(max_steps.values()) != {steps} or steps is None or steps % eval_every:
         raise ValueError(f"every run needs the same max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
-    key = {"eval_every": eval_every, "steps": steps, "probe": dataclasses.asdict(probe),
+    # the number of steps is not part of the key: a study continues longer, or ends sooner, from
+    # the same points
+    key = {"eval_every": eval_every, "probe": dataclasses.asdict(probe),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
     state = Path(state) if state else None
     result = json.loads(state.read_text()) if state and state.is_file() else None
-    if result is not None and result.get("key") != key:
+    if result is not None and {k: v for k, v in result.get("key", {}).items() if k != "steps"} != key:
         raise ValueError(f"{state} holds the scores of other settings ({result.get('key')}); give another state "
                          f"file for these ({key}), or delete it.")
     if result is None:
@@ -157,6 +159,7 @@ def fidelity_curves(
             "curves": {label: [] for label in configs},
             "training": {},
         }
+    result["curves"] = {label: [p for p in curve if p["step"] <= steps] for label, curve in result["curves"].items()}
     for chunk, target in enumerate(range(eval_every, steps + 1, eval_every), start=1):
         full = chunk % sample_every == 0 or target == steps
         for label, cfg in configs.items():
@@ -183,6 +186,17 @@ def fidelity_curves(
             log(f"{label:>20} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
                 f"(shuffled {point['one_step_shuffled_iou']:.3f})"
                 + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""))
+    for label, cfg in configs.items():  # a longer study ended here: its last points lack the final scores
+        point = result["curves"][label][-1]
+        if "sampling" not in point or "no_prompt" not in point:
+            if len(LossLog(cfg.output).read()) != steps:
+                raise RuntimeError(f"{cfg.output} was trained past step {steps}: its final module cannot be scored at "
+                                   "that step; delete it, or give the steps it reached.")
+            scores = score_module(base, load_control(Path(cfg.output) / "final").eval(), heldout, probe, full=True,
+                                  no_prompt=True)
+            point.update({k: v for k, v in scores.items() if k not in point})
+            if state:
+                _write_json(state, result)
     result["summary"] = summarize(result)
     return result
 

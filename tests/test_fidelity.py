@@ -73,10 +73,21 @@ def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, 
     assert again["curves"] == result["curves"] and len(lines) == 4
     assert {label: LossLog(cfg.output).read() for label, cfg in configs.items()} == logs
 
+    # the same study made longer continues from its points; cut shorter, the runs it trained past
+    # cannot be scored at the new end
+    longer = fidelity_curves(configs_for(tiny_base_dir, train_dir, tmp_path, steps=3), tiny_base, heldout,
+                             eval_every=1, sample_every=2, probe=PROBE, log=lines.append, state=state)
+    assert [p["step"] for p in longer["curves"]["controlnet"]] == [1, 2, 3] and len(lines) == 6
+    assert longer["curves"]["controlnet"][:2] == result["curves"]["controlnet"]
+    assert "sampling" in longer["curves"]["controlnet"][2] and "no_prompt" in longer["curves"]["controlnet"][2]
+    with pytest.raises(RuntimeError, match="trained past step 1"):
+        fidelity_curves(configs_for(tiny_base_dir, train_dir, tmp_path, steps=1), tiny_base, heldout,
+                        eval_every=1, probe=PROBE, state=state)
+
     # other settings against the same state, or a run folder ahead of the first chunk, are refused
     with pytest.raises(ValueError, match="holds the scores of other settings"):
         fidelity_curves(configs, tiny_base, heldout, eval_every=2, probe=PROBE, state=state)
-    with pytest.raises(RuntimeError, match="holds 2 steps, not 1"):
+    with pytest.raises(RuntimeError, match="holds 3 steps, not 1"):
         fidelity_curves(configs, tiny_base, heldout, eval_every=1, probe=PROBE, state=tmp_path / "other.json")
     with pytest.raises(ValueError, match="multiple of eval_every=3"):
         fidelity_curves(configs, tiny_base, heldout, eval_every=3, probe=PROBE)

@@ -1,13 +1,14 @@
 """The one end-to-end learning test: on the shipped proxy base (which draws a disk where it
-likes), a few hundred steps of Lite training must move the disk to where the control says.
+likes), a few hundred steps of training the default Lite module must move the disk to where the
+control says.
 
 Scored with the one-step probe on held-out pairs (noised to t=800, predicted in one UNet call):
 steadier than full sampling this early. A shuffled control (each sample given another's
 outline) must not help, which separates following the control from drawing any disk.
-Measured on this 2-core machine with the shipped base (7,000 steps), module seed 0: one-step
-disk IoU 0.643 without control, 0.709 with the trained module, 0.639 with shuffled controls;
-edge F1 0.574, 0.698 and 0.546. (On the earlier 4,000-step base, seeds 0 and 1 gave 0.614,
-0.666, 0.614.) The thresholds below leave about half of each gap as margin.
+Measured on this 2-core machine with the shipped base (7,000 steps), module seed 0, lr 3e-3:
+one-step disk IoU 0.643 without control, 0.715 with the trained module, 0.635 with shuffled
+controls; edge F1 0.574, 0.750 and 0.521. (The seed's design at 1e-3 gave 0.709 and 0.698.)
+The thresholds below leave about half of each gap as margin.
 """
 
 import pytest
@@ -16,9 +17,10 @@ from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control,
 from lite_controlnet.evaluate import one_step_scores
 
 STEPS = 200
-# The small module needs a larger step than the 1e-4 default: at 1e-4 these 200 steps move
-# the one-step IoU by less than 0.005; at 1e-3 by about 0.05-0.07 (edge F1 by about 0.12).
-LEARNING_RATE = 1e-3
+# The small module needs a larger step than the SD1.5 default 1e-4 on this base; the default
+# design starts slower than the seed's (its zero projections sit behind more layers) and learns
+# fastest at 3e-3 of the rates tried (benchmarks/fidelity.py).
+LEARNING_RATE = 3e-3
 SEED = 0
 
 
