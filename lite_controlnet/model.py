@@ -49,6 +49,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -316,16 +317,25 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             )
         x = controlnet_cond.to(dtype=self.dtype).contiguous()  # residuals in the UNet's own layout
 
-        # 2. pixel-wise MLP at full resolution
-        x = self.pixel_mlp(x)
+        # 2. pixel-wise MLP at full resolution, pooled to the first skip resolution. In training its
+        # activations are recomputed in backward rather than kept: at full resolution they are the
+        # module's largest (4 x 64 channels x 512 x 512 per image), and recomputing them costs little
+        sizes = self.residual_sizes(height, width)
+        if torch.is_grad_enabled() and self.pixel_mlp[0].weight.requires_grad:
+            x = checkpoint(self._pooled_pixel_mlp, x, sizes[0], use_reentrant=False)
+        else:
+            x = self._pooled_pixel_mlp(x, sizes[0])
 
-        # 3. average-pool to each skip resolution (each level pools the previous one: the same
-        # averages, computed from an 8x smaller tensor), then the per-level layers
+        # 3. average-pool to each further skip resolution (each level pools the previous one: the
+        # same averages, computed from a smaller tensor), then the per-level layers
         features = []
-        for level_mlp, size in zip(self.level_mlps, self.residual_sizes(height, width)):
+        for level_mlp, size in zip(self.level_mlps, sizes):
             x = _average_pool(x, size)
             features.append(level_mlp(x))
         return tuple(features)
+
+    def _pooled_pixel_mlp(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return _average_pool(self.pixel_mlp(x), size)
 
     def forward(
         self,

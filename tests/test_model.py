@@ -12,7 +12,7 @@ from lite_controlnet import (
     prepare_control,
 )
 from lite_controlnet.controls import ControlResiduals
-from lite_controlnet.model import SD15_RESIDUAL_CHANNELS, unet_residual_layout
+from lite_controlnet.model import SD15_RESIDUAL_CHANNELS, _average_pool, unet_residual_layout
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG, SD21_UNET_CONFIG, empty_unet
 
 
@@ -129,6 +129,25 @@ def test_earlier_layers_learn_once_the_zero_projection_moves():
             assert grad == 0 and lite.zero_convs[0].weight.grad.abs().sum() > 0
         optimizer.step()
     assert grad > 0  # ... and after one update the pixel MLP learns too
+
+
+def test_full_resolution_activations_are_recomputed_with_the_same_gradients(tiny_base):
+    """In training the pixel MLP runs under activation checkpointing: gradients as without it."""
+    lite = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design="static"), std=0.1)
+    control = torch.rand(2, 3, 64, 64)
+    sum(f.square().sum() for f in lite.control_features(control)).backward()
+    checkpointed = [p.grad.clone() for p in lite.parameters() if p.grad is not None]
+    lite.zero_grad()
+    x = lite._pooled_pixel_mlp(control, lite.residual_sizes(64, 64)[0])  # the same, kept in memory
+    features = []
+    for level_mlp, size in zip(lite.level_mlps, lite.residual_sizes(64, 64)):
+        x = _average_pool(x, size)
+        features.append(level_mlp(x))
+    sum(f.square().sum() for f in features).backward()
+    kept = [p.grad for p in lite.parameters() if p.grad is not None]
+    assert len(kept) == len(checkpointed) > 0
+    for a, b in zip(checkpointed, kept):
+        torch.testing.assert_close(a, b)
 
 
 def test_conditioning_scale_multiplies_residuals(tiny_base):
