@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import list_checkpoints
 from .compare import TrainingStats, train_measured
 from .config import TrainConfig
 from .controls import CONTROL_KINDS, load_control
@@ -189,10 +190,11 @@ def fidelity_curves(
     for label, cfg in configs.items():  # a longer study ended here: its last points lack the final scores
         point = result["curves"][label][-1]
         if "sampling" not in point or "no_prompt" not in point:
-            if len(LossLog(cfg.output).read()) != steps:
-                raise RuntimeError(f"{cfg.output} was trained past step {steps}: its final module cannot be scored at "
-                                   "that step; delete it, or give the steps it reached.")
-            scores = score_module(base, load_control(Path(cfg.output) / "final").eval(), heldout, probe, full=True,
+            at_end = [c for c in list_checkpoints(cfg.output) if c.step == steps]
+            if not at_end:
+                raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {steps} (it was trained past it): its "
+                                   "module cannot be scored at that step; delete it, or give the steps it reached.")
+            scores = score_module(base, load_control(at_end[0].path / "control").eval(), heldout, probe, full=True,
                                   no_prompt=True)
             point.update({k: v for k, v in scores.items() if k not in point})
             if state:

@@ -80,7 +80,7 @@ def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, 
     assert [p["step"] for p in longer["curves"]["controlnet"]] == [1, 2, 3] and len(lines) == 6
     assert longer["curves"]["controlnet"][:2] == result["curves"]["controlnet"]
     assert "sampling" in longer["curves"]["controlnet"][2] and "no_prompt" in longer["curves"]["controlnet"][2]
-    with pytest.raises(RuntimeError, match="trained past step 1"):
+    with pytest.raises(RuntimeError, match="no checkpoint of step 1"):
         fidelity_curves(configs_for(tiny_base_dir, train_dir, tmp_path, steps=1), tiny_base, heldout,
                         eval_every=1, probe=PROBE, state=state)
 
