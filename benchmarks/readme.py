@@ -58,7 +58,7 @@ def benchmarks_block() -> str:
         lines.append(f"\n**The T4 question** (`python benchmarks/t4_cap.py`: the real trainer, {t4['card']} capped at "
                      f"{t4['memory_cap_gib']:g} GiB, {t4['date']}; the hardware plan probes per-step batches "
                      f"{t4['batch_size']}, {t4['batch_size'] // 2}, ... without memory savers first):")
-        lines += [f"- {line}" for line in t4["summary"]]
+        lines += [f"- {line}" for line in t4["summary"]] + [f"- Note: {note}" for note in t4.get("notes", [])]
     overhead = RESULTS / "pipeline_overhead.json"
     if overhead.is_file():
         o = json.loads(overhead.read_text())
@@ -93,13 +93,15 @@ def fidelity_block() -> str:
         lines += [
             f"On **{st['base_name']}** ({r['machine']}, {r['date']}; seeds {', '.join(map(str, r['seeds']))}; up to "
             f"{st['steps']} steps at batch {st['batch_size']}, {st['resolution']} px; one-step probe at t={st['timestep']} "
-            f"on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; each kind at its best learning rate "
-            f"of {', '.join(sorted({v.split(':')[1] for v in st['variants'] if ':' in v}))}; "
+            f"on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; learning rates "
+            f"{', '.join(KIND_NAMES.get(v.split(':')[0], v) + ' ' + v.split(':')[1] for v in st['variants'] if ':' in v)}; "
             f"`python benchmarks/fidelity.py --seed N`, then `--combine`). Mean of the seeds (min-max):",
             "",
         ]
-        for when, title in (("equal_wall_clock", f"**At equal wall-clock**: {plateau['seconds']:.0f} s of training, where "
-                             f"ControlNet's sampled disk IoU plateaus (step {plateau['step']})"),
+        where = (f"where ControlNet's sampled disk IoU plateaus (step {plateau['step']})" if plateau["reached"] else
+                 f"ControlNet's last point (step {plateau['step']}): its sampled disk IoU was still rising there, so "
+                 "this is a lower bound of its plateau")
+        for when, title in (("equal_wall_clock", f"**At equal wall-clock**: {plateau['seconds']:.0f} s of training, {where}"),
                             ("end", f"**At the end of training** ({st['steps']} steps each)")):
             lines += [title, "", "| | no control | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
                       "|---|---:|" + "---:|" * len(kinds)]
@@ -231,9 +233,10 @@ def glance_block() -> str:
         t4 = json.loads(path.read_text())
         runs = {r["control"]: r for r in t4["runs"] if "error" not in r}
         if {"lite", "controlnet"} <= set(runs):
+            which = " (the seed's design: the default has not run on a GPU yet)" if t4.get("notes") else ""
             lines.append(
                 f"- **On a T4's 15 GiB** (rehearsed on an {t4['card']} with the memory capped, {t4['resolution']} px, "
-                f"fp16, no memory savers): the trainer fits Lite at {runs['lite']['micro_batch']} images per step and "
+                f"fp16, no memory savers): the trainer fits Lite{which} at {runs['lite']['micro_batch']} images per step and "
                 f"ControlNet at {runs['controlnet']['micro_batch']}; an optimizer step of {t4['batch_size']} takes "
                 f"{runs['lite']['step_seconds_median']} s against {runs['controlnet']['step_seconds_median']} s on that card.")
     for path in sorted(RESULTS.glob("cpu-*.json")):
@@ -249,8 +252,10 @@ def glance_block() -> str:
         f = json.loads(path.read_text())["summary"]
         share = f["share_of_controlnet"].get("lite", {}).get("equal_wall_clock", {})
         if None not in (share.get("one_step_gain"), share.get("sampled_iou")):
-            lines.append(f"- **Fidelity**: on the project's proxy base, at equal training time (where ControlNet "
-                         f"plateaus), the default Lite module makes {share['one_step_gain']:.0%} of ControlNet's "
+            plateau = json.loads(path.read_text())["summary"]["controlnet_plateau"]
+            when = "where ControlNet plateaus" if plateau["reached"] else "ControlNet's last point, still rising"
+            lines.append(f"- **Fidelity**: on the project's proxy base, at equal training time ({when}), "
+                         f"the default Lite module makes {share['one_step_gain']:.0%} of ControlNet's "
                          f"one-step disk IoU gain and {share['sampled_iou']:.0%} of its sampled disk IoU, mean of "
                          f"{len(json.loads(path.read_text())['seeds'])} seeds (see [Fidelity](#fidelity)).")
     return "\n".join(lines)

@@ -92,7 +92,9 @@ def summarize_seeds(combined: dict) -> dict:
     top = max(p["sampled_iou"]["mean"] for p in sampled)
     plateau = next(p for p in sampled if p["sampled_iou"]["mean"] >= PLATEAU * top)
     seconds = plateau["seconds"]["mean"]
-    summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, "sampled_iou": top}
+    # reached only if a later point confirms it: at the last point ControlNet may still be rising
+    summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, "sampled_iou": top,
+                                     "reached": plateau is not sampled[-1]}
     table = {}
     for kind, label in best.items():
         row = {}

@@ -38,7 +38,7 @@ def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():
     summary = combined["summary"]
     assert combined["seeds"] == [0, 1]
     # ControlNet's best mean sampled IoU is 0.62; 95% of it (0.589) is first reached at step 4
-    assert summary["controlnet_plateau"]["step"] == 4
+    assert summary["controlnet_plateau"]["step"] == 4 and summary["controlnet_plateau"]["reached"]
     assert summary["controlnet_plateau"]["seconds"] == pytest.approx(8.01)
     lite = summary["by_kind"]["lite"]
     # by 8.01 s Lite (1 s per step, 0.01 s later on average) trained 7 steps; its last point is step 6
@@ -51,6 +51,13 @@ def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():
                                          "sampled_iou": pytest.approx(0.5 / 0.6, abs=1e-3)}
     assert share["end"]["sampled_iou"] == pytest.approx(0.5 / 0.62, abs=1e-3)
     assert summary["shuffled_helps"] == {"lite": False, "controlnet": False}
+
+
+def test_a_controlnet_still_rising_at_its_last_point_has_not_plateaued():
+    results = [seed_result(0, 0.0)]
+    results[0]["curves"]["controlnet lr 0.001"][5]["sampling"]["disk_iou"] = 0.9  # jumps at the end
+    plateau = combine_seeds(results)["summary"]["controlnet_plateau"]
+    assert plateau["step"] == 6 and not plateau["reached"]
 
 
 def test_a_shuffled_control_that_helps_is_reported():
