@@ -380,9 +380,16 @@ class NotebookPage:
 
     @staticmethod
     def image_bytes(img: Any) -> bytes | None:
-        """The PNG an `<img>` shows, as the page holds it (None if it shows nothing)."""
+        """The PNG an `<img>` shows, as the page holds it (None if it is hidden or empty)."""
+        if not img.is_visible():
+            return None
         encoded = img.evaluate(_IMAGE_BYTES)
-        return None if encoded is None else base64.b64decode(encoded)
+        return base64.b64decode(encoded) or None if encoded else None
+
+    def broken_images(self) -> int:
+        """How many widget images the page draws as a broken-image icon (shown, with no picture)."""
+        return self.page.evaluate("""() => [...document.querySelectorAll('img.widget-image')].filter(
+            img => img.offsetParent !== null && img.complete && img.naturalWidth === 0).length""")
 
     def image_pixels(self, img: Any) -> Any:
         data = self.image_bytes(img)

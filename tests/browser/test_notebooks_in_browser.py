@@ -126,6 +126,7 @@ def test_the_panel_is_drawn_with_its_images(sample):
     assert np.array_equal(panel.shown(), generated)
     strip = panel.shown(panel.strip)
     assert strip.shape[1] == 6 * 128  # the control, then strengths 0, 0.5, 1, 1.5, 2
+    assert sample.broken_images() == 0
 
 
 def test_strength_zero_shows_the_text_only_image_and_one_and_a_half_does_not(sample):
@@ -178,6 +179,8 @@ def test_upload_an_image_then_a_file_that_is_not_one(sample, tmp_path):
     sample.tab(panel.root, "upload")
     sample.page.wait_for_function("(el) => el.textContent.includes('No image uploaded yet')",
                                   arg=panel.status.element_handle())
+    assert eventually(lambda: panel.shown(panel.preview) is None), "no control image before an upload"
+    assert sample.broken_images() == 0, "an empty image widget must be hidden, not drawn broken"
     before = panel.shown()
 
     picture = circle_control(0.35, 0.6, 0.2, 64)  # larger than the panel's 32 px: it is scaled down
@@ -199,7 +202,8 @@ def test_upload_an_image_then_a_file_that_is_not_one(sample, tmp_path):
     sample.page.wait_for_function("(el) => el.textContent.includes('notes.txt')", arg=panel.status.element_handle())
     message = panel.status.inner_text()
     assert re.search(r"ValueError: The uploaded file 'notes\.txt' is not an image", message), message
-    assert panel.shown(panel.preview) is None, "no control image is shown for a file that is not one"
+    assert eventually(lambda: panel.shown(panel.preview) is None), "no control image for a file that is not one"
+    assert sample.broken_images() == 0
     assert sample.tracebacks() == [], "a file that is not an image is a message in the panel, not a traceback"
 
 
@@ -238,3 +242,4 @@ def test_epoch_viewer_moves_between_epochs(training):
     assert_differs(at_one, saved[2], "and between epoch 1 and epoch 2")
     loss = root.locator(".widget-image").nth(1)
     assert page.image_pixels(loss) is not None, "the loss curve is shown below the grid"
+    assert page.broken_images() == 0
