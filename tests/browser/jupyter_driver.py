@@ -341,8 +341,8 @@ class NotebookPage:
             page.get_by_role("menuitem", name=f.run_menu, exact=True).click()
             page.get_by_role("menuitem", name=f.run_all, exact=True).click()
         else:
-            page.locator("#menus a.dropdown-toggle", has_text=f.run_menu).click()
-            page.locator("#run_all_cells").click()
+            page.locator("#menus a.dropdown-toggle").filter(has_text=re.compile(rf"^{f.run_menu}$")).click()
+            page.locator("#run_all_cells > a").filter(has_text=re.compile(rf"^{f.run_all}$")).click()
         deadline = started + timeout
         while True:
             prompts = page.locator(f"{f.code_cell} {f.prompt}").all_text_contents()
