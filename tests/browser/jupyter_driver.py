@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -203,7 +202,8 @@ class JupyterServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"The {self.frontend.name} server did not answer in {self.timeout:.0f} s:\n{self.log_tail()}")
+        raise TimeoutError(f"The {self.frontend.name} server did not answer in {self.timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
 
     def stop(self) -> None:
         """Shut down its kernels, then the server (killed if it does not stop in 20 s)."""
@@ -462,8 +462,3 @@ class NotebookPage:
         log.write_text("\n".join(self.console) + "\n")
         return shot, log
 
-
-def chromium_version() -> str:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        return "none"
-    return subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
