@@ -42,10 +42,21 @@ __all__ = [
 ]
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")  # what the trainer writes; `.partial.png` is skipped
-_WIDE = w.Layout(max_width="100%")  # large grids shrink to the notebook's width
 _SLIDER_STYLE = {"description_width": "110px"}
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_PROMPT = "red circle with blue background"  # without a dataset to take prompts from
+
+
+def _image_widget(**kwargs: Any) -> w.Image:
+    """A PNG Image widget, hidden until it has an image (see `_show`); each has its own layout."""
+    return w.Image(format="png", layout=w.Layout(max_width="100%", display="none"), **kwargs)
+
+
+def _show(widget: w.Image, png: bytes) -> None:
+    """Show `png` in `widget`, or hide the widget when there is none: a browser draws an Image
+    widget without data as a broken-image icon (seen in Notebook 7 and Notebook 6.5)."""
+    widget.value = png
+    widget.layout.display = None if png else "none"
 
 
 def _png(image: PIL.Image.Image) -> bytes:
@@ -147,8 +158,8 @@ class EpochViewer:
         self.steps: dict[int, int] = {}
         self.slider = w.IntSlider(value=0, min=0, max=0, description="epoch", style=_SLIDER_STYLE)
         self.label = w.HTML(value="No grid yet: the first one comes before training starts.")
-        self.image = w.Image(format="png", layout=_WIDE)
-        self.loss = w.Image(format="png", layout=_WIDE)
+        self.image = _image_widget()  # max width 100%: large grids shrink to the notebook's width
+        self.loss = _image_widget()
         self.slider.observe(lambda change: self._render(), names="value")
         self.widget = w.VBox([w.HBox([self.slider, self.label]), self.image, self.loss])
 
@@ -208,9 +219,9 @@ class EpochViewer:
         grid = self.grids.get(epoch)
         if grid is None:
             self.label.value = f"epoch {epoch}: no grid saved"
-            self.image.value = b""
+            _show(self.image, b"")
             return
-        self.image.value = grid.read_bytes() if isinstance(grid, Path) else _png(grid)
+        _show(self.image, grid.read_bytes() if isinstance(grid, Path) else _png(grid))
         details = [f"epoch {epoch} of {max(self.grids)}"]
         if epoch in self.steps:
             details.append(f"step {self.steps[epoch]}")
@@ -221,7 +232,7 @@ class EpochViewer:
     def _show_loss(self, output: Path) -> None:
         path = output / "logs" / "loss.png"  # written by the trainer before each epoch's callback
         if path.is_file():
-            self.loss.value = path.read_bytes()
+            _show(self.loss, path.read_bytes())
 
 
 def loss_plot(output: str | Path, smooth: int = 20) -> w.Image:
@@ -301,7 +312,7 @@ class SamplePanel:
         for k, name in enumerate(self.sources):
             self.tabs.set_title(k, name)
         self.tabs.selected_index = 0
-        self.control_preview = w.Image(format="png", width="256")
+        self.control_preview = _image_widget(width="256")
 
         # 2. sampling settings
         self.strength = w.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="control strength", **slider)
@@ -316,8 +327,8 @@ class SamplePanel:
         self.strip_button = w.Button(description="Strength strip", tooltip="the same seed at strengths " +
                                      ", ".join(f"{s:g}" for s in STRENGTHS))
         self.status = w.HTML(value="Press Generate.")
-        self.result = w.Image(format="png", width="384")
-        self.strip = w.Image(format="png", layout=_WIDE)
+        self.result = _image_widget(width="384")
+        self.strip = _image_widget()
         self.generate_button.on_click(self._handler(self.generate))
         self.strip_button.on_click(self._handler(self.strength_strip))
 
@@ -363,9 +374,9 @@ class SamplePanel:
 
     def _refresh_control(self) -> None:
         try:
-            self.control_preview.value = _png(self.control_image())
+            _show(self.control_preview, _png(self.control_image()))
         except ValueError as error:  # e.g. the upload tab before an upload: say so, show nothing
-            self.control_preview.value = b""
+            _show(self.control_preview, b"")
             self.status.value = self._control_problem = _error_html(error)
             return
         if self.status.value == self._control_problem:  # the problem is gone
@@ -396,7 +407,7 @@ class SamplePanel:
     def generate(self) -> PIL.Image.Image:
         """Generate with the current settings, show the image, and return it."""
         image = self._sample(self.strength.value, self.control_image())
-        self.result.value = _png(image)
+        _show(self.result, _png(image))
         return image
 
     def text_only(self) -> PIL.Image.Image:
@@ -408,7 +419,7 @@ class SamplePanel:
         control = self.control_image()
         images = [self._sample(s, control) for s in strengths]
         strip = _captioned_row([control, *images], ["control", *(f"strength {s:g}" for s in strengths)])
-        self.strip.value = _png(strip)
+        _show(self.strip, _png(strip))
         return strip
 
     def _handler(self, action: Callable[[], Any]) -> Callable[[Any], None]:
