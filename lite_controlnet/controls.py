@@ -135,12 +135,6 @@ def _unwrap(control: torch.nn.Module) -> torch.nn.Module:
     return getattr(control, "module", control)  # under DistributedDataParallel
 
 
-def is_step_invariant(control: torch.nn.Module) -> bool:
-    """True when the module's contribution depends only on the control image (no per-step work)."""
-    module = _unwrap(control)
-    return isinstance(module, T2IAdapter) or bool(getattr(module, "step_invariant", False))
-
-
 @dataclass
 class PreparedControl:
     """A control module with what it computes once per generation (`prepare_control`)."""
