@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import jupyter_driver as jd
+from . import jupyter_driver as jd
 
 IN_CI = os.environ.get("CI") == "true"
 FRONTENDS = (jd.NOTEBOOK7, jd.CLASSIC6)

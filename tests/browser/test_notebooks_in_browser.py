@@ -18,8 +18,9 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
-import jupyter_driver as jd
 from lite_controlnet.widgets import circle_control
+
+from . import jupyter_driver as jd
 
 SAMPLE_STEPS = 4  # denoising steps of each Generate: enough to differ, quick on a CPU
 
