@@ -387,6 +387,12 @@ class NotebookPage:
         encoded = img.evaluate(_IMAGE_BYTES)
         return base64.b64decode(encoded) or None if encoded else None
 
+    @staticmethod
+    def text_box(element: Any) -> dict:
+        """The box of the text an element shows ({x, y, width, height}), which may overflow the element."""
+        return element.evaluate("""(el) => { const range = document.createRange(); range.selectNodeContents(el);
+            const r = range.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
+
     def broken_images(self) -> int:
         """How many widget images the page draws as a broken-image icon (shown, with no picture)."""
         return self.page.evaluate("""() => [...document.querySelectorAll('img.widget-image')].filter(
