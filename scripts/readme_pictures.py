@@ -15,6 +15,10 @@
    places its disk (disk IoU, read from the pixels the page shows); README's `pictures` block,
    made from the manifest.
 
+After a change to the control module or the trainer, start afresh (`rm -rf outputs/readme-pictures`
+first, or another `--work`): a finished run there is reused as it is. About 5 minutes from scratch
+on 2 idle CPU cores (training is most of it), under a minute with the run done.
+
 tests/test_readme_pictures.py checks that the README's block, the manifest and the PNGs agree.
 """
 
