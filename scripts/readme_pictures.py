@@ -16,8 +16,8 @@
    made from the manifest.
 
 After a change to the control module or the trainer, start afresh (`rm -rf outputs/readme-pictures`
-first, or another `--work`): a finished run there is reused as it is. About 5 minutes from scratch
-on 2 idle CPU cores (training is most of it), under a minute with the run done.
+first, or another `--work`): a finished run there is reused as it is. Measured on 2 CPU cores shared
+with other jobs: 7.3 min to make the data and train, 35 s to 4 min for the browser part.
 
 tests/test_readme_pictures.py checks that the README's block, the manifest and the PNGs agree.
 """
