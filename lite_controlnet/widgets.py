@@ -339,11 +339,16 @@ class SamplePanel:
         self._control_problem: str | None = None  # the status message of a missing control image
         self._refresh_control()
 
+        # The right margin leaves room for the control window's readout ("0.00 - 1.00"), wider than
+        # a slider's readout box; the row wraps where the notebook is narrow (classic Notebook, Colab
+        # on a small screen). Without both, the result image was drawn over the sliders' readouts.
         settings = w.VBox([self.strength, self.guidance, self.steps, self.seed, self.window,
-                           w.HBox([self.generate_button, self.strip_button]), self.status])
+                           w.HBox([self.generate_button, self.strip_button]), self.status],
+                          layout=w.Layout(margin="0 40px 0 0"))
         self.widget = w.VBox([
             self.prompt,
-            w.HBox([w.VBox([self.tabs, self.control_preview]), settings, self.result]),
+            w.HBox([w.VBox([self.tabs, self.control_preview]), settings, self.result],
+                   layout=w.Layout(flex_flow="row wrap")),
             self.strip,
         ])
 

@@ -59,12 +59,13 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=FRONTENDS, ids=[f.name for f in FRONTENDS])
-def server(request, quick_run, tmp_path_factory):
+def server(request, tmp_path_factory):
     """A notebook server of one frontend (its own environment), serving a fresh folder."""
     frontend = request.param
     why = jd.missing_frontend(frontend)
     if why:
         unavailable(why)
+    quick_run = request.getfixturevalue("quick_run")  # only once the frontend is there
     root = tmp_path_factory.mktemp(frontend.name)
     with jd.JupyterServer(frontend, root, env=quick_run["env"]) as running:
         yield running

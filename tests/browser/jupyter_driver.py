@@ -64,6 +64,7 @@ class Frontend:
     output: str
     busy: str  # CSS present while the kernel is busy, idle: present when it is idle
     idle: str
+    versions: tuple[str, str]  # what its notebook and ipywidgets versions start with
     setup_script: str  # what installs its environment
 
     def server_args(self, port: int, token: str, root: Path) -> list[str]:
@@ -80,13 +81,13 @@ NOTEBOOK7 = Frontend(
     code_cell=".jp-CodeCell", prompt=".jp-InputPrompt", output=".jp-OutputArea-output",
     busy='.jp-Notebook-ExecutionIndicator[data-status="busy"]',
     idle='.jp-Notebook-ExecutionIndicator[data-status="idle"]',
-    setup_script="scripts/setup_env.sh",
+    versions=("7.", "8."), setup_script="scripts/setup_env.sh",
 )
 CLASSIC6 = Frontend(
     name="classic6-ipywidgets7", app="NotebookApp", run_menu="Cell", run_all="Run All",
     code_cell=".code_cell", prompt=".input_prompt", output=".output_area",
     busy="#kernel_indicator_icon.kernel_busy_icon", idle="#kernel_indicator_icon.kernel_idle_icon",
-    setup_script="scripts/setup_colab_env.sh",
+    versions=("6.5.", "7.7.1"), setup_script="scripts/setup_colab_env.sh",
 )
 
 
@@ -107,10 +108,10 @@ def missing_frontend(frontend: Frontend) -> str | None:
     if found.returncode != 0:
         return f"{python} cannot import notebook and ipywidgets: {found.stderr.strip()[-500:]}"
     notebook, widgets = found.stdout.split()
-    wanted = ("7.", "8.") if frontend is NOTEBOOK7 else ("6.5", "7.7.1")
+    wanted = frontend.versions
     if not (notebook.startswith(wanted[0]) and widgets.startswith(wanted[1])):
-        return (f"{python} has notebook {notebook} and ipywidgets {widgets}; {frontend.name} needs "
-                f"notebook {wanted[0]}x and ipywidgets {wanted[1]}x: run `bash {frontend.setup_script}`")
+        return (f"{python} has notebook {notebook} and ipywidgets {widgets}; {frontend.name} needs notebook "
+                f"{wanted[0]}* and ipywidgets {wanted[1]}*: run `bash {frontend.setup_script}`")
     return None
 
 
@@ -385,6 +386,12 @@ class NotebookPage:
             return None
         encoded = img.evaluate(_IMAGE_BYTES)
         return base64.b64decode(encoded) or None if encoded else None
+
+    @staticmethod
+    def text_box(element: Any) -> dict:
+        """The box of the text an element shows ({x, y, width, height}), which may overflow the element."""
+        return element.evaluate("""(el) => { const range = document.createRange(); range.selectNodeContents(el);
+            const r = range.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
 
     def broken_images(self) -> int:
         """How many widget images the page draws as a broken-image icon (shown, with no picture)."""

@@ -18,8 +18,9 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
-from . import jupyter_driver as jd
 from lite_controlnet.widgets import circle_control
+
+from . import jupyter_driver as jd
 
 SAMPLE_STEPS = 4  # denoising steps of each Generate: enough to differ, quick on a CPU
 
@@ -108,6 +109,12 @@ def eventually(check, timeout=30.0):
     return True
 
 
+def overlap(a, b):
+    """Whether two boxes ({x, y, width, height}, as the page gives them) overlap."""
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
 def assert_differs(a, b, what):
     assert a is not None and b is not None and (a.shape != b.shape or not np.array_equal(a, b)), what
 
@@ -127,6 +134,11 @@ def test_the_panel_is_drawn_with_its_images(sample):
     strip = panel.shown(panel.strip)
     assert strip.shape[1] == 6 * 128  # the control, then strengths 0, 0.5, 1, 1.5, 2
     assert sample.broken_images() == 0
+    # no slider's readout (the control window's is the widest) is drawn under the result image
+    image = panel.result.bounding_box()
+    for name in ("control strength", "guidance", "steps", "control window"):
+        text = jd.NotebookPage.text_box(sample.slider(panel.root, name).locator(".widget-readout"))
+        assert text["width"] > 0 and not overlap(text, image), f"the {name} readout is drawn under the result image"
 
 
 def test_strength_zero_shows_the_text_only_image_and_one_and_a_half_does_not(sample):
