@@ -3,9 +3,10 @@
     python benchmarks/lite_designs.py --only time          # one candidate per call (run two side by side)
     python benchmarks/lite_designs.py --report             # the table of all candidates scored so far
 
-Each candidate is the kind `lite` with its own module settings (`control_options` over the
-default design's) and learning rate, trained like the fidelity study's runs (same data, held-out
-pairs, probe and seed; `lite_controlnet.fidelity`) and scored at every `--eval-every` steps,
+Each candidate is a control kind (mostly `lite`) with its own module settings
+(`control_options` over the kind's design), learning rate and trainer settings, trained like the
+fidelity study's runs (same data, held-out pairs, probe and seed; `lite_controlnet.fidelity`)
+and scored at every `--eval-every` steps,
 with full sampling at `--sample-every` evaluations and at the end. The per-step cost of each
 design at SD1.5 size comes from `benchmarks/run.py`; here: parameters at SD1.5 and at proxy size.
 Writes benchmarks/results/lite-designs-proxy-base.json.
@@ -31,14 +32,22 @@ from lite_controlnet.sd_configs import SD15_UNET_CONFIG
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "lite-designs-proxy-base.json"
 
-# name -> (learning rate, settings over the default design's)
+ALL_LEVELS = {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3}
+CUBIC, UNIFORM = {"timestep_sampling": "cubic"}, {"timestep_sampling": "uniform"}
+# name -> (kind, learning rate, module settings over the kind's design, trainer settings); the
+# ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much
 CANDIDATES = {
-    "default": (3e-3, {}),
-    "time": (3e-3, {"feedback_time_channels": 64}),
-    "all levels + time": (3e-3, {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3, "feedback_time_channels": 64}),
-    "all levels wide + time": (3e-3, {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3, "level_channels": 96,
-                                      "feedback_channels": 64, "feedback_time_channels": 64}),
-    "time, lr 6e-3": (6e-3, {"feedback_time_channels": 64}),
+    "uniform timesteps": ("lite", 3e-3, {}, UNIFORM),
+    "time": ("lite", 3e-3, {"feedback_time_channels": 64}, UNIFORM),
+    "all levels + time": ("lite", 3e-3, {**ALL_LEVELS, "feedback_time_channels": 64}, UNIFORM),
+    "all levels wide + time": ("lite", 3e-3, {**ALL_LEVELS, "level_channels": 96, "feedback_channels": 64,
+                                              "feedback_time_channels": 64}, UNIFORM),
+    "cubic timesteps": ("lite", 3e-3, {}, CUBIC),
+    "lr 6e-3": ("lite", 6e-3, {}, UNIFORM),
+    "cubic timesteps, all levels": ("lite", 3e-3, ALL_LEVELS, CUBIC),
+    "cubic timesteps, two level layers": ("lite", 3e-3, {"level_mlp_layers": 2}, CUBIC),
+    "cubic timesteps, wide": ("lite", 3e-3, {"level_channels": 96, "feedback_channels": 64}, CUBIC),
+    "ControlNet, cubic timesteps": ("controlnet", 1e-3, {}, CUBIC),
 }
 
 
@@ -59,7 +68,8 @@ def report() -> dict:
     for name, c in result["candidates"].items():
         for point in c["curve"]:
             sampled = f"{point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""
-            print(f"| {name} | {c['learning_rate']:g} | {c['parameters_sd15']:,} | {point['step']} | "
+            params = f"{c['parameters_sd15']:,}" if c["parameters_sd15"] else ""
+            print(f"| {name} | {c['learning_rate']:g} | {params} | {point['step']} | "
                   f"{point['one_step_iou']:.3f} ({point['one_step_shuffled_iou']:.3f}) | {sampled} |")
     return result
 
@@ -78,22 +88,23 @@ def main() -> None:
         report()
         return
     torch.set_num_threads(1)
-    lr, options = CANDIDATES[args.only]
+    kind, lr, options, training = CANDIDATES[args.only]
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
     slug = args.only.replace(" ", "-").replace(",", "").replace("+", "and")
-    config = variant_configs([Variant("lite", lr, args.seed)], train_dir, work, args.steps, base=str(PROXY_BASE_DIR),
+    config = variant_configs([Variant(kind, lr, args.seed)], train_dir, work, args.steps, base=str(PROXY_BASE_DIR),
                              resolution=32, batch_size=16)
     (label, cfg), = config.items()
-    cfg = dataclasses.replace(cfg, control_options=options or None, output=str(work / f"design-{slug}-seed{args.seed}"))
+    cfg = dataclasses.replace(cfg, control_options=options or None, output=str(work / f"design-{slug}-seed{args.seed}"),
+                              **training)
     result = fidelity_curves({label: cfg}, load_base(str(PROXY_BASE_DIR)), heldout, args.eval_every, args.sample_every,
                              ProbeSettings(), log=lambda line: print(line, flush=True),
                              state=work / f"design-state-{slug}-seed{args.seed}.json")
     all_results = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
     all_results["machine"] = machine_description(1)
     all_results["candidates"][args.only] = {
-        "learning_rate": lr, "options": options, "seed": args.seed, "steps": args.steps,
-        "parameters_sd15": parameters(options, SD15_UNET_CONFIG),
+        "kind": kind, "learning_rate": lr, "options": options, "training": training, "seed": args.seed, "steps": args.steps,
+        "parameters_sd15": parameters(options, SD15_UNET_CONFIG) if kind == "lite" else None,
         "text_only": {"one_step_iou": result["text_only"]["one_step"]["disk_iou"],
                       "sampled_iou": result["text_only"]["sampling"]["disk_iou"]},
         "curve": [{k: v for k, v in p.items() if k in ("step", "one_step_iou", "one_step_shuffled_iou")}

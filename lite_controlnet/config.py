@@ -20,6 +20,11 @@ from .base import DEFAULT_BASE
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
 DEFAULT_LEARNING_RATE = {"lite": 1e-4, "lite-static": 1e-4, "lite-seed": 1e-4, "controlnet": 1e-5, "t2i-adapter": 1e-5}
+# The default Lite module trains on T2I-Adapter's cubic draw of timesteps: on the proxy base it
+# gets most of its sampled disk IoU from it (benchmarks/lite_designs.py); the other kinds keep
+# their published recipes (uniform).
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
+DEFAULT_TIMESTEP_SAMPLING = {kind: "cubic" if kind == "lite" else "uniform" for kind in DEFAULT_LEARNING_RATE}
 
 
 @dataclass
@@ -41,6 +46,9 @@ class TrainConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     prompt_dropout: float = 0.1  # share of prompts replaced by "" (keeps guidance usable)
+    # how training timesteps are drawn: "uniform" over the schedule, or "cubic" (t = T(1 - u^3), as
+    # T2I-Adapter trains: more of the noisy steps where the layout is decided); None: the kind's default
+    timestep_sampling: Literal["uniform", "cubic"] | None = None
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: only if needed to fit
     use_8bit_adam: bool | None = None  # None: only if needed to fit (bitsandbytes)
@@ -105,6 +113,11 @@ class TrainConfig:
     def lr(self) -> float:
         """The learning rate in use (the default for the control kind when unset)."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE[self.control]
+
+    @property
+    def timesteps(self) -> str:
+        """How training timesteps are drawn (the kind's default when unset)."""
+        return self.timestep_sampling or DEFAULT_TIMESTEP_SAMPLING[self.control]
 
     @property
     def cache_path(self) -> Path:

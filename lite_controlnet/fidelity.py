@@ -23,7 +23,7 @@ from typing import Any
 
 from .checkpoint import list_checkpoints
 from .compare import TrainingStats, train_measured
-from .config import TrainConfig
+from .config import TIMESTEP_SAMPLINGS, TrainConfig
 from .controls import CONTROL_KINDS, load_control
 from .data import PairedDataset
 from .evaluate import evaluate, one_step_scores
@@ -33,39 +33,47 @@ from .pipeline import LiteControlNetPipeline
 
 @dataclass(frozen=True)
 class Variant:
-    """A control kind at a learning rate (None: the kind's default), trained with a seed, for
-    `steps` optimizer steps (None: the study's)."""
+    """A control kind at a learning rate (None: the kind's default) and a timestep sampling (None:
+    the kind's default), trained with a seed for `steps` optimizer steps (None: the study's)."""
 
     kind: str
     learning_rate: float | None = None
     seed: int = 0
     steps: int | None = None
+    timesteps: str | None = None
 
     @property
     def label(self) -> str:
-        """The kind and rate: runs of several seeds share it (`combine_seeds`)."""
-        return self.kind if self.learning_rate is None else f"{self.kind} lr {self.learning_rate:g}"
+        """The kind, rate and sampling: runs of several seeds share it (`combine_seeds`)."""
+        label = self.kind if self.learning_rate is None else f"{self.kind} lr {self.learning_rate:g}"
+        return label if self.timesteps is None else f"{label} {self.timesteps}"
 
     @property
     def folder(self) -> str:
         name = f"run-{self.kind}" if self.learning_rate is None else f"run-{self.kind}-lr{self.learning_rate:g}"
+        name = name if self.timesteps is None else f"{name}-{self.timesteps}"
         return name if self.seed == 0 else f"{name}-seed{self.seed}"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """"lite", "lite:1e-3", or with its own number of steps "lite:1e-3@1000"."""
+        """"lite", "lite:1e-3", "lite:1e-3:uniform" (the timestep sampling), each optionally with its
+        own number of steps, "lite:1e-3@1000"."""
         spec, _, steps = text.partition("@")
-        kind, _, rate = spec.partition(":")
+        kind, _, rest = spec.partition(":")
+        rate, _, timesteps = rest.partition(":")
         if kind not in CONTROL_KINDS:
-            raise ValueError(f"variant {text!r}: the kind must be one of {CONTROL_KINDS}, optionally ':<learning rate>' "
-                             "and '@<steps>'.")
+            raise ValueError(f"variant {text!r}: the kind must be one of {CONTROL_KINDS}, optionally ':<learning "
+                             "rate>', ':<timestep sampling>' and '@<steps>'.")
         try:
             learning_rate = float(rate) if rate else None
         except ValueError:
             raise ValueError(f"variant {text!r}: {rate!r} is not a learning rate (e.g. {kind}:1e-4).") from None
+        if timesteps and timesteps not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"variant {text!r}: {timesteps!r} is not a timestep sampling: use one of "
+                             f"{TIMESTEP_SAMPLINGS}.")
         if steps and not (steps.isdigit() and int(steps) > 0):
             raise ValueError(f"variant {text!r}: {steps!r} is not a number of steps (e.g. {spec}@1000).")
-        return cls(kind, learning_rate, steps=int(steps) if steps else None)
+        return cls(kind, learning_rate, steps=int(steps) if steps else None, timesteps=timesteps or None)
 
 
 @dataclass
@@ -115,7 +123,8 @@ def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | P
     settings = {"epochs": 1000, "num_workers": 0, "num_validation": 4, "validation_steps": 10, "keep_checkpoints": 1,
                 **settings}
     return {v.label: TrainConfig(data=str(data), output=str(Path(work) / v.folder), control=v.kind,
-                                 learning_rate=v.learning_rate, max_steps=v.steps or steps, seed=v.seed, **settings)
+                                 learning_rate=v.learning_rate, max_steps=v.steps or steps, seed=v.seed,
+                                 timestep_sampling=v.timesteps, **settings)
             for v in variants}
 
 
@@ -151,24 +160,32 @@ def fidelity_curves(
         raise ValueError(f"every run needs max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
     steps = max(max_steps.values())
     # the number of steps is not part of the key: a study continues longer, or ends sooner, from
-    # the same points
+    # the same points; and it may gain variants (a run already scored keeps its folder)
     key = {"eval_every": eval_every, "probe": dataclasses.asdict(probe),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
     state = Path(state) if state else None
     result = json.loads(state.read_text()) if state and state.is_file() else None
-    if result is not None and {k: v for k, v in result.get("key", {}).items() if k != "steps"} != key:
-        raise ValueError(f"{state} holds the scores of other settings ({result.get('key')}); give another state "
-                         f"file for these ({key}), or delete it.")
+    if result is not None:
+        stored = result.get("key", {})
+        moved = {label: folder for label, folder in stored.get("runs", {}).items()
+                 if label in key["runs"] and key["runs"][label] != folder}
+        if [stored.get("eval_every"), stored.get("probe")] != [eval_every, key["probe"]] or moved:
+            raise ValueError(f"{state} holds the scores of other settings ({stored}); give another state file for "
+                             f"these ({key}), or delete it.")
+        result["key"]["runs"] = {**stored["runs"], **key["runs"]}
+        for label in configs:
+            result["curves"].setdefault(label, [])
     if result is None:
         result = {
             "key": key,
             "date": datetime.date.today().isoformat(),
-            "variants": {label: {"kind": cfg.control, "learning_rate": cfg.lr, "seed": cfg.seed}
-                         for label, cfg in configs.items()},
+            "variants": {},
             "text_only": score_module(base, None, heldout, probe, full=True, no_prompt=True),
             "curves": {label: [] for label in configs},
             "training": {},
         }
+    result["variants"].update({label: {"kind": cfg.control, "learning_rate": cfg.lr, "seed": cfg.seed,
+                                       "timestep_sampling": cfg.timesteps} for label, cfg in configs.items()})
     result["curves"] = {label: [p for p in curve if p["step"] <= max_steps.get(label, steps)]
                         for label, curve in result["curves"].items()}
     for chunk, target in enumerate(range(eval_every, steps + 1, eval_every), start=1):

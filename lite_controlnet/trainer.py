@@ -48,7 +48,7 @@ from .checkpoint import (
     publish_folder,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TIMESTEP_SAMPLINGS, TrainConfig
 from .controls import build_control, controlled_unet, prepare_control
 from .data import PairedDataset
 from .errors import TrainingError
@@ -80,6 +80,17 @@ def derived_seed(*numbers: int) -> int:
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     """The order of the samples in `epoch`, fixed by `seed`."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch, 1))).tolist()
+
+
+def draw_timesteps(sampling: str, count: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` training timesteps: "uniform" over [0, T), or "cubic", t = T(1 - u^3) with u uniform
+    (T2I-Adapter's recipe: 58% of the draws above 0.8 T, the noisy steps where the layout is decided)."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    if sampling == "cubic":
+        u = torch.rand(count, generator=generator)
+        return ((1 - u**3) * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+    raise ValueError(f"timestep sampling {sampling!r} is unknown: use one of {TIMESTEP_SAMPLINGS}.")
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -270,7 +281,7 @@ class Trainer:
         # get the same draws whatever the number of processes or the per-step batch.
         total = self.cfg.batch_size
         noise = torch.randn((total, *latent_shape), generator=generator)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (total,), generator=generator)
+        timesteps = draw_timesteps(self.cfg.timesteps, total, self.noise_scheduler.config.num_train_timesteps, generator)
         drop = (torch.rand(total, generator=generator) < self.cfg.prompt_dropout).tolist()
         start = self.accelerator.process_index * count
         return noise[start : start + count], timesteps[start : start + count], drop[start : start + count]

@@ -44,6 +44,13 @@ def test_variants_parse_and_name_their_runs():
     assert [c.max_steps for c in configs.values()] == [4, 6]
     with pytest.raises(ValueError, match="'many' is not a number of steps"):
         Variant.parse("lite:1e-3@many")
+    # and its own timestep sampling: in its label and folder
+    cubic = Variant.parse("controlnet:1e-3:cubic@1200")
+    assert (cubic.timesteps, cubic.steps, cubic.label, cubic.folder) == (
+        "cubic", 1200, "controlnet lr 0.001 cubic", "run-controlnet-lr0.001-cubic")
+    assert variant_configs([cubic], "d", "w", 6)[cubic.label].timesteps == "cubic"
+    with pytest.raises(ValueError, match="'cube' is not a timestep sampling"):
+        Variant.parse("lite:1e-3:cube")
 
 
 def test_reached_counts_the_gain_over_no_control():
@@ -111,6 +118,22 @@ def test_a_run_with_fewer_steps_stops_there_while_the_others_go_on(tiny_base_dir
     assert "sampling" in lite[0] and "no_prompt" in lite[0]  # its end: scored in full
     assert "sampling" not in cn[0] and "sampling" in cn[1]
     assert len(LossLog(configs["lite lr 0.001"].output).read()) == 1
+
+
+def test_a_study_can_gain_a_variant_and_keeps_the_points_it_has(tiny_base_dir, tiny_base, splits, tmp_path):
+    train_dir, heldout = splits
+    settings = dict(base=str(tiny_base_dir), resolution=64, batch_size=4, num_validation=1, validation_steps=1)
+    state = tmp_path / "state.json"
+    first = fidelity_curves(variant_configs([Variant.parse("lite:1e-3")], train_dir, tmp_path, 1, **settings),
+                            tiny_base, heldout, eval_every=1, probe=PROBE, log=lambda _: None, state=state)
+    lines = []
+    both = variant_configs([Variant.parse("lite:1e-3"), Variant.parse("lite:1e-3:uniform")], train_dir, tmp_path, 1,
+                           **settings)
+    again = fidelity_curves(both, tiny_base, heldout, eval_every=1, probe=PROBE, log=lines.append, state=state)
+    assert again["curves"]["lite lr 0.001"] == first["curves"]["lite lr 0.001"]
+    assert len(lines) == 1 and "lite lr 0.001 uniform" in lines[0]  # only the new variant was trained
+    assert again["variants"]["lite lr 0.001 uniform"]["timestep_sampling"] == "uniform"
+    assert again["variants"]["lite lr 0.001"]["timestep_sampling"] == "cubic"  # the default Lite's
 
 
 def test_summary_answers_the_equal_budget_questions():
