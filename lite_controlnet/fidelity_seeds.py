@@ -114,8 +114,8 @@ def summarize_seeds(combined: dict) -> dict:
     # reached only if a later point confirms it: at the last point ControlNet may still be rising
     summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, "sampled_iou": top,
                                      "reached": plateau is not sampled[-1]}
-    table = {}
-    for kind, label in best.items():
+    rows = {}
+    for label in curves:  # every variant, read where the best ControlNet plateaus and at its end
         row = {}
         for when, limit in (("equal_wall_clock", seconds), ("end", float("inf"))):
             one, samp = _at(curves[label], limit, "one_step_iou"), _at(curves[label], limit, "sampled_iou")
@@ -125,7 +125,9 @@ def summarize_seeds(combined: dict) -> dict:
                          "sampled_step": samp["step"] if samp else 0,
                          "sampled_iou": samp["sampled_iou"] if samp else None,
                          "sampled_edge_f1": samp["sampled_edge_f1"] if samp else None}
-        table[kind] = row
+        rows[label] = row
+    summary["by_variant"] = rows
+    table = {kind: rows[label] for kind, label in best.items()}
     summary["by_kind"] = table
 
     def share(kind: str, when: str, score: str, over_base: bool) -> float | None:
@@ -139,10 +141,11 @@ def summarize_seeds(combined: dict) -> dict:
         kind: {when: {"one_step_gain": share(kind, when, "one_step_iou", True),
                       "sampled_iou": share(kind, when, "sampled_iou", False)} for when in ("equal_wall_clock", "end")}
         for kind in best if kind != "controlnet"}
-    # shuffled controls must not help: none beats no control by a gain that counts
+    # shuffled controls must not help: no variant of a kind beats no control by a gain that counts
     summary["shuffled_helps"] = {
-        kind: row["end"]["one_step_shuffled_iou"]["mean"] - base["one_step_iou"] >= MIN_GAIN
-        for kind, row in table.items() if row["end"]["one_step_shuffled_iou"]}
+        kind: any(rows[label]["end"]["one_step_shuffled_iou"]["mean"] - base["one_step_iou"] >= MIN_GAIN
+                  for label, v in variants.items() if v["kind"] == kind and rows[label]["end"]["one_step_shuffled_iou"])
+        for kind in best}
     return summary
 
 

@@ -51,6 +51,7 @@ def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():
                                          "sampled_iou": pytest.approx(0.5 / 0.6, abs=1e-3)}
     assert share["end"]["sampled_iou"] == pytest.approx(0.5 / 0.62, abs=1e-3)
     assert summary["shuffled_helps"] == {"lite": False, "controlnet": False}
+    assert summary["by_variant"]["lite lr 0.003"] == lite and set(summary["by_variant"]) == set(combined["curves"])
 
 
 def test_step_times_measured_alone_replace_the_runs_wall_clock():
