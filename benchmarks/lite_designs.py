@@ -34,19 +34,20 @@ OUT = HERE / "results" / "lite-designs-proxy-base.json"
 
 ALL_LEVELS = {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3}
 CUBIC, UNIFORM = {"timestep_sampling": "cubic"}, {"timestep_sampling": "uniform"}
+ONE = {"level_mlp_layers": 1}  # the feedback design's first version: one layer per level
 # name -> (kind, learning rate, module settings over the kind's design, trainer settings); the
 # ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much
 CANDIDATES = {
-    "uniform timesteps": ("lite", 3e-3, {}, UNIFORM),
-    "time": ("lite", 3e-3, {"feedback_time_channels": 64}, UNIFORM),
-    "all levels + time": ("lite", 3e-3, {**ALL_LEVELS, "feedback_time_channels": 64}, UNIFORM),
-    "all levels wide + time": ("lite", 3e-3, {**ALL_LEVELS, "level_channels": 96, "feedback_channels": 64,
+    "uniform timesteps": ("lite", 3e-3, ONE, UNIFORM),
+    "time": ("lite", 3e-3, {**ONE, "feedback_time_channels": 64}, UNIFORM),
+    "all levels + time": ("lite", 3e-3, {**ONE, **ALL_LEVELS, "feedback_time_channels": 64}, UNIFORM),
+    "all levels wide + time": ("lite", 3e-3, {**ONE, **ALL_LEVELS, "level_channels": 96, "feedback_channels": 64,
                                               "feedback_time_channels": 64}, UNIFORM),
-    "cubic timesteps": ("lite", 3e-3, {}, CUBIC),
-    "lr 6e-3": ("lite", 6e-3, {}, UNIFORM),
-    "cubic timesteps, all levels": ("lite", 3e-3, ALL_LEVELS, CUBIC),
-    "cubic timesteps, two level layers": ("lite", 3e-3, {"level_mlp_layers": 2}, CUBIC),
-    "cubic timesteps, wide": ("lite", 3e-3, {"level_channels": 96, "feedback_channels": 64}, CUBIC),
+    "lr 6e-3": ("lite", 6e-3, ONE, UNIFORM),
+    "cubic timesteps": ("lite", 3e-3, ONE, CUBIC),
+    "cubic timesteps, all levels": ("lite", 3e-3, {**ONE, **ALL_LEVELS}, CUBIC),
+    "cubic timesteps, wide": ("lite", 3e-3, {**ONE, "level_channels": 96, "feedback_channels": 64}, CUBIC),
+    "cubic timesteps, two level layers (default)": ("lite", 3e-3, {}, CUBIC),
     "ControlNet, cubic timesteps": ("controlnet", 1e-3, {}, CUBIC),
 }
 
@@ -91,7 +92,7 @@ def main() -> None:
     kind, lr, options, training = CANDIDATES[args.only]
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
-    slug = args.only.replace(" ", "-").replace(",", "").replace("+", "and")
+    slug = args.only.replace(" (default)", "").replace(" ", "-").replace(",", "").replace("+", "and")
     config = variant_configs([Variant(kind, lr, args.seed)], train_dir, work, args.steps, base=str(PROXY_BASE_DIR),
                              resolution=32, batch_size=16)
     (label, cfg), = config.items()

@@ -80,6 +80,12 @@ def _ms(value: dict | None, fmt: str = ".3f") -> str:
     return f"{value['mean']:{fmt}} ({value['min']:{fmt}}-{value['max']:{fmt}})"
 
 
+def variant_name(variant: dict, with_rate: bool = False) -> str:
+    """A study variant as a reader names it: the kind, and how its timesteps were drawn."""
+    name = f"{KIND_NAMES.get(variant['kind'], variant['kind'])}, {variant.get('timestep_sampling', 'uniform')} timesteps"
+    return f"{name} at {variant['learning_rate']:g}" if with_rate else name
+
+
 def fidelity_block() -> str:
     files = sorted(RESULTS.glob("fidelity-*.json"))
     if not files:
@@ -88,35 +94,41 @@ def fidelity_block() -> str:
     for path in files:
         r = json.loads(path.read_text())
         s, st = r["summary"], r["settings"]
-        plateau, by_kind, text = s["controlnet_plateau"], s["by_kind"], s["text_only"]
-        kinds = list(by_kind)
+        plateau, rows, text, variants = s["controlnet_plateau"], s["by_variant"], s["text_only"], r["variants"]
+        labels = list(rows)
+        ends = {label: r["curves"][label][-1]["step"] for label in labels}
+        seconds = ", ".join(f"{KIND_NAMES.get(k, k)} {v:.2f} s" for k, v in r.get("step_seconds", {}).items())
         lines += [
             f"On **{st['base_name']}** ({r['machine']}, {r['date']}; seeds {', '.join(map(str, r['seeds']))}; up to "
-            f"{st['steps']} steps at batch {st['batch_size']}, {st['resolution']} px; one-step probe at t={st['timestep']} "
-            f"on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; learning rates "
-            f"{', '.join(KIND_NAMES.get(v.split(':')[0], v) + ' ' + v.split(':')[1] for v in st['variants'] if ':' in v)}; "
-            f"`python benchmarks/fidelity.py --seed N`, then `--combine`). Mean of the seeds (min-max):",
+            f"{max(ends.values())} steps at batch {st['batch_size']}, {st['resolution']} px; one-step probe at "
+            f"t={st['timestep']} on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; learning rates "
+            f"{', '.join(variant_name(v, True) for v in variants.values())}; "
+            f"`python benchmarks/fidelity.py --seed N`, then `--combine`). Mean of the seeds (min-max). "
+            + (f"Seconds are steps times each kind's step measured alone ({seconds}; "
+               "`python benchmarks/proxy_step_time.py`):" if seconds else "Seconds are the runs' own wall-clock:"),
             "",
         ]
-        where = (f"where ControlNet's sampled disk IoU plateaus (step {plateau['step']})" if plateau["reached"] else
-                 f"ControlNet's last point (step {plateau['step']}): its sampled disk IoU was still rising there, so "
-                 "this is a lower bound of its plateau")
-        for when, title in (("equal_wall_clock", f"**At equal wall-clock**: {plateau['seconds']:.0f} s of training, {where}"),
-                            ("end", f"**At the end of training** ({st['steps']} steps each)")):
-            lines += [title, "", "| | no control | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
-                      "|---|---:|" + "---:|" * len(kinds)]
-            rows = (("steps trained", "", lambda k: str(by_kind[k][when]["step"])),
-                    ("one-step disk IoU", f"{text['one_step_iou']:.3f}", lambda k: _ms(by_kind[k][when]["one_step_iou"])),
-                    ("... shuffled controls (must not help)", "",
-                     lambda k: _ms(by_kind[k][when]["one_step_shuffled_iou"])),
-                    ("sampled disk IoU", f"{text['sampled_iou']:.3f}", lambda k: _ms(by_kind[k][when]["sampled_iou"])),
-                    ("sampled edge F1", "", lambda k: _ms(by_kind[k][when]["sampled_edge_f1"])))
-            for name, first, cell in rows:
-                lines.append(f"| {name} | {first} | " + " | ".join(cell(k) for k in kinds) + " |")
+        where = (f"where the best ControlNet's sampled disk IoU plateaus (step {plateau['step']})" if plateau["reached"]
+                 else f"ControlNet's last point (step {plateau['step']}): its sampled disk IoU was still rising there, "
+                      "so this is a lower bound of its plateau")
+        for when, title in (("equal_wall_clock", f"**At equal wall-clock**: {plateau['seconds']:.0f} s of training, "
+                                                 f"{where}"),
+                            ("end", "**At the end of training**")):
+            lines += [title, "", "| | no control | " + " | ".join(variant_name(variants[k]) for k in labels) + " |",
+                      "|---|---:|" + "---:|" * len(labels)]
+            table = (("steps trained", "", lambda k: str(rows[k][when]["step"])),
+                     ("one-step disk IoU", f"{text['one_step_iou']:.3f}", lambda k: _ms(rows[k][when]["one_step_iou"])),
+                     ("... shuffled controls (must not help)", "",
+                      lambda k: _ms(rows[k][when]["one_step_shuffled_iou"])),
+                     ("sampled disk IoU", f"{text['sampled_iou']:.3f}", lambda k: _ms(rows[k][when]["sampled_iou"])),
+                     ("sampled edge F1", "", lambda k: _ms(rows[k][when]["sampled_edge_f1"])))
+            for name, first, cell in table:
+                lines.append(f"| {name} | {first} | " + " | ".join(cell(k) for k in labels) + " |")
             lines.append("")
-        shares = s["share_of_controlnet"]
-        lines.append("Share of ControlNet's result (one-step: of its gain over no control; sampled: of its disk IoU): "
-                     + "; ".join(f"{KIND_NAMES.get(k, k)} {sh['equal_wall_clock']['one_step_gain']:.0%} / "
+        shares, best = s["share_of_controlnet"], s["best_variant"]
+        lines.append(f"Share of the best ControlNet's result ({variant_name(variants[best['controlnet']])}; one-step: "
+                     "of its gain over no control; sampled: of its disk IoU), each kind's best variant: "
+                     + "; ".join(f"{variant_name(variants[best[k]])} {sh['equal_wall_clock']['one_step_gain']:.0%} / "
                                  f"{sh['equal_wall_clock']['sampled_iou']:.0%} at equal wall-clock, "
                                  f"{sh['end']['one_step_gain']:.0%} / {sh['end']['sampled_iou']:.0%} at the end"
                                  for k, sh in shares.items() if None not in (sh["end"]["one_step_gain"],
@@ -127,6 +139,36 @@ def fidelity_block() -> str:
                      + (", ".join(KIND_NAMES.get(k, k) for k, v in s["shuffled_helps"].items() if v) or "none") + ".")
         lines += ["", f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
     return "\n".join(lines).rstrip()
+
+
+def designs_block() -> str:
+    path = RESULTS / "lite-designs-proxy-base.json"
+    if not path.is_file():
+        return _missing("Lite's designs and training recipes", "python benchmarks/lite_designs.py")
+    r = json.loads(path.read_text())
+    first = next(iter(r["candidates"].values()))
+    lines = [f"Lite designs and recipes on **proxy-base** ({r['machine']}; seed {first['seed']}, "
+             f"{first['steps']} steps of 16 at 32 px, the fidelity study's data and probe; "
+             "`python benchmarks/lite_designs.py --only NAME`). Settings over the default design's; "
+             f"no control: {first['text_only']['one_step_iou']:.3f} / {first['text_only']['sampled_iou']:.3f}:", "",
+             "| candidate | kind | module settings | timesteps | lr | parameters at SD1.5 | one-step IoU (shuffled), "
+             "step 600 | sampled disk IoU, step 600 | one-step IoU (shuffled), end | sampled disk IoU, end |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def at(curve: list[dict], step: int) -> tuple[str, str]:
+        p = next((p for p in curve if p["step"] == step), None)
+        if p is None:
+            return "", ""
+        return (f"{p['one_step_iou']:.3f} ({p['one_step_shuffled_iou']:.3f})",
+                f"{p['sampling']['disk_iou']:.3f}" if "sampling" in p else "")
+
+    for name, c in r["candidates"].items():
+        settings = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "the kind's design"
+        params = f"{c['parameters_sd15']:,}" if c.get("parameters_sd15") else ""
+        mid, end = at(c["curve"], 600), at(c["curve"], c["curve"][-1]["step"])
+        lines.append(f"| {name} | `{c['kind']}` | {settings} | {c['training']['timestep_sampling']} | "
+                     f"{c['learning_rate']:g} | {params} | {mid[0]} | {mid[1]} | {end[0]} | {end[1]} |")
+    return "\n".join(lines)
 
 
 PARAMS_KEYS = {"lite": "Lite (default: feedback)", "lite-static": "Lite static (best step-invariant)",
@@ -166,7 +208,9 @@ def frontier_block() -> str:
                 return ""
             return f"{fk[when]['one_step_iou']['mean']:.3f} / {fk[when]['sampled_iou']['mean']:.3f}"
 
-        cells = [f"{KIND_NAMES[kind]} (`{kind}`)",
+        label = fid["summary"].get("best_variant", {}).get(kind)
+        recipe = f", {fid['variants'][label].get('timestep_sampling', 'uniform')} timesteps" if label else ""
+        cells = [f"{KIND_NAMES[kind]} (`{kind}`{recipe})",
                  "" if n is None else f"{n:,}",
                  "" if n is None else f"{n / counts[PARAMS_KEYS['controlnet']]:.2%}",
                  "" if o is None else f"{o:+.1%}",
@@ -262,7 +306,8 @@ def glance_block() -> str:
 
 
 BLOCKS = {"glance": glance_block, "params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
-          "fidelity": fidelity_block, "variants": variants_block, "proxy": proxy_block, "frontier": frontier_block}
+          "fidelity": fidelity_block, "designs": designs_block, "variants": variants_block, "proxy": proxy_block,
+          "frontier": frontier_block}
 
 
 def main() -> None:

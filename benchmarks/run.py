@@ -242,7 +242,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = machine_name(args.device)
     out = RESULTS / f"{name}.json"
-    data = json.loads(out.read_text()) if out.is_file() and (args.skip_sampling or args.skip_training) else {}
+    subset = set(args.kinds) != set(TRAIN_VARIANTS[1:])
+    data = json.loads(out.read_text()) if out.is_file() and (args.skip_sampling or args.skip_training or subset) else {}
     data["machine"] = {
         "name": name, "description": name if args.device.startswith("cuda") else f"{platform.machine()} CPU",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
@@ -252,7 +253,11 @@ def main() -> None:
     data.pop("notes", None)  # notes describe an earlier measurement
     data["settings"] = {"dtype": args.dtype, "resolution": args.resolution, "device": args.device}
     if not args.skip_sampling:
-        data["sampling"] = sampling(args)
+        measured = sampling(args)
+        if subset and "sampling" in data:  # the other kinds keep their overheads (each against its own SD run)
+            for key in ("seconds", "overhead_vs_sd"):
+                measured[key] = {**data["sampling"][key], **measured[key]}
+        data["sampling"] = measured
     if not args.skip_training:
         new_rows = training(args)
         measured = {(r["variant"], r["batch"]) for r in new_rows}
