@@ -118,7 +118,7 @@ def main() -> None:
                              log=lambda line: print(line, flush=True), state=work / f"fidelity-state-seed{args.seed}.json")
     result = {
         "machine": machine_description(args.threads),
-        "settings": {**{k: v for k, v in vars(args).items() if k != "summarize"}, "base_name": Path(args.base).name},
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("summarize", "step_time")}, "base_name": Path(args.base).name},
         **result,
     }
     out = Path(args.out) if args.out else HERE / "results" / f"fidelity-{name}" / f"seed-{args.seed}.json"
