@@ -2,12 +2,15 @@
 
     python benchmarks/fidelity.py                        # the committed proxy base, CPU, seed 0
     python benchmarks/fidelity.py --variants lite:1e-3 controlnet:1e-4 controlnet:1e-3
+    python benchmarks/fidelity.py --steps 1200 --variants lite:3e-3 controlnet:1e-3:cubic lite-seed:1e-3@1000
     python benchmarks/fidelity.py --seed 1 ...           # one seed per call (run seeds in parallel)
     python benchmarks/fidelity.py --combine              # all seeds: mean, spread, plateau, shares
     python benchmarks/fidelity.py --base stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 ...
 
-A variant is a control kind with an optional learning rate (`kind:lr`; without one, the
-kind's default): a learning-rate sweep is part of a fair comparison.
+A variant is a control kind with an optional learning rate and timestep sampling
+(`kind:lr:cubic`; without them, the kind's defaults): a sweep is part of a fair comparison;
+`@steps` ends a variant sooner than the study (`lite-seed:1e-3@1000`). The seconds axis of
+`--combine` is steps times each kind's step measured alone (`benchmarks/proxy_step_time.py`).
 
 The variants train on the same base and data with the same trainer, taking turns in chunks
 of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.fidelity`).
@@ -55,7 +58,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-num", type=int, default=4000)
     parser.add_argument("--heldout", type=int, default=64, help="held-out pairs for the one-step probe")
-    parser.add_argument("--steps", type=int, default=1000, help="ControlNet still rises at 1,000 on the proxy base: more to see its plateau (a study resumes longer)")
+    parser.add_argument("--steps", type=int, default=1200, help="ControlNet with cubic timesteps levels off near 800 on the proxy base, with uniform ones after "
+                             "1,000 (a study resumes longer)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=2, help="full sampling every this many evaluations")
     parser.add_argument("--sample-num", type=int, default=32)
@@ -64,9 +68,11 @@ def main() -> None:
     parser.add_argument("--timestep", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", nargs="+",
-                        default=["lite:3e-3", "lite-static:3e-3", "lite-seed:1e-3", "t2i-adapter:1e-3", "controlnet:1e-3"],
+                        default=["lite:3e-3:cubic", "lite-static:3e-3@1000", "lite-seed:1e-3@1000",
+                                 "t2i-adapter:1e-3@1000", "controlnet:1e-3:cubic", "controlnet:1e-3:uniform@1000"],
                         help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's); "
-                             "the defaults: each kind at its best rate of those tried on the proxy base")
+                             "the defaults: each kind at its best rate of those tried on the proxy base; "
+                             "kind:lr:cubic or kind:lr:uniform for a timestep sampling, @steps to stop sooner")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
