@@ -58,6 +58,7 @@ from .runs import RUN_FILE, check_same_run, refuse_mixing, run_identity, saved_i
 from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # those of diffusers' DDPMScheduler
 
 
 @dataclass
@@ -87,6 +88,27 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     return base_lr
+
+
+def check_prediction_type(scheduler: DDPMScheduler) -> str:
+    """The base's `prediction_type`, if training knows its target; else a `ValueError` naming it."""
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"The base's scheduler has prediction_type={kind!r}; training supports "
+                         f"{', '.join(map(repr, PREDICTION_TYPES))}.")
+    return kind
+
+
+def loss_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from `scheduler.add_noise(latents, noise, timesteps)`, by the
+    base's `prediction_type`: the noise, the velocity, or the clean latents themselves."""
+    kind = check_prediction_type(scheduler)
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return latents  # "sample"
 
 
 class _StepControls(Dataset):
@@ -182,6 +204,7 @@ class Trainer:
         self.weight_dtype = DTYPES[self.precision]
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
+        check_prediction_type(self.noise_scheduler)  # before the cache is built
         # 3. the cache (the main process encodes; the others wait, then read)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
@@ -286,10 +309,7 @@ class Trainer:
         latents, noise = latents.to(device, torch.float32), noise.to(device, torch.float32)
         timesteps = timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = loss_target(self.noise_scheduler, latents, noise, timesteps)
         noisy, text = noisy.to(self.weight_dtype), text.to(device, self.weight_dtype)
         with self._autocast():
             prepared = prepare_control(self.control_ddp, controls.to(device), self.weight_dtype)

@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 
 # Tests never reach a model hub: everything they load is built in code.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -41,3 +43,11 @@ def randomize_(module, std=0.2, seed=0):
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * std)
     return module
+
+
+def with_scheduler_config(tiny_base_dir, folder, **changes):
+    """A copy of the tiny base whose scheduler config has `changes`."""
+    shutil.copytree(tiny_base_dir, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder

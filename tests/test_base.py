@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import with_scheduler_config
 from lite_controlnet import BaseModelError, load_base
 from lite_controlnet.tiny_base import tiny_vocabulary
 
@@ -69,14 +70,6 @@ def test_cli_make_proxy_base_help_does_not_train(capsys, tmp_path, monkeypatch):
     assert info.value.code == 0
     assert "out_dir" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # nothing was written
-
-
-def with_scheduler_config(tiny_base_dir, folder, **changes):
-    """A copy of the tiny base whose scheduler config has `changes`."""
-    shutil.copytree(tiny_base_dir, folder)
-    path = folder / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-    return folder
 
 
 def test_any_scheduler_of_diffusers_is_loaded_and_an_unknown_one_is_refused(tiny_base_dir, tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ from lite_controlnet.checkpoint import RunLock, RunLockedError, list_checkpoints
 from lite_controlnet.config import TrainConfig
 from lite_controlnet.fill50k import make_fill50k
 from lite_controlnet.grids import COLUMNS
-from lite_controlnet.trainer import Trainer, train
+from conftest import with_scheduler_config
+from lite_controlnet import trainer as trainer_module
+from lite_controlnet.trainer import Trainer, loss_target, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
 
@@ -197,6 +199,46 @@ def test_cache_is_built_once_and_reused(tiny_base_dir, fill50k_small, tmp_path, 
     monkeypatch.setattr(AutoencoderKL, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     train(config(tiny_base_dir, fill50k_small, tmp_path / "b", max_steps=1, cache_dir=str(tmp_path / "cache")), progress=False)
     assert calls == []
+
+
+def test_the_loss_target_follows_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+
+    def target(kind):
+        return loss_target(DDPMScheduler(prediction_type=kind), latents, noise, t)
+
+    assert torch.equal(target("epsilon"), noise)
+    assert torch.equal(target("sample"), latents)
+    alpha = DDPMScheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(target("v_prediction"), alpha.sqrt() * noise - (1 - alpha).sqrt() * latents)
+    with pytest.raises(ValueError, match=r"prediction_type='flow'; training supports 'epsilon', 'v_prediction', 'sample'"):
+        target("flow")
+
+
+def test_a_base_that_predicts_the_sample_trains_toward_the_clean_latents(tiny_base_dir, fill50k_small, tmp_path,
+                                                                         monkeypatch):
+    base = with_scheduler_config(tiny_base_dir, tmp_path / "base", prediction_type="sample")
+    trainer = Trainer(config(base, fill50k_small, tmp_path / "run"), progress=False)
+    trainer.setup()
+    # a UNet that predicts zeros: the loss is then the mean square of the target
+    monkeypatch.setattr(trainer_module, "controlled_unet", lambda unet, noisy, *args: torch.zeros_like(noisy))
+    indices = [0, 1]
+    latents = trainer.cache.latent_batch(indices).float()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    controls = torch.stack([trainer.dataset.control_image(i) for i in indices])
+    loss = trainer._loss(latents, trainer.cache.text_batch(indices), controls, noise, torch.tensor([100, 700]))
+    assert loss.item() == pytest.approx(latents.pow(2).mean().item(), rel=1e-5)
+    assert abs(loss.item() - noise.pow(2).mean().item()) > 0.05  # not the noise's
+
+
+def test_a_base_of_another_prediction_type_is_refused_before_the_cache_is_built(tiny_base_dir, fill50k_small,
+                                                                                tmp_path):
+    base = with_scheduler_config(tiny_base_dir, tmp_path / "base", prediction_type="flow_prediction")
+    with pytest.raises(ValueError, match="prediction_type='flow_prediction'; training supports 'epsilon'"):
+        train(config(base, fill50k_small, tmp_path / "run", cache_dir=str(tmp_path / "cache")), progress=False)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_config_errors_name_the_value():
