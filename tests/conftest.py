@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import shutil
@@ -51,3 +52,11 @@ def with_scheduler_config(tiny_base_dir, folder, **changes):
     path = folder / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
     return folder
+
+
+def rewrite_manifest_entry(checkpoint, rel):
+    """Make a checkpoint's manifest agree with a file replaced on purpose (so only the content is bad)."""
+    manifest = json.loads((checkpoint / "MANIFEST.json").read_text())
+    data = (checkpoint / rel).read_bytes()
+    manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))

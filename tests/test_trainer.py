@@ -7,16 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lite_controlnet.checkpoint import RunLock, RunLockedError, list_checkpoints, load_latest
+from lite_controlnet.checkpoint import CheckpointError, RunLock, RunLockedError, list_checkpoints, load_latest
 from lite_controlnet.config import TrainConfig
 from lite_controlnet.fill50k import make_fill50k
 from lite_controlnet.grids import COLUMNS
-from conftest import with_scheduler_config
+from conftest import rewrite_manifest_entry, with_scheduler_config
 from lite_controlnet import trainer as trainer_module
+from lite_controlnet.train_state import TrainState
 from lite_controlnet.trainer import Trainer, loss_target, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
@@ -88,6 +90,50 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_base_dir, fil
         train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=12, checkpoint_every=4), progress=False)
     # resumed from step 4: nothing lost, and the result is the uninterrupted one
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "run"))
+
+
+def old_random_states():
+    """The "rng" entry of the checkpoints written before `TrainState`: the global generators' states."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    return {"torch": torch.get_rng_state(), "cuda": [], "numpy_kind": numpy_state[0],
+            "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_rest": list(numpy_state[2:]),
+            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+
+
+def test_resume_needs_no_random_state_and_older_checkpoints_still_resume(tiny_base_dir, fill50k_small, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Every draw comes from (seed, epoch) or (seed, step): what the global generators hold plays
+    no part, so checkpoints do not save it; those that did still resume, to the same weights."""
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "straight", max_steps=12), progress=False)
+    original = Trainer._optimizer_step
+
+    def scrambled(self, step, *args, **kwargs):  # as if a notebook drew from them between steps
+        torch.manual_seed(1000 + step)
+        np.random.seed(step)
+        random.seed(step)
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", scrambled)
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "scrambled", max_steps=12), progress=False)
+    monkeypatch.undo()
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "scrambled"))
+
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "old", max_steps=8, checkpoint_every=4), progress=False)
+    newest = list_checkpoints(tmp_path / "old")[0].path
+    state = torch.load(newest / "state.pt", weights_only=True)
+    assert "rng" not in state and state["global_step"] == 8
+    torch.save({**state, "rng": old_random_states()}, newest / "state.pt")  # as written before TrainState
+    rewrite_manifest_entry(newest, "state.pt")
+    capsys.readouterr()
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "old", max_steps=12), progress=False)
+    assert f"Resumed from {newest} at step 8" in capsys.readouterr().out
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "old"))
+
+
+def test_a_state_without_the_counters_is_not_a_training_state(tmp_path):
+    torch.save({"global_step": 2}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt lacks \['epoch', 'step_in_epoch', 'optimizer'\]"):
+        TrainState.load(tmp_path / "state.pt")
 
 
 def test_unpublished_checkpoint_is_never_loaded(tiny_base_dir, fill50k_small, tmp_path):
