@@ -56,27 +56,42 @@ def rows(output):
     return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
+# `python -c KILLED_AT train ...`: the CLI, killed with SIGKILL (as by a Colab disconnect) as it
+# begins optimizer step $KILL_AT_STEP (0-based), whatever the machine's speed.
+KILLED_AT = """
+import os, signal, sys
+from lite_controlnet import cli, trainer
+
+original = trainer.Trainer._optimizer_step
+
+def optimizer_step(self, step, *args, **kwargs):
+    if step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, step, *args, **kwargs)
+
+trainer.Trainer._optimizer_step = optimizer_step
+cli.main(sys.argv[1:])
+"""
+
+
 def test_killed_run_resumes_to_identical_weights(tiny_base_dir, fill50k_small, tmp_path):
     # The reference: never interrupted.
     args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "ref", "--checkpoint-every", "3")
     subprocess.run(args, env=env, check=True, capture_output=True)
-    # The same command, killed with SIGKILL at a random step, then started again.
-    kill_at = random.randint(2, 14)
-    args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "cut", "--checkpoint-every", "3")
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while rows(tmp_path / "cut") < kill_at and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "cut" / "final").exists(), f"the run finished before the kill at step {kill_at}"
+    # The same command, killed in step 8 of 16: 7 steps logged, the last checkpoint at step 6.
+    cut = tmp_path / "cut"
+    args, env = cli(tiny_base_dir, fill50k_small, cut, "--checkpoint-every", "3")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, *args[3:]], env={**env, "KILL_AT_STEP": "7"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert rows(cut) == 7 and [c.step for c in list_checkpoints(cut)] == [6, 3] and not (cut / "final").exists()
+    # Started again: from step 6, step 7 redone, to the reference's weights bit for bit.
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    # a kill at step 3 may land before the first checkpoint (written after step 3's log row)
-    assert "Resumed from" in result.stderr + result.stdout or kill_at <= 3, kill_at
-    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "cut"))
+    assert f"Resumed from {cut / 'checkpoints' / 'step-00000006'} at step 6" in result.stderr + result.stdout
+    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(cut))
     # the loss log holds each step once, as in the reference
-    assert rows(tmp_path / "cut") == rows(tmp_path / "ref") == 16
+    assert rows(cut) == rows(tmp_path / "ref") == 16
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_base_dir, fill50k_small, tmp_path):
