@@ -13,20 +13,23 @@ draws do not depend on the per-step batch either, so a smaller one after an out-
 error sees the same samples.
 
 Why some of what Accelerate offers is done here by hand. Accelerate places the models and, when
-torchrun starts several processes, wraps the module in DDP, skips the gradient sync between
-micro-batches and averages the loss; the rest does not fit this trainer. The precision is the
-hardware plan's (fp16 on a T4, which lacks native bf16; bf16 on Ampere and newer; fp32 on a CPU),
-chosen after the base is loaded, probed on the GPU and reused from `plan.json` on resume, while
-Accelerate fixes its mixed precision when the `Accelerator` is built: so autocast and the fp16
-`GradScaler` follow the plan, a fresh scaler for each probe. Gradient accumulation runs inside one
-optimizer step, over that step's fixed samples, so that after an out-of-memory error the step is
-redone at a smaller per-step batch with the same samples and noise; Accelerate's `accumulate`
-counts batches across the loop at a number fixed in advance. A checkpoint is one folder built on
-local disk and published by its manifest (a Colab disconnect never leaves half of one on Drive),
-whose `control/` samples on its own and whose `state.pt` (`train_state.py`) loads with
-`weights_only=True`; Accelerate's `save_state` writes its own layout in place. And no random
-generator's state is saved or restored, as `save_state` would: every draw comes from (seed, epoch)
-or (seed, step), so none depends on what the global generators hold.
+torchrun starts several processes, wraps the module in DDP (which averages the gradients), skips
+the gradient sync between micro-batches and averages the logged loss; the rest of what it offers
+does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
+native bf16; bf16 on Ampere and newer; fp32 on a CPU), chosen after the base is loaded, probed
+on the GPU and reused from `plan.json` on resume, while Accelerate fixes its mixed precision
+when the `Accelerator` is built: so autocast and the fp16 `GradScaler` follow the plan, a fresh
+scaler for each probe. Gradient accumulation runs inside one optimizer step, over that step's
+fixed samples, so that after an out-of-memory error the step is redone at a smaller per-step
+batch with the same samples and noise; Accelerate's `accumulate` counts batches across the loop
+at a number fixed in advance. A checkpoint is one folder built on local disk and published by
+its manifest (a Colab disconnect never leaves half of one on Drive), whose `control/` samples on
+its own and whose `state.pt` (`train_state.py`) loads with `weights_only=True`; Accelerate's
+`save_state` writes its own layout in place. And no random generator's state is saved or
+restored, as `save_state` would: every draw of training comes from a generator seeded by (seed,
+epoch) or (seed, step), and the module's initial weights, drawn once from the global generator,
+are in every checkpoint (a test scrambles the global generators before each step and gets the
+same weights).
 """
 
 from __future__ import annotations
