@@ -23,6 +23,7 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.import_utils import DummyObject
 from safetensors import SafetensorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -145,19 +146,36 @@ def load_base(
             ) from error
 
     dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    scheduler_config = load("scheduler", _SchedulerConfig)
-    scheduler_cls = getattr(diffusers, scheduler_config["_class_name"], diffusers.DDPMScheduler)
+    scheduler = _scheduler(load("scheduler", _SchedulerConfig), f"{base}/scheduler")
     models = BaseModels(
         tokenizer=load("tokenizer", CLIPTokenizer),
         text_encoder=load("text_encoder", CLIPTextModel, **dtype_kwargs, **ours),
         unet=load("unet", UNet2DConditionModel, **dtype_kwargs, **ours),
-        scheduler=scheduler_cls.from_config(scheduler_config),
+        scheduler=scheduler,
         vae=load("vae", AutoencoderKL, **dtype_kwargs, **ours) if _has_vae(base, local) else None,
     )
     models.freeze()
     if device is not None:
         models.to(device=device)
     return models
+
+
+def _scheduler(config: dict[str, Any], where: str) -> SchedulerMixin:
+    """The scheduler a base's config names: any of the scheduler classes of the installed diffusers."""
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    # a scheduler whose optional dependency is missing (scipy, torchsde) is a placeholder class
+    placeholder = isinstance(cls, DummyObject)
+    if not (placeholder or isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise BaseModelError(
+            f"{where}: _class_name={name!r} is not a scheduler of diffusers {diffusers.__version__} (expected one "
+            "such as 'PNDMScheduler' or 'DDIMScheduler'; a newer scheduler needs a newer diffusers)."
+        )
+    try:
+        return cls.from_config(config)
+    except ImportError as error:  # the placeholder says what to install
+        raise BaseModelError(f"{where}: the {name} scheduler cannot be built here: {' '.join(str(error).split())}") \
+            from error
 
 
 class _SchedulerConfig:

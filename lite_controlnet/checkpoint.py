@@ -2,8 +2,8 @@
 
 A checkpoint is a folder `<output>/checkpoints/step-00000500/` holding:
 - `control/`: the control module as a `save_pretrained` folder (usable alone for sampling);
-- `state.pt`: optimizer, loss scaler, counters and RNG states (tensors and plain values only,
-  read back with `torch.load(weights_only=True)`, so a shared folder cannot run code);
+- `state.pt`: counters, optimizer and loss scaler (`train_state.py`; tensors and plain values
+  only, read back with `torch.load(weights_only=True)`, so a shared folder cannot run code);
 - `train_config.json`, `plan.json`, `run.json`: the run's settings, hardware plan and identity;
 - `MANIFEST.json`, written last: the size and SHA-256 of every file above.
 

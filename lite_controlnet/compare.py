@@ -10,8 +10,8 @@ for ControlNet, as its paper). Measured per module:
   or drew a validation grid);
 - peak memory while training: `torch.cuda.max_memory_allocated` on a GPU, else the process's
   peak resident memory (reset before each run where Linux allows it);
-- seconds per sampled image, and fidelity on held-out synthetic Fill50k samples when
-  `lite_controlnet.metrics` is available.
+- seconds per sampled image, and fidelity on held-out synthetic Fill50k samples (scored by
+  `lite_controlnet.metrics`).
 """
 
 from __future__ import annotations
@@ -183,20 +183,7 @@ class SamplingStats:
     kind: str
     seconds_per_image: float  # median over the images, after one untimed warm-up
     images: list[PIL.Image.Image] = field(repr=False)
-    scores: dict[str, float] | None  # aggregate scores; None without `lite_controlnet.metrics`
-
-
-def load_metrics() -> tuple[Any, str]:
-    """`(lite_controlnet.metrics, "")` if it can be imported, else `(None, why not)`."""
-    try:
-        from . import metrics
-    except ImportError as error:
-        return None, (f"Fidelity scores left out: lite_controlnet.metrics cannot be imported ({error}). "
-                      "It provides fill50k_scores(image, control, prompt) and aggregate_scores(scores).")
-    missing = [name for name in ("fill50k_scores", "aggregate_scores") if not hasattr(metrics, name)]
-    if missing:
-        return None, f"Fidelity scores left out: lite_controlnet.metrics lacks {', '.join(missing)}."
-    return metrics, ""
+    scores: dict[str, float] | None  # aggregate scores; None when sampled without metrics
 
 
 def held_out_samples(count: int, size: int, seed: int = 0) -> list[tuple[PIL.Image.Image, str]]:

@@ -11,6 +11,25 @@ seen; with the model, optimizer, loss scaler and counters restored, a run killed
 moment ends, on CPU, with the same weights bit for bit as one never interrupted. The random
 draws do not depend on the per-step batch either, so a smaller one after an out-of-memory
 error sees the same samples.
+
+Why some of what Accelerate offers is done here by hand. Accelerate places the models and, when
+torchrun starts several processes, wraps the module in DDP (which averages the gradients), skips
+the gradient sync between micro-batches and averages the logged loss; the rest of what it offers
+does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
+native bf16; bf16 on Ampere and newer; fp32 on a CPU), chosen after the base is loaded, probed
+on the GPU and reused from `plan.json` on resume, while Accelerate fixes its mixed precision
+when the `Accelerator` is built: so autocast and the fp16 `GradScaler` follow the plan, a fresh
+scaler for each probe. Gradient accumulation runs inside one optimizer step, over that step's
+fixed samples, so that after an out-of-memory error the step is redone at a smaller per-step
+batch with the same samples and noise; Accelerate's `accumulate` counts batches across the loop
+at a number fixed in advance. A checkpoint is one folder built on local disk and published by
+its manifest (a Colab disconnect never leaves half of one on Drive), whose `control/` samples on
+its own and whose `state.pt` (`train_state.py`) loads with `weights_only=True`; Accelerate's
+`save_state` writes its own layout in place. And no random generator's state is saved or
+restored, as `save_state` would: every draw of training comes from a generator seeded by (seed,
+epoch) or (seed, step), and the module's initial weights, drawn once from the global generator,
+are in every checkpoint (a test scrambles the global generators before each step and gets the
+same weights).
 """
 
 from __future__ import annotations
@@ -18,11 +37,10 @@ from __future__ import annotations
 import gc
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +56,10 @@ from .base import load_base
 from .cache import build_cache
 from .checkpoint import (
     Checkpoint,
-    CheckpointError,
     RunLock,
     clean_stale_staging,
     list_checkpoints,
     load_latest,
-    load_state,
     open_checkpoint,
     publish_folder,
     save_checkpoint,
@@ -55,9 +71,11 @@ from .errors import TrainingError
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .logs import LossLog
 from .runs import RUN_FILE, check_same_run, refuse_mixing, run_identity, saved_identity
+from .train_state import TrainState
 from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # those of diffusers' DDPMScheduler
 
 
 @dataclass
@@ -98,6 +116,27 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     return base_lr
+
+
+def check_prediction_type(scheduler: DDPMScheduler) -> str:
+    """The base's `prediction_type`, if training knows its target; else a `ValueError` naming it."""
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"The base's scheduler has prediction_type={kind!r}; training supports "
+                         f"{', '.join(map(repr, PREDICTION_TYPES))}.")
+    return kind
+
+
+def loss_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from `scheduler.add_noise(latents, noise, timesteps)`, by the
+    base's `prediction_type`: the noise, the velocity, or the clean latents themselves."""
+    kind = check_prediction_type(scheduler)
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return latents  # "sample"
 
 
 class _StepControls(Dataset):
@@ -159,12 +198,8 @@ class Trainer:
 
     @staticmethod
     def _read_checkpoint(ckpt: Checkpoint) -> dict:
-        state = load_state(ckpt.path / "state.pt")
-        missing = [key for key in ("global_step", "epoch", "step_in_epoch", "optimizer", "rng") if key not in state]
-        if missing:  # read here, so that load_latest falls back to the previous checkpoint
-            raise CheckpointError(f"{ckpt.path / 'state.pt'} lacks {missing}: not a training state.")
         return {
-            "state": state,
+            "state": TrainState.load(ckpt.path / "state.pt"),  # read here: a bad one falls back to the previous
             "identity": saved_identity(ckpt.path),
             "plan": json.loads((ckpt.path / "plan.json").read_text()),
         }
@@ -193,6 +228,7 @@ class Trainer:
         self.weight_dtype = DTYPES[self.precision]
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
+        check_prediction_type(self.noise_scheduler)  # before the cache is built
         # 3. the cache (the main process encodes; the others wait, then read)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
@@ -223,9 +259,8 @@ class Trainer:
         self.optimizer = self._make_optimizer(self.plan.use_8bit_adam, cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
         self.control_ddp = acc.prepare(self.control) if self.world > 1 else self.control
-        self.global_step = self.epoch = self.step_in_epoch = 0
-        self.nonfinite_total = self.nonfinite_run = 0
-        self.elapsed = 0.0
+        self.state = TrainState()
+        self.nonfinite_run = 0  # non-finite losses in a row (a resumed run starts counting afresh)
         if resume is not None:
             self._restore(*resume)
 
@@ -256,21 +291,13 @@ class Trainer:
 
         weights = load_file(ckpt.path / "control" / "diffusion_pytorch_model.safetensors")
         self.control.load_state_dict(weights)
-        state = loaded["state"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.global_step, self.epoch, self.step_in_epoch = state["global_step"], state["epoch"], state["step_in_epoch"]
-        self.nonfinite_total = state.get("nonfinite_total", 0)
-        self.elapsed = state.get("elapsed", 0.0)
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and rng.get("cuda"):
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state((rng["numpy_kind"], rng["numpy_keys"].numpy(), *rng["numpy_rest"]))
-        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        self._log(f"Resumed from {ckpt.path} at step {self.global_step} (epoch {self.epoch + 1}, "
-                  f"step {self.step_in_epoch} of {self.steps_per_epoch}).")
+        saved = loaded["state"]
+        self.optimizer.load_state_dict(saved.optimizer)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        self.state = replace(saved, optimizer=None, scaler=None)  # the optimizer and scaler hold theirs now
+        self._log(f"Resumed from {ckpt.path} at step {self.state.global_step} (epoch {self.state.epoch + 1}, "
+                  f"step {self.state.step_in_epoch} of {self.steps_per_epoch}).")
 
     # -- one optimizer step ------------------------------------------------------------------
 
@@ -297,10 +324,7 @@ class Trainer:
         latents, noise = latents.to(device, torch.float32), noise.to(device, torch.float32)
         timesteps = timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = loss_target(self.noise_scheduler, latents, noise, timesteps)
         noisy, text = noisy.to(self.weight_dtype), text.to(device, self.weight_dtype)
         with self._autocast():
             prepared = prepare_control(self.control_ddp, controls.to(device), self.weight_dtype)
@@ -379,8 +403,8 @@ class Trainer:
         bad = [name for name, p in self.control.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingError(
-                f"The control module's weights are not finite at step {self.global_step} ({len(bad)} tensors, e.g. "
-                f"{bad[0]}); nothing was saved, the last good checkpoint is kept in {self.output / 'checkpoints'}. "
+                f"The control module's weights are not finite at step {self.state.global_step} ({len(bad)} tensors, "
+                f"e.g. {bad[0]}); nothing was saved, the last good checkpoint is kept in {self.output / 'checkpoints'}. "
                 "Try a lower --learning-rate or --max-grad-norm, or --precision fp32."
             )
 
@@ -389,31 +413,18 @@ class Trainer:
             return
         self._check_weights()
         cfg, plan = self.cfg, self.plan
-        np_state = np.random.get_state()
-        py_state = random.getstate()
-        state = {
-            "global_step": self.global_step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy_kind": np_state[0], "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "numpy_rest": list(np_state[2:]),
-                "python": [py_state[0], list(py_state[1]), py_state[2]],
-            },
-        }
+        state = replace(self.state, optimizer=self.optimizer.state_dict(),
+                        scaler=self.scaler.state_dict() if self.scaler else None)
 
         def write(folder: Path) -> None:
             self.control.save_pretrained(folder / "control")
-            torch.save(state, folder / "state.pt")
+            state.save(folder / "state.pt")
             (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
             (folder / RUN_FILE).write_text(json.dumps(self.identity, indent=1))
 
-        save_checkpoint(self.output, self.global_step, write, keep=cfg.keep_checkpoints,
-                        info={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch})
+        save_checkpoint(self.output, self.state.global_step, write, keep=cfg.keep_checkpoints,
+                        info={"epoch": self.state.epoch, "step_in_epoch": self.state.step_in_epoch})
         self.last_save = time.monotonic()
 
     def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
@@ -428,10 +439,10 @@ class Trainer:
         """The grid after `epoch` epochs (0: before training), saved and handed to the callback."""
         if not self.main:
             return
-        grid, path = self._grid(f"epoch-{epoch:03d}", f"epoch {epoch}, step {self.global_step}")
+        grid, path = self._grid(f"epoch-{epoch:03d}", f"epoch {epoch}, step {self.state.global_step}")
         LossLog(self.output).plot()
         if self.on_epoch_end:
-            self.on_epoch_end(EpochEnd(epoch, self.global_step, grid, path, self.output))
+            self.on_epoch_end(EpochEnd(epoch, self.state.global_step, grid, path, self.output))
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -442,33 +453,35 @@ class Trainer:
             if self.main:
                 clean_stale_staging(self.output)  # what a killed run left in the temp folder
             self.setup()
+            state = self.state
             if self.main:
                 (self.output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             log = LossLog(self.output)
             if self.main:
-                log.truncate_after(self.global_step)
+                log.truncate_after(state.global_step)
             self.last_save = time.monotonic()
-            if self.global_step == 0 and not (self.output / "samples" / "epoch-000.png").exists():
+            if state.global_step == 0 and not (self.output / "samples" / "epoch-000.png").exists():
                 self._epoch_grid(0)
-            elif self.step_in_epoch == 0 and self.epoch > 0 and not (self.output / "samples" / f"epoch-{self.epoch:03d}.png").exists():
-                self._epoch_grid(self.epoch)  # cut off between the epoch's checkpoint and its grid
-            bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.progress and self.main),
+            elif (state.step_in_epoch == 0 and state.epoch > 0
+                  and not (self.output / "samples" / f"epoch-{state.epoch:03d}.png").exists()):
+                self._epoch_grid(state.epoch)  # cut off between the epoch's checkpoint and its grid
+            bar = tqdm(total=self.total_steps, initial=state.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control}", dynamic_ncols=True)
             try:
-                while self.global_step < self.total_steps:
+                while state.global_step < self.total_steps:
                     self._run_epoch(bar, log)
             finally:
                 bar.close()  # ends the bar's line, so that an error prints on a line of its own
-            if self.main and not any(c.step == self.global_step for c in list_checkpoints(self.output)):
+            if self.main and not any(c.step == state.global_step for c in list_checkpoints(self.output)):
                 self._save()
             final = self.output / "final"
             if self.main:
                 self._check_weights()
-                publish_folder(final, self.control.save_pretrained, info={"step": self.global_step})
-                if self.step_in_epoch != 0:  # stopped by max_steps inside an epoch
-                    grid, path = self._grid(f"step-{self.global_step:08d}", f"final, step {self.global_step}")
+                publish_folder(final, self.control.save_pretrained, info={"step": state.global_step})
+                if state.step_in_epoch != 0:  # stopped by max_steps inside an epoch
+                    grid, path = self._grid(f"step-{state.global_step:08d}", f"final, step {state.global_step}")
                 LossLog(self.output).plot()
-                self._log(f"Done: {self.global_step} steps. Control module saved to {final}")
+                self._log(f"Done: {state.global_step} steps. Control module saved to {final}")
             acc.wait_for_everyone()
             return final
         finally:
@@ -477,9 +490,10 @@ class Trainer:
 
     def _run_epoch(self, bar: tqdm, log: LossLog) -> None:
         cfg, share = self.cfg, self.share
-        order = epoch_permutation(len(self.dataset), cfg.seed, self.epoch)
-        first = self.step_in_epoch
-        last = min(self.steps_per_epoch, first + self.total_steps - self.global_step)
+        state = self.state
+        order = epoch_permutation(len(self.dataset), cfg.seed, state.epoch)
+        first = state.step_in_epoch
+        last = min(self.steps_per_epoch, first + self.total_steps - state.global_step)
         rank = self.accelerator.process_index
         steps = [order[s * cfg.batch_size + rank * share : s * cfg.batch_size + (rank + 1) * share] for s in range(first, last)]
         loader = DataLoader(_StepControls(self.dataset, steps), batch_size=None, num_workers=cfg.num_workers,
@@ -487,37 +501,39 @@ class Trainer:
         started = time.monotonic()
         for indices, controls in loader:
             loss = self._step_with_retry(indices, controls)
-            self.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
-            self.global_step += 1
-            self.step_in_epoch += 1
-            epoch_done = self.step_in_epoch == self.steps_per_epoch
+            state.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
+            state.global_step += 1
+            state.step_in_epoch += 1
+            epoch_done = state.step_in_epoch == self.steps_per_epoch
             if epoch_done:
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
             if self.main:
-                log.append(self.global_step, self.epoch, loss, lr_at(self.global_step - 1, cfg.lr, cfg.lr_warmup_steps), self.elapsed)
+                log.append(state.global_step, state.epoch, loss, lr_at(state.global_step - 1, cfg.lr, cfg.lr_warmup_steps),
+                           state.elapsed)
                 bar.update(1)
                 postfix = {"loss": f"{loss:.4f}"}
                 if torch.cuda.is_available():
                     postfix["VRAM"] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
                 bar.set_postfix(postfix)
-            due = (self.global_step % cfg.checkpoint_every == 0
+            due = (state.global_step % cfg.checkpoint_every == 0
                    or time.monotonic() - self.last_save >= 60 * cfg.checkpoint_minutes
-                   or epoch_done or self.global_step == self.total_steps)
+                   or epoch_done or state.global_step == self.total_steps)
             if due:
                 self._save()
             if epoch_done:
-                self._epoch_grid(self.epoch)
-            elif cfg.validation_every and self.global_step % cfg.validation_every == 0 and self.main:
-                self._grid(f"step-{self.global_step:08d}", f"step {self.global_step}")
-            if self.global_step >= self.total_steps:
+                self._epoch_grid(state.epoch)
+            elif cfg.validation_every and state.global_step % cfg.validation_every == 0 and self.main:
+                self._grid(f"step-{state.global_step:08d}", f"step {state.global_step}")
+            if state.global_step >= self.total_steps:
                 break
             started = time.monotonic()
 
     def _step_with_retry(self, indices: list[int], controls: torch.Tensor) -> float:
         """One optimizer step; on out-of-memory, a smaller per-step batch and the same step again."""
+        state = self.state
         while True:
             try:
-                loss = self._optimizer_step(self.global_step, indices, controls)
+                loss = self._optimizer_step(state.global_step, indices, controls)
                 break
             except torch.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -526,16 +542,16 @@ class Trainer:
                 smaller = [b for b in range(self.plan.micro_batch - 1, 0, -1) if self.share % b == 0]
                 if not smaller:
                     raise
-                self.plan = self.plan.with_micro_batch(smaller[0], f"lowered after out-of-memory at step {self.global_step}")
-                self._log(f"Out of memory at step {self.global_step}: batch per step now {self.plan.micro_batch}, "
+                self.plan = self.plan.with_micro_batch(smaller[0], f"lowered after out-of-memory at step {state.global_step}")
+                self._log(f"Out of memory at step {state.global_step}: batch per step now {self.plan.micro_batch}, "
                           f"accumulation {self.plan.accumulation} (same effective batch); the step is redone.")
         if math.isnan(loss):
-            self.nonfinite_total += 1
+            state.nonfinite_total += 1
             self.nonfinite_run += 1
-            self._log(f"Step {self.global_step}: non-finite loss, update skipped ({self.nonfinite_total} so far).")
+            self._log(f"Step {state.global_step}: non-finite loss, update skipped ({state.nonfinite_total} so far).")
             if self.nonfinite_run >= self.cfg.max_nonfinite:
                 raise TrainingError(
-                    f"The loss was not finite for {self.nonfinite_run} steps in a row (step {self.global_step}); "
+                    f"The loss was not finite for {self.nonfinite_run} steps in a row (step {state.global_step}); "
                     f"training stopped. The last good checkpoint is kept in {self.output / 'checkpoints'}. "
                     "Try a lower learning rate, or precision fp32."
                 )

@@ -1,4 +1,7 @@
+import hashlib
+import json
 import os
+import shutil
 
 # Tests never reach a model hub: everything they load is built in code.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -41,3 +44,19 @@ def randomize_(module, std=0.2, seed=0):
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * std)
     return module
+
+
+def with_scheduler_config(tiny_base_dir, folder, **changes):
+    """A copy of the tiny base whose scheduler config has `changes`."""
+    shutil.copytree(tiny_base_dir, folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder
+
+
+def rewrite_manifest_entry(checkpoint, rel):
+    """Make a checkpoint's manifest agree with a file replaced on purpose (so only the content is bad)."""
+    manifest = json.loads((checkpoint / "MANIFEST.json").read_text())
+    data = (checkpoint / rel).read_bytes()
+    manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))

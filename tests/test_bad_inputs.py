@@ -22,6 +22,7 @@ import PIL.Image
 import pytest
 import torch
 
+from conftest import rewrite_manifest_entry
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, cli
 from lite_controlnet.config import TrainConfig
 from lite_controlnet.fill50k import make_fill50k
@@ -137,14 +138,6 @@ def write_manifest(folder, lines):
 
 def pair(i):
     return {"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": f"prompt {i}"}
-
-
-def rewrite_manifest_entry(checkpoint, rel):
-    """Make a checkpoint's manifest agree with a file replaced on purpose (so only the content is bad)."""
-    manifest = json.loads((checkpoint / "MANIFEST.json").read_text())
-    data = (checkpoint / rel).read_bytes()
-    manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))
 
 
 class Payload:  # unpickling it would need this module's code

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import with_scheduler_config
 from lite_controlnet import BaseModelError, load_base
 from lite_controlnet.tiny_base import tiny_vocabulary
 
@@ -69,3 +70,30 @@ def test_cli_make_proxy_base_help_does_not_train(capsys, tmp_path, monkeypatch):
     assert info.value.code == 0
     assert "out_dir" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_any_scheduler_of_diffusers_is_loaded_and_an_unknown_one_is_refused(tiny_base_dir, tmp_path, monkeypatch):
+    euler = load_base(with_scheduler_config(tiny_base_dir, tmp_path / "euler", _class_name="EulerDiscreteScheduler"))
+    assert type(euler.scheduler).__name__ == "EulerDiscreteScheduler"
+    unknown = with_scheduler_config(tiny_base_dir, tmp_path / "unknown", _class_name="NoSuchScheduler")
+    with pytest.raises(BaseModelError, match=r"_class_name='NoSuchScheduler' is not a scheduler of diffusers"):
+        load_base(unknown)
+    not_a_scheduler = with_scheduler_config(tiny_base_dir, tmp_path / "unet", _class_name="UNet2DConditionModel")
+    with pytest.raises(BaseModelError, match="'UNet2DConditionModel' is not a scheduler"):
+        load_base(not_a_scheduler)
+
+    # a scheduler whose optional dependency is missing: what to install, on one line
+    import diffusers
+    from diffusers.utils.import_utils import DummyObject
+
+    class NeedsScipyScheduler(metaclass=DummyObject):
+        @classmethod
+        def from_config(cls, *args, **kwargs):
+            raise ImportError("\nNeedsScipyScheduler requires the scipy library: `pip install\nscipy`\n")
+
+    monkeypatch.setattr(diffusers, "NeedsScipyScheduler", NeedsScipyScheduler, raising=False)
+    placeholder = with_scheduler_config(tiny_base_dir, tmp_path / "scipy", _class_name="NeedsScipyScheduler")
+    with pytest.raises(BaseModelError, match=r"NeedsScipyScheduler scheduler cannot be built here: .*pip install scipy") \
+            as info:
+        load_base(placeholder)
+    assert "\n" not in str(info.value)

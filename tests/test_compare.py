@@ -1,6 +1,5 @@
 """The comparison's measurements: equal-budget configs, step time, peak memory, sampling, the table."""
 
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +13,6 @@ from lite_controlnet.compare import (
     count_parameters,
     equal_budget_configs,
     held_out_samples,
-    load_metrics,
     markdown_table,
     pipeline_for,
     result_rows,
@@ -121,19 +119,6 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
     assert grid.size == (128 * 4, 20 + 128 * 2)  # 64 px enlarged to 128 px tiles
 
 
-def test_missing_metrics_are_reported(monkeypatch):
-    import lite_controlnet
-
-    monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", None)  # import fails
-    monkeypatch.delattr(lite_controlnet, "metrics", raising=False)  # even when another test imported it
-    metrics, why = load_metrics()
-    assert metrics is None and "lite_controlnet.metrics" in why and "fill50k_scores" in why
-    monkeypatch.setitem(sys.modules, "lite_controlnet.metrics", SimpleNamespace(fill50k_scores=len))
-    monkeypatch.setattr(lite_controlnet, "metrics", sys.modules["lite_controlnet.metrics"], raising=False)
-    metrics, why = load_metrics()
-    assert metrics is None and "aggregate_scores" in why
-
-
 def test_held_out_samples_are_new_circles():
     from lite_controlnet.fill50k import render_fill50k_sample
 
@@ -150,15 +135,28 @@ def test_markdown_table_formats_numbers():
                                   "| lite | 1,084,736 | 0.123 | n/a |"]
 
 
-def test_scores_come_from_the_metrics_module(tiny_base):
-    pytest.importorskip("lite_controlnet.metrics", reason="lite_controlnet.metrics is not in this checkout")
-    from conftest import randomize_
-    from lite_controlnet import LiteControlNetModel
+class TargetPipe:
+    """Stands in for a pipeline: draws the true target of the control it is given, or of the
+    `shift`-th next sample's."""
 
-    metrics, why = load_metrics()
-    assert metrics is not None, why
-    control = randomize_(LiteControlNetModel.from_unet(tiny_base.unet), std=0.3)
-    stats = sample_and_score(pipeline_for(tiny_base, control), "lite", held_out_samples(2, 64), steps=2,
-                             metrics=metrics)
-    assert 0.0 <= stats.scores["disk_iou"] <= 1.0 and 0.0 <= stats.scores["edge_f1"] <= 1.0
-    assert stats.scores["count"] == 2
+    def __init__(self, samples, targets, shift=0):
+        self.samples, self.targets, self.shift = samples, targets, shift
+
+    def __call__(self, prompt, control, **kwargs):
+        k = next(k for k, (c, _) in enumerate(self.samples) if c is control)
+        return SimpleNamespace(images=[self.targets[(k + self.shift) % len(self.targets)]])
+
+
+def test_scores_come_from_the_metrics_module():
+    from lite_controlnet import metrics
+    from lite_controlnet.compare import HELD_OUT_START
+    from lite_controlnet.fill50k import render_fill50k_sample
+
+    samples = held_out_samples(3, 64)
+    targets = [render_fill50k_sample(HELD_OUT_START + k, 64)[1] for k in range(3)]
+    perfect = sample_and_score(TargetPipe(samples, targets), "oracle", samples, steps=1, metrics=metrics)
+    assert perfect.scores["count"] == 3
+    assert perfect.scores["disk_iou"] > 0.95 and perfect.scores["edge_f1"] > 0.9
+    assert perfect.scores["circle_colour_error"] < 3  # each image scored against its own prompt's colours
+    misplaced = sample_and_score(TargetPipe(samples, targets, shift=1), "misplaced", samples, steps=1, metrics=metrics)
+    assert misplaced.scores["disk_iou"] < 0.5 and misplaced.scores["edge_f1"] < 0.5

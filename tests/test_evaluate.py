@@ -1,11 +1,16 @@
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
+from lite_controlnet import evaluate as evaluate_module
+from lite_controlnet.base import BaseModels
 from lite_controlnet.cli import main as cli_main
 from lite_controlnet.data import PairedDataset
-from lite_controlnet.evaluate import evaluate
+from lite_controlnet.evaluate import evaluate, one_step_scores
 from lite_controlnet.fill50k import make_fill50k
 
 
@@ -51,15 +56,48 @@ def test_each_sample_gets_its_own_seed(heldout):
     assert pipe.calls == [[100, 101, 102, 103], [104, 105]]
 
 
-def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, heldout, tmp_path, capsys):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_perfect_one_step_prediction_gives_back_the_target(tiny_base, heldout, prediction_type, monkeypatch):
+    """A UNet that predicts exactly what its prediction type asks for, from the target of the
+    control it is shown, gives back that target: disk IoU 1. Shown the next sample's control
+    (`shuffle=True`), it draws that sample's disk, which misses the control it is scored against."""
+    dataset = PairedDataset(heldout, resolution=64)
+    target_of = {item["conditioning_pixel_values"].numpy().tobytes(): item["pixel_values"] for item in dataset}
+    alphas = DDPMScheduler().alphas_cumprod
+
+    def oracle(unet, noisy, t, text, seen_controls):
+        clean = torch.stack([target_of[c.numpy().tobytes()] for c in seen_controls])
+        a = alphas[t].view(-1, 1, 1, 1)
+        noise = (noisy - a.sqrt() * clean) / (1 - a).sqrt()
+        return {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * clean, "sample": clean}[
+            prediction_type]
+
+    monkeypatch.setattr(evaluate_module, "prepare_control", lambda control, controls, dtype: controls)
+    monkeypatch.setattr(evaluate_module, "controlled_unet", oracle)
+    # in pixel space (no VAE), so that the target is what the UNet works on
+    base = BaseModels(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.unet,
+                      DDPMScheduler(prediction_type=prediction_type), vae=None)
+    control, indices = SimpleNamespace(dtype=torch.float32), list(range(8))
+    own = one_step_scores(base, control, dataset, indices, timestep=800, batch_size=4)
+    assert own["count"] == 8 and own["disk_iou"] > 0.99 and own["circle_colour_error"] < 1
+    shuffled = one_step_scores(base, control, dataset, indices, timestep=800, batch_size=4, shuffle=True)
+    assert shuffled["disk_iou"] < 0.5
+
+
+def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, tiny_base, heldout, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = ["evaluate", "--base", str(tiny_base_dir), "--data", str(heldout), "--num", "4", "--steps", "2",
-            "--resolution", "64", "--out", str(out)]
+            "--resolution", "64", "--one-step-t", "700", "--seed", "3", "--out", str(out)]
     cli_main(args)
     report = json.loads(out.read_text())
     assert report["settings"]["control"] is None  # no --control-model: the text-only baseline
     assert len(report["per_sample"]) == 4 and report["mean"]["count"] == 4
-    assert 0.0 <= report["one_step"]["with_control"]["disk_iou"] <= 1.0
+    assert report["mean"]["disk_iou"] == pytest.approx(np.mean([s["disk_iou"] for s in report["per_sample"]]))
+    # the one-step probe of the first 4 pairs at --one-step-t, seeded by --seed; no control, no shuffled probe
+    expected = one_step_scores(tiny_base, None, PairedDataset(heldout, resolution=64), [0, 1, 2, 3], 700, 3)
+    assert report["one_step"]["timestep"] == 700 and "shuffled_control" not in report["one_step"]
+    assert report["one_step"]["with_control"]["disk_iou"] == pytest.approx(expected["disk_iou"])
+    assert report["one_step"]["with_control"]["edge_f1"] == pytest.approx(expected["edge_f1"])
     assert out.with_suffix(".png").is_file()
     written = out.read_bytes()
     with pytest.raises(SystemExit) as info:

@@ -116,3 +116,54 @@ def test_max_gpu_memory_caps_the_process_and_the_plan(monkeypatch):
     assert hardware.detect_device().total_memory == 80 * GiB and len(fractions) == 1
     with pytest.raises(ValueError, match="max_gpu_memory=0"):
         hardware.detect_device(0)
+
+
+@pytest.fixture
+def fresh_xformers_status():
+    """`xformers_status` is cached for the process: each case detects afresh, and leaves no answer behind."""
+    from lite_controlnet.attention import xformers_status
+
+    xformers_status.cache_clear()
+    yield xformers_status
+    xformers_status.cache_clear()
+
+
+def fake_xformers(monkeypatch, attention):
+    """An importable `xformers` whose attention is `attention`; on a CPU the probe's tensors stay here."""
+    import sys
+    from types import SimpleNamespace
+
+    ops = SimpleNamespace(memory_efficient_attention=attention)
+    monkeypatch.setitem(sys.modules, "xformers", SimpleNamespace(__version__="0.0.99", ops=ops))
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, device=None, **kwargs: randn(*shape, **kwargs))
+
+
+def test_xformers_is_used_only_with_cuda_when_it_imports_and_runs(fresh_xformers_status, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fresh_xformers_status() == (False, "no CUDA GPU")
+
+    fresh_xformers_status.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "xformers", None)  # not installed
+    usable, why = fresh_xformers_status()
+    assert not usable and why.startswith("xformers not importable: ModuleNotFoundError")
+
+    def no_kernel(q, k, v):
+        raise NotImplementedError("no kernel for this GPU")
+
+    fresh_xformers_status.cache_clear()
+    fake_xformers(monkeypatch, no_kernel)
+    assert fresh_xformers_status() == (False, "xformers installed but fails here: NotImplementedError: "
+                                              "no kernel for this GPU")
+
+    calls = []
+    fresh_xformers_status.cache_clear()
+    fake_xformers(monkeypatch, lambda q, k, v: calls.append((q.shape, q.dtype)) or q)
+    assert fresh_xformers_status() == (True, "xformers 0.0.99")
+    assert calls == [((1, 2, 1, 40), torch.float16)]  # a real call was tried, in half precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fresh_xformers_status() == (True, "xformers 0.0.99")  # detected once per process

@@ -102,11 +102,22 @@ def test_ddim_is_selectable_and_pipeline_round_trips(pipe, control_image, tmp_pa
         loaded.set_scheduler("euler-x")
 
 
+def test_xformers_is_enabled_only_where_it_works(pipe, monkeypatch):
+    from lite_controlnet import attention
+
+    enabled = []
+    monkeypatch.setattr(LiteControlNetPipeline, "enable_xformers_memory_efficient_attention",
+                        lambda self: enabled.append(self))
+    monkeypatch.setattr(attention, "xformers_status", lambda: (False, "no CUDA GPU"))
+    assert pipe.enable_xformers_if_available() is False and enabled == []  # SDPA stays
+    monkeypatch.setattr(attention, "xformers_status", lambda: (True, "xformers 0.0.99"))
+    assert pipe.enable_xformers_if_available() is True and enabled == [pipe]
+
+
 def test_memory_options_keep_the_image(pipe, control_image):
     expected = generate(pipe, control_image)
     pipe.enable_attention_slicing()
     pipe.enable_vae_slicing()
-    assert pipe.enable_xformers_if_available() is False  # no CUDA here: SDPA stays
     try:
         np.testing.assert_allclose(generate(pipe, control_image), expected, atol=1e-5)
     finally:

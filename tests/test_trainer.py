@@ -7,15 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lite_controlnet.checkpoint import RunLock, RunLockedError, list_checkpoints, load_latest
+from lite_controlnet.checkpoint import CheckpointError, RunLock, RunLockedError, list_checkpoints, load_latest
 from lite_controlnet.config import TrainConfig
 from lite_controlnet.fill50k import make_fill50k
 from lite_controlnet.grids import COLUMNS
-from lite_controlnet.trainer import Trainer, train
+from conftest import rewrite_manifest_entry, with_scheduler_config
+from lite_controlnet import trainer as trainer_module
+from lite_controlnet.train_state import TrainState
+from lite_controlnet.trainer import Trainer, loss_target, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
 
@@ -52,27 +56,42 @@ def rows(output):
     return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
+# `python -c KILLED_AT train ...`: the CLI, killed with SIGKILL (as by a Colab disconnect) as it
+# begins optimizer step $KILL_AT_STEP (0-based), whatever the machine's speed.
+KILLED_AT = """
+import os, signal, sys
+from lite_controlnet import cli, trainer
+
+original = trainer.Trainer._optimizer_step
+
+def optimizer_step(self, step, *args, **kwargs):
+    if step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, step, *args, **kwargs)
+
+trainer.Trainer._optimizer_step = optimizer_step
+cli.main(sys.argv[1:])
+"""
+
+
 def test_killed_run_resumes_to_identical_weights(tiny_base_dir, fill50k_small, tmp_path):
     # The reference: never interrupted.
     args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "ref", "--checkpoint-every", "3")
     subprocess.run(args, env=env, check=True, capture_output=True)
-    # The same command, killed with SIGKILL at a random step, then started again.
-    kill_at = random.randint(2, 14)
-    args, env = cli(tiny_base_dir, fill50k_small, tmp_path / "cut", "--checkpoint-every", "3")
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while rows(tmp_path / "cut") < kill_at and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "cut" / "final").exists(), f"the run finished before the kill at step {kill_at}"
+    # The same command, killed in step 8 of 16: 7 steps logged, the last checkpoint at step 6.
+    cut = tmp_path / "cut"
+    args, env = cli(tiny_base_dir, fill50k_small, cut, "--checkpoint-every", "3")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT, *args[3:]], env={**env, "KILL_AT_STEP": "7"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert rows(cut) == 7 and [c.step for c in list_checkpoints(cut)] == [6, 3] and not (cut / "final").exists()
+    # Started again: from step 6, step 7 redone, to the reference's weights bit for bit.
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    # a kill at step 3 may land before the first checkpoint (written after step 3's log row)
-    assert "Resumed from" in result.stderr + result.stdout or kill_at <= 3, kill_at
-    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "cut"))
+    assert f"Resumed from {cut / 'checkpoints' / 'step-00000006'} at step 6" in result.stderr + result.stdout
+    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(cut))
     # the loss log holds each step once, as in the reference
-    assert rows(tmp_path / "cut") == rows(tmp_path / "ref") == 16
+    assert rows(cut) == rows(tmp_path / "ref") == 16
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_base_dir, fill50k_small, tmp_path):
@@ -86,6 +105,50 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_base_dir, fil
         train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=12, checkpoint_every=4), progress=False)
     # resumed from step 4: nothing lost, and the result is the uninterrupted one
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "run"))
+
+
+def old_random_states():
+    """The "rng" entry of the checkpoints written before `TrainState`: the global generators' states."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    return {"torch": torch.get_rng_state(), "cuda": [], "numpy_kind": numpy_state[0],
+            "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_rest": list(numpy_state[2:]),
+            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+
+
+def test_resume_needs_no_random_state_and_older_checkpoints_still_resume(tiny_base_dir, fill50k_small, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Every draw comes from (seed, epoch) or (seed, step): what the global generators hold plays
+    no part, so checkpoints do not save it; those that did still resume, to the same weights."""
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "straight", max_steps=12), progress=False)
+    original = Trainer._optimizer_step
+
+    def scrambled(self, step, *args, **kwargs):  # as if a notebook drew from them between steps
+        torch.manual_seed(1000 + step)
+        np.random.seed(step)
+        random.seed(step)
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", scrambled)
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "scrambled", max_steps=12), progress=False)
+    monkeypatch.undo()
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "scrambled"))
+
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "old", max_steps=8, checkpoint_every=4), progress=False)
+    newest = list_checkpoints(tmp_path / "old")[0].path
+    state = torch.load(newest / "state.pt", weights_only=True)
+    assert "rng" not in state and state["global_step"] == 8
+    torch.save({**state, "rng": old_random_states()}, newest / "state.pt")  # as written before TrainState
+    rewrite_manifest_entry(newest, "state.pt")
+    capsys.readouterr()
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "old", max_steps=12), progress=False)
+    assert f"Resumed from {newest} at step 8" in capsys.readouterr().out
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "old"))
+
+
+def test_a_state_without_the_counters_is_not_a_training_state(tmp_path):
+    torch.save({"global_step": 2}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt lacks \['epoch', 'step_in_epoch', 'optimizer'\]"):
+        TrainState.load(tmp_path / "state.pt")
 
 
 def test_unpublished_checkpoint_is_never_loaded(tiny_base_dir, fill50k_small, tmp_path):
@@ -197,6 +260,46 @@ def test_cache_is_built_once_and_reused(tiny_base_dir, fill50k_small, tmp_path, 
     monkeypatch.setattr(AutoencoderKL, "encode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     train(config(tiny_base_dir, fill50k_small, tmp_path / "b", max_steps=1, cache_dir=str(tmp_path / "cache")), progress=False)
     assert calls == []
+
+
+def test_the_loss_target_follows_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+
+    def target(kind):
+        return loss_target(DDPMScheduler(prediction_type=kind), latents, noise, t)
+
+    assert torch.equal(target("epsilon"), noise)
+    assert torch.equal(target("sample"), latents)
+    alpha = DDPMScheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(target("v_prediction"), alpha.sqrt() * noise - (1 - alpha).sqrt() * latents)
+    with pytest.raises(ValueError, match=r"prediction_type='flow'; training supports 'epsilon', 'v_prediction', 'sample'"):
+        target("flow")
+
+
+def test_a_base_that_predicts_the_sample_trains_toward_the_clean_latents(tiny_base_dir, fill50k_small, tmp_path,
+                                                                         monkeypatch):
+    base = with_scheduler_config(tiny_base_dir, tmp_path / "base", prediction_type="sample")
+    trainer = Trainer(config(base, fill50k_small, tmp_path / "run"), progress=False)
+    trainer.setup()
+    # a UNet that predicts zeros: the loss is then the mean square of the target
+    monkeypatch.setattr(trainer_module, "controlled_unet", lambda unet, noisy, *args: torch.zeros_like(noisy))
+    indices = [0, 1]
+    latents = trainer.cache.latent_batch(indices).float()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    controls = torch.stack([trainer.dataset.control_image(i) for i in indices])
+    loss = trainer._loss(latents, trainer.cache.text_batch(indices), controls, noise, torch.tensor([100, 700]))
+    assert loss.item() == pytest.approx(latents.pow(2).mean().item(), rel=1e-5)
+    assert abs(loss.item() - noise.pow(2).mean().item()) > 0.05  # not the noise's
+
+
+def test_a_base_of_another_prediction_type_is_refused_before_the_cache_is_built(tiny_base_dir, fill50k_small,
+                                                                                tmp_path):
+    base = with_scheduler_config(tiny_base_dir, tmp_path / "base", prediction_type="flow_prediction")
+    with pytest.raises(ValueError, match="prediction_type='flow_prediction'; training supports 'epsilon'"):
+        train(config(base, fill50k_small, tmp_path / "run", cache_dir=str(tmp_path / "cache")), progress=False)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_config_errors_name_the_value():
