@@ -32,7 +32,7 @@ def _make_fill50k(args: argparse.Namespace) -> None:
 
 
 def _make_tiny_base(args: argparse.Namespace) -> None:
-    from .tiny_base import make_tiny_base
+    from .bases.tiny import make_tiny_base
 
     out = Path(args.out_dir)
     if (out / "model_index.json").exists() and not args.overwrite:
@@ -194,7 +194,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _make_proxy_base(args: argparse.Namespace) -> None:
-    from .proxy_base import main as proxy_main
+    from .bases.proxy_training import main as proxy_main
 
     proxy_main(args.args[1:] if args.args[:1] == ["--"] else args.args)
 
