@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .atomic import atomic_write
+
 DRIVE_MOUNT = Path("/content/drive")
 
 
@@ -56,16 +58,14 @@ def copy_to_local(source: str | Path, destination: str | Path) -> Path:
     if not source.exists():
         raise FileNotFoundError(f"Dataset {source} does not exist: pass a folder with prompt.json "
                                 "(or metadata.jsonl), or a .zip of one.")
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if source.is_file() and source.suffix == ".zip":
-        with zipfile.ZipFile(source) as archive:
-            archive.extractall(partial)
-    elif source.is_dir():
-        shutil.copytree(source, partial)
-    else:
-        raise ValueError(f"{source} is neither a folder nor a .zip file.")
-    partial.rename(destination)
+    with atomic_write(destination) as partial:
+        if source.is_file() and source.suffix == ".zip":
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(partial)
+        elif source.is_dir():
+            shutil.copytree(source, partial)
+        else:
+            raise ValueError(f"{source} is neither a folder nor a .zip file.")
     return _dataset_root(destination)
 
 
