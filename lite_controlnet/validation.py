@@ -36,8 +36,7 @@ def validation_grid(
     was_training = control.training
     control.eval()
     device = base.unet.device
-    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-    pipe.set_scheduler("unipc")
+    pipe = LiteControlNetPipeline.from_base(base, control)  # UniPC
     pipe.set_progress_bar_config(disable=True)
     items = [dataset[i] for i in indices]
     prompts = [item["prompt"] for item in items]
