@@ -36,12 +36,15 @@ def mount_drive(mount_point: str | Path = DRIVE_MOUNT) -> Path | None:
     return Path(mount_point) / "MyDrive"
 
 
-def run_folder(name: str, local_root: str | Path = "outputs") -> Path:
-    """Where a run keeps checkpoints and outputs: `MyDrive/lite-controlnet/<name>` in Colab
-    (mounting Drive if needed), else `<local_root>/<name>`."""
-    drive = mount_drive() if in_colab() else None
-    root = drive / "lite-controlnet" if drive is not None else Path(local_root)
-    folder = root / name
+def run_folder(name: str, local_root: str | Path = "outputs", output: str | Path | None = None) -> Path:
+    """Where a run keeps checkpoints and outputs, created: `output` when given (a notebook's
+    OUTPUT_DIR), else `MyDrive/lite-controlnet/<name>` in Colab (mounting Drive if needed), else
+    `<local_root>/<name>`."""
+    if output:
+        folder = Path(output)
+    else:
+        drive = mount_drive() if in_colab() else None
+        folder = (drive / "lite-controlnet" if drive is not None else Path(local_root)) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
