@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--summarize", type=Path, help="only recompute the summary and plot of this results file")
     parser.add_argument("--combine", action="store_true", help="only combine the seeds' results of --base")
+    parser.add_argument("--step-time", type=Path, default=HERE / "results" / "proxy-step-time.json",
+                        help="with --combine: each kind's step time measured alone (benchmarks/proxy_step_time.py), "
+                             "the seconds axis; 'none': the runs' own wall-clock")
     args = parser.parse_args()
     name = Path(args.base).name
     if args.combine:
@@ -79,9 +82,15 @@ def main() -> None:
         if not files:
             raise SystemExit(f"--combine: no seed-*.json in {HERE / 'results' / f'fidelity-{name}'}; run seeds first.")
         seeds = [json.loads(f.read_text()) for f in files]
+        step_time = None
+        if str(args.step_time) != "none" and name == "proxy-base":
+            if not args.step_time.is_file():
+                raise SystemExit(f"--step-time: {args.step_time} is missing; run benchmarks/proxy_step_time.py, or "
+                                 "give --step-time none for the runs' own wall-clock.")
+            step_time = json.loads(args.step_time.read_text())["step_seconds"]
         combined = {"machine": seeds[0]["machine"], "date": max(r["date"] for r in seeds),
                     "settings": {k: v for k, v in seeds[0]["settings"].items() if k not in ("seed", "out")},
-                    **combine_seeds(seeds)}
+                    **combine_seeds(seeds, step_time)}
         out = HERE / "results" / f"fidelity-{name}.json"
         out.write_text(json.dumps(combined, indent=1) + "\n")
         title = f"{len(seeds)} seeds (mean, min-max) on {name}, {combined['machine']}"

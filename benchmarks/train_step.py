@@ -2,6 +2,7 @@
 process (peak memory is per process). Called by `benchmarks/run.py`; prints one JSON line.
 
     python benchmarks/train_step.py --variant lite --batch 4 --resolution 256 --steps 3
+    python benchmarks/train_step.py --variant lite --base proxy --batch 16 --resolution 32 --steps 20
 
 Variants:
 - a control kind (lite, lite-static, lite-seed, controlnet, t2i-adapter): its step (the module's
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from sd15 import random_model
 
+from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.compare import PeakMemory
 from lite_controlnet.controls import CONTROL_KINDS, build_control, controlled_unet, prepare_control
 from lite_controlnet.model import unet_residual_layout
@@ -42,6 +44,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="of the frozen UNet")
+    parser.add_argument("--base", choices=["sd15", "proxy"], default="sd15",
+                        help="sd15: the SD1.5 UNet with random weights; proxy: the committed proxy base's UNet "
+                             "(pixel space), whose step the fidelity study times")
+    parser.add_argument("--options", type=json.loads, default={}, help='the control module\'s settings, JSON, '
+                        'e.g. \'{"feedback_time_channels": 64}\'')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -49,24 +56,29 @@ def main() -> None:
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # 1. models: the frozen UNet (random weights: timing does not depend on them), the control
-    unet = random_model(UNet2DConditionModel, SD15_UNET_CONFIG).requires_grad_(False).eval()
+    if args.base == "proxy":
+        unet = UNet2DConditionModel.from_pretrained(PROXY_BASE_DIR / "unet").requires_grad_(False).eval()
+        scale = 1  # pixel space: no VAE
+    else:
+        unet = random_model(UNet2DConditionModel, SD15_UNET_CONFIG).requires_grad_(False).eval()
+        scale = 8
     control = None
     if args.variant != "floor":
-        control = build_control(args.variant, unet).to(device).train()
+        control = build_control(args.variant, unet, vae_scale_factor=scale, **args.options).to(device).train()
     unet.to(device, dtype)
     params = [p for p in control.parameters()] if control is not None else []
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
     resident = torch.cuda.memory_allocated() if device.type == "cuda" else None
 
     # 2. a batch as the trainer sees it: cached latents, text embeddings, control images
-    b, size = args.batch, args.resolution // 8
-    latents = torch.randn(b, 4, size, size, device=device)
+    b, size = args.batch, args.resolution // scale
+    latents = torch.randn(b, unet.config.in_channels, size, size, device=device)
     noise = torch.randn_like(latents)
-    text = torch.randn(b, 77, 768, device=device, dtype=dtype)
+    text = torch.randn(b, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
     controls = torch.rand(b, 3, args.resolution, args.resolution, device=device)
     timesteps = torch.randint(0, 1000, (b,), device=device)
     noisy = (latents + noise).to(dtype)
-    channels, levels, mid = unet_residual_layout(SD15_UNET_CONFIG)
+    channels, levels, mid = unet_residual_layout(unet.config)
 
     times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     peak = PeakMemory()  # the steps' peak (GPU allocated, or RSS reset after the models were built)
@@ -102,7 +114,7 @@ def main() -> None:
     peak.__exit__(None, None, None)
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
-        "variant": args.variant, "batch": b, "resolution": args.resolution, "dtype": args.dtype,
+        "variant": args.variant, "base": args.base, "options": args.options, "batch": b, "resolution": args.resolution, "dtype": args.dtype,
         "device": str(device), "threads": args.threads, "steps": args.steps,
         "trainable_params": sum(p.numel() for p in params),
         **{f"{k}_s": round(v, 4) for k, v in medians.items()},

@@ -33,11 +33,13 @@ from .pipeline import LiteControlNetPipeline
 
 @dataclass(frozen=True)
 class Variant:
-    """A control kind at a learning rate (None: the kind's default), trained with a seed."""
+    """A control kind at a learning rate (None: the kind's default), trained with a seed, for
+    `steps` optimizer steps (None: the study's)."""
 
     kind: str
     learning_rate: float | None = None
     seed: int = 0
+    steps: int | None = None
 
     @property
     def label(self) -> str:
@@ -51,14 +53,19 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """"lite" or "lite:1e-3"."""
-        kind, _, rate = text.partition(":")
+        """"lite", "lite:1e-3", or with its own number of steps "lite:1e-3@1000"."""
+        spec, _, steps = text.partition("@")
+        kind, _, rate = spec.partition(":")
         if kind not in CONTROL_KINDS:
-            raise ValueError(f"variant {text!r}: the kind must be one of {CONTROL_KINDS}, optionally ':<learning rate>'.")
+            raise ValueError(f"variant {text!r}: the kind must be one of {CONTROL_KINDS}, optionally ':<learning rate>' "
+                             "and '@<steps>'.")
         try:
-            return cls(kind, float(rate) if rate else None)
+            learning_rate = float(rate) if rate else None
         except ValueError:
             raise ValueError(f"variant {text!r}: {rate!r} is not a learning rate (e.g. {kind}:1e-4).") from None
+        if steps and not (steps.isdigit() and int(steps) > 0):
+            raise ValueError(f"variant {text!r}: {steps!r} is not a number of steps (e.g. {spec}@1000).")
+        return cls(kind, learning_rate, steps=int(steps) if steps else None)
 
 
 @dataclass
@@ -101,13 +108,14 @@ def score_module(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSe
 
 def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | Path, steps: int,
                     **settings: Any) -> dict[str, TrainConfig]:
-    """One `TrainConfig` per variant (`<work>/<variant.folder>`), the same in all else."""
+    """One `TrainConfig` per variant (`<work>/<variant.folder>`) for its steps (or `steps`), the same
+    in all else."""
     if len({v.label for v in variants}) != len(variants):
         raise ValueError(f"each variant once: got {[v.label for v in variants]}.")
     settings = {"epochs": 1000, "num_workers": 0, "num_validation": 4, "validation_steps": 10, "keep_checkpoints": 1,
                 **settings}
     return {v.label: TrainConfig(data=str(data), output=str(Path(work) / v.folder), control=v.kind,
-                                 learning_rate=v.learning_rate, max_steps=steps, seed=v.seed, **settings)
+                                 learning_rate=v.learning_rate, max_steps=v.steps or steps, seed=v.seed, **settings)
             for v in variants}
 
 
@@ -126,7 +134,8 @@ def fidelity_curves(
 
     Args:
         configs: label -> the run's settings (`variant_configs`, or `compare.equal_budget_configs`);
-            all with the same `max_steps`, a multiple of `eval_every`.
+            each `max_steps` a multiple of `eval_every` (a run that stops sooner is scored at its end,
+            the others go on).
         base: the runs' base, loaded (`load_base(cfg.base)`), for scoring.
         heldout: held-out pairs (not trained on).
         sample_every: full sampling after every this many chunks, and after the last.
@@ -138,9 +147,9 @@ def fidelity_curves(
     """
     probe = probe or ProbeSettings()
     max_steps = {label: cfg.max_steps for label, cfg in configs.items()}
-    steps = next(iter(max_steps.values()))
-    if set(max_steps.values()) != {steps} or steps is None or steps % eval_every:
-        raise ValueError(f"every run needs the same max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
+    if any(n is None or n % eval_every for n in max_steps.values()):
+        raise ValueError(f"every run needs max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
+    steps = max(max_steps.values())
     # the number of steps is not part of the key: a study continues longer, or ends sooner, from
     # the same points
     key = {"eval_every": eval_every, "probe": dataclasses.asdict(probe),
@@ -160,12 +169,13 @@ def fidelity_curves(
             "curves": {label: [] for label in configs},
             "training": {},
         }
-    result["curves"] = {label: [p for p in curve if p["step"] <= steps] for label, curve in result["curves"].items()}
+    result["curves"] = {label: [p for p in curve if p["step"] <= max_steps.get(label, steps)]
+                        for label, curve in result["curves"].items()}
     for chunk, target in enumerate(range(eval_every, steps + 1, eval_every), start=1):
-        full = chunk % sample_every == 0 or target == steps
         for label, cfg in configs.items():
-            if any(point["step"] == target for point in result["curves"][label]):
-                continue  # scored before a disconnect
+            full = chunk % sample_every == 0 or target == cfg.max_steps
+            if target > cfg.max_steps or any(point["step"] == target for point in result["curves"][label]):
+                continue  # this run stops sooner, or the point was scored before a disconnect
             stats = train_measured(dataclasses.replace(cfg, max_steps=target, checkpoint_every=eval_every),
                                    progress=False)
             rows = LossLog(cfg.output).read()
@@ -178,7 +188,7 @@ def fidelity_curves(
                                          "memory_kind": stats.memory_kind, "final": str(stats.final)}
             control = load_control(stats.final).eval()
             point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
-                     **score_module(base, control, heldout, probe, full, no_prompt=target == steps)}
+                     **score_module(base, control, heldout, probe, full, no_prompt=target == cfg.max_steps)}
             point["one_step_iou"] = point["one_step"]["disk_iou"]
             point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
             result["curves"][label].append(point)
@@ -190,10 +200,11 @@ def fidelity_curves(
     for label, cfg in configs.items():  # a longer study ended here: its last points lack the final scores
         point = result["curves"][label][-1]
         if "sampling" not in point or "no_prompt" not in point:
-            at_end = [c for c in list_checkpoints(cfg.output) if c.step == steps]
+            at_end = [c for c in list_checkpoints(cfg.output) if c.step == cfg.max_steps]
             if not at_end:
-                raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {steps} (it was trained past it): its "
-                                   "module cannot be scored at that step; delete it, or give the steps it reached.")
+                raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {cfg.max_steps} (it was trained past "
+                                   "it): its module cannot be scored at that step; delete it, or give the steps it "
+                                   "reached.")
             scores = score_module(base, load_control(at_end[0].path / "control").eval(), heldout, probe, full=True,
                                   no_prompt=True)
             point.update({k: v for k, v in scores.items() if k not in point})

@@ -30,15 +30,20 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def mean_curve(curves: Sequence[list[dict]]) -> list[dict]:
+def mean_curve(curves: Sequence[list[dict]], step_seconds: float | None = None) -> list[dict]:
     """One curve per seed -> one curve of {step, seconds, <score>: {mean, min, max}} (a score only
-    where every seed has it)."""
+    where every seed has it). With `step_seconds` (a step's time measured on a quiet machine), the
+    seconds are steps x that time, and the runs' own wall-clock is kept as "recorded_seconds"."""
     steps = [[p["step"] for p in curve] for curve in curves]
     if any(s != steps[0] for s in steps):
         raise ValueError(f"the seeds were scored at different steps: {steps}.")
     out = []
     for points in zip(*curves):
-        point: dict[str, Any] = {"step": points[0]["step"], "seconds": _spread([p["seconds"] for p in points])}
+        recorded = _spread([p["seconds"] for p in points])
+        point: dict[str, Any] = {"step": points[0]["step"], "seconds": recorded}
+        if step_seconds is not None:
+            point["seconds"] = _spread([round(point["step"] * step_seconds, 2)])
+            point["recorded_seconds"] = recorded
         for name, value in SCORES.items():
             values = [value(p) for p in points]
             if all(v is not None for v in values):
@@ -53,18 +58,32 @@ def _at(curve: list[dict], seconds: float, score: str) -> dict | None:
     return points[-1] if points else None
 
 
-def combine_seeds(results: Sequence[dict]) -> dict:
+def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None = None) -> dict:
     """One `fidelity_curves` result per seed -> {"seeds", "variants", "text_only", "curves": {label:
-    mean curve}, "summary"}."""
+    mean curve}, "summary"}.
+
+    Args:
+        results: one `fidelity_curves` result per seed, same variants.
+        step_seconds: control kind -> its training step's seconds, measured alone on a quiet machine
+            (`benchmarks/proxy_step_time.py`): the seconds axis becomes steps x that, instead of the
+            runs' wall-clock, which depends on what else shared the machine. Every kind or none.
+    """
     labels = list(results[0]["curves"])
     if any(list(r["curves"]) != labels for r in results):
         raise ValueError(f"every seed needs the same variants: {[list(r['curves']) for r in results]}.")
     seeds = [next(iter(r["variants"].values())).get("seed", 0) for r in results]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"each seed once: got {seeds}.")
-    curves = {label: mean_curve([r["curves"][label] for r in results]) for label in labels}
     variants = {label: {k: v for k, v in results[0]["variants"][label].items() if k != "seed"} for label in labels}
-    combined = {"seeds": seeds, "variants": variants, "text_only": results[0]["text_only"], "curves": curves}
+    missing = sorted({v["kind"] for v in variants.values()} - set(step_seconds)) if step_seconds else []
+    if missing:
+        raise ValueError(f"step_seconds lacks the kind(s) {missing}: measure every kind of the study, or give none.")
+    curves = {label: mean_curve([r["curves"][label] for r in results],
+                                step_seconds[variants[label]["kind"]] if step_seconds else None) for label in labels}
+    combined = {"seeds": seeds, "variants": variants, "text_only": results[0]["text_only"], "curves": curves,
+                "seconds": "steps x step time measured alone" if step_seconds else "the runs' wall-clock"}
+    if step_seconds:
+        combined["step_seconds"] = {kind: step_seconds[kind] for kind in dict.fromkeys(v["kind"] for v in variants.values())}
     combined["summary"] = summarize_seeds(combined)
     return combined
 

@@ -159,18 +159,25 @@ def _norm_groups(channels: int) -> int:
 
 class _FeedbackSkip(nn.Module):
     """Reads one UNet skip feature each step and turns it, with the control features of its
-    level, into that skip's correction (before the zero projection)."""
+    level (and, given `time_channels`, the UNet's time embedding), into that skip's correction
+    (before the zero projection)."""
 
-    def __init__(self, skip_channels: int, feature_channels: int, width: int):
+    def __init__(self, skip_channels: int, feature_channels: int, width: int, time_channels: int = 0):
         super().__init__()
         self.groups = _norm_groups(skip_channels)
         self.read = nn.Conv2d(skip_channels, feature_channels, kernel_size=1)
         self.mix = nn.Conv2d(feature_channels, width, kernel_size=3, padding=1)
+        # a scale and shift per channel from the timestep, zero at first (FiLM)
+        self.film = zero_module(nn.Linear(time_channels, 2 * width)) if time_channels else None
 
-    def forward(self, skip: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, skip: torch.Tensor, features: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
         # the UNet's features differ in scale by level and timestep: normalise before reading
         seen = self.read(F.group_norm(skip.to(features.dtype), self.groups))
-        return F.silu(self.mix(F.silu(features + seen)))
+        mixed = self.mix(F.silu(features + seen))
+        if self.film is not None and time is not None:
+            scale, shift = self.film(time)[:, :, None, None].chunk(2, dim=1)
+            mixed = mixed * (1 + scale) + shift
+        return F.silu(mixed)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -194,6 +201,9 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             UNet's own features at each step (see the module docstring); () for residuals computed
             from the control image alone (step-invariant).
         feedback_channels: width of the per-step feedback layers.
+        feedback_time_channels: with feedback, the width of a projection of the UNet's own time
+            embedding that scales and shifts each feedback layer's output (0: none).
+        time_embedding_channels: width of the UNet's time embedding (`from_unet` reads it).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
             each level halves it).
@@ -211,6 +221,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         level_kernel_size: int | tuple[int, ...] = 1,
         feedback_levels: tuple[int, ...] = (),
         feedback_channels: int = 64,
+        feedback_time_channels: int = 0,
+        time_embedding_channels: int = 1280,
         residual_channels: tuple[int, ...] = SD15_RESIDUAL_CHANNELS,
         residual_levels: tuple[int, ...] = SD15_RESIDUAL_LEVELS,
         mid_channels: int = 1280,
@@ -233,6 +245,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
                              f"got {level_kernel_size}.")
         if any(level not in range(num_levels) for level in feedback_levels):
             raise ValueError(f"feedback_levels must name levels 0 to {num_levels - 1}, got {feedback_levels}.")
+        if feedback_time_channels < 0:
+            raise ValueError(f"feedback_time_channels must be >= 0, got {feedback_time_channels}.")
         if feedback_channels < 1:
             raise ValueError(f"feedback_channels must be >= 1, got {feedback_channels}.")
         if vae_scale_factor < 1:
@@ -247,12 +261,15 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         )
         # 3. with feedback: per skip of those levels (and the mid block), layers that read the
         # UNet's own feature
+        time_channels = feedback_time_channels if feedback_levels else 0
+        if time_channels:  # the UNet's time embedding, read once per step for all feedback layers
+            self.feedback_time = nn.Sequential(nn.SiLU(), nn.Linear(time_embedding_channels, time_channels), nn.SiLU())
         self.feedback_skips = nn.ModuleDict({
-            str(k): _FeedbackSkip(c, feature_channels, feedback_channels)
+            str(k): _FeedbackSkip(c, feature_channels, feedback_channels, time_channels)
             for k, (c, level) in enumerate(zip(residual_channels, residual_levels)) if level in feedback_levels
         })
         if feedback_levels:
-            self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels)
+            self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels, time_channels)
         # 4. the zero projections into the UNet. Only these are zeroed: two zero layers in
         # series would leave the earlier one without gradient.
         self.zero_convs = nn.ModuleList(
@@ -277,6 +294,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         config = getattr(unet, "config", unet)
         channels, levels, mid = unet_residual_layout(config)
         settings = {**lite_design(design, max(levels) + 1), **overrides}
+        if settings.get("feedback_time_channels"):
+            settings.setdefault("time_embedding_channels", _time_embedding_channels(config))
         return cls(
             residual_channels=channels,
             residual_levels=levels,
@@ -398,11 +417,17 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             raise ValueError(f"this module was made for a UNet with {len(levels)} skip connections and a mid block; "
                              f"the UNet given consumes {len(levels) - left}. Build it with from_unet(unet).")
 
+        step: dict[str, Any] = {}  # this forward's time embedding, projected (with feedback_time_channels)
+
+        def keep_time(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            step["time"] = self.feedback_time(out.to(features[0].dtype))
+
         def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
+            time = step.get("time")
             if index is None:
-                out = self.mid_zero_conv(self.feedback_mid(feature, features[-1]))
+                out = self.mid_zero_conv(self.feedback_mid(feature, features[-1], time))
             elif str(index) in self.feedback_skips:
-                out = self.zero_convs[index](self.feedback_skips[str(index)](feature, features[levels[index]]))
+                out = self.zero_convs[index](self.feedback_skips[str(index)](feature, features[levels[index]], time))
             else:  # a level without feedback: the residual of the control features alone
                 out = self.zero_convs[index](features[levels[index]])
             return (out * conditioning_scale).to(feature.dtype)
@@ -417,11 +442,20 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
 
         handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
         handles.append(unet.mid_block.register_forward_hook(lambda module, args, out: out + correction(None, out)))
+        if self.config.feedback_time_channels:
+            handles.append(unet.time_embedding.register_forward_hook(keep_time))
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _time_embedding_channels(unet_config: Any) -> int:
+    """Width of a `UNet2DConditionModel`'s time embedding (as its `__init__` computes it)."""
+    get = unet_config.get if isinstance(unet_config, Mapping) else lambda k, d=None: getattr(unet_config, k, d)
+    factor = 2 if get("time_embedding_type", "positional") == "fourier" else 4
+    return get("time_embedding_dim") or get("block_out_channels")[0] * factor
 
 
 def _average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

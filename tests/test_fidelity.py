@@ -37,6 +37,13 @@ def test_variants_parse_and_name_their_runs():
         Variant.parse("lite:fast")
     with pytest.raises(ValueError, match="each variant once"):
         variant_configs([Variant("lite"), Variant("lite")], "d", "w", 2)
+    # a variant with its own number of steps: same label and folder, so a study's points stay its own
+    assert Variant.parse("lite-seed:1e-3@1000") == Variant("lite-seed", 1e-3, steps=1000)
+    assert Variant.parse("lite-seed:1e-3@1000").folder == Variant("lite-seed", 1e-3).folder
+    configs = variant_configs([Variant("lite", 1e-3, steps=4), Variant("controlnet")], "d", "w", 6)
+    assert [c.max_steps for c in configs.values()] == [4, 6]
+    with pytest.raises(ValueError, match="'many' is not a number of steps"):
+        Variant.parse("lite:1e-3@many")
 
 
 def test_reached_counts_the_gain_over_no_control():
@@ -91,6 +98,19 @@ def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, 
         fidelity_curves(configs, tiny_base, heldout, eval_every=1, probe=PROBE, state=tmp_path / "other.json")
     with pytest.raises(ValueError, match="multiple of eval_every=3"):
         fidelity_curves(configs, tiny_base, heldout, eval_every=3, probe=PROBE)
+
+
+def test_a_run_with_fewer_steps_stops_there_while_the_others_go_on(tiny_base_dir, tiny_base, splits, tmp_path):
+    train_dir, heldout = splits
+    variants = [Variant.parse("lite:1e-3@1"), Variant.parse("controlnet")]
+    configs = variant_configs(variants, train_dir, tmp_path, 2, base=str(tiny_base_dir), resolution=64, batch_size=4,
+                              num_validation=1, validation_steps=1)
+    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE, log=lambda _: None)
+    lite, cn = result["curves"]["lite lr 0.001"], result["curves"]["controlnet"]
+    assert [p["step"] for p in lite] == [1] and [p["step"] for p in cn] == [1, 2]
+    assert "sampling" in lite[0] and "no_prompt" in lite[0]  # its end: scored in full
+    assert "sampling" not in cn[0] and "sampling" in cn[1]
+    assert len(LossLog(configs["lite lr 0.001"].output).read()) == 1
 
 
 def test_summary_answers_the_equal_budget_questions():

@@ -53,6 +53,20 @@ def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():
     assert summary["shuffled_helps"] == {"lite": False, "controlnet": False}
 
 
+def test_step_times_measured_alone_replace_the_runs_wall_clock():
+    # the runs' own seconds say ControlNet takes 2 s per step and Lite 1 s; measured alone, both take
+    # 1.5 s: equal wall-clock is then equal steps
+    combined = combine_seeds([seed_result(0, 0.0), seed_result(1, 0.02)], {"lite": 1.5, "controlnet": 1.5})
+    cn = combined["curves"]["controlnet lr 0.001"]
+    assert cn[3]["seconds"]["mean"] == 6.0 and cn[3]["recorded_seconds"]["mean"] == pytest.approx(8.01)
+    summary = combined["summary"]
+    assert summary["controlnet_plateau"]["seconds"] == 6.0
+    assert summary["by_kind"]["lite"]["equal_wall_clock"]["step"] == 4
+    assert combined["step_seconds"] == {"lite": 1.5, "controlnet": 1.5}
+    with pytest.raises(ValueError, match=r"lacks the kind\(s\) \['controlnet'\]"):
+        combine_seeds([seed_result(0, 0.0)], {"lite": 1.5})
+
+
 def test_a_controlnet_still_rising_at_its_last_point_has_not_plateaued():
     results = [seed_result(0, 0.0)]
     results[0]["curves"]["controlnet lr 0.001"][5]["sampling"]["disk_iou"] = 0.9  # jumps at the end

@@ -238,3 +238,31 @@ def test_unknown_kind_and_missing_folder_are_explained(tmp_path):
         build_control("t2i", SD15_UNET_CONFIG)
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         load_control(tmp_path / "nothing")
+
+
+def test_time_conditioned_feedback_starts_as_the_plain_one_and_reads_the_unets_time_embedding(tiny_base):
+    unet = tiny_base.unet
+    plain = randomize_(build_control("lite", unet), std=0.05).eval()
+    timed = build_control("lite", unet, feedback_time_channels=8).eval()
+    assert timed.config.time_embedding_channels == unet.time_embedding.linear_2.out_features
+    missing, unexpected = timed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("time" in name or "film" in name for name in missing)
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+
+    def effect(module, steps):
+        with torch.no_grad():
+            return controlled_unet(unet, latents, steps, text, prepare_control(module, cond, torch.float32))
+
+    # its scale and shift start at zero: the same output as without them
+    torch.testing.assert_close(effect(timed, t), effect(plain, t))
+    for name, p in timed.named_parameters():
+        if "film" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    # once trained, the correction depends on the timestep through the UNet's own embedding
+    early, late = torch.tensor([900, 900]), torch.tensor([100, 100])
+    assert (effect(timed, early) - effect(plain, early)).abs().max() > 1e-4
+    assert not torch.allclose(effect(timed, early) - effect(plain, early), effect(timed, late) - effect(plain, late))
+    assert not unet.time_embedding._forward_hooks  # no hook left behind
+    with pytest.raises(ValueError, match="feedback_time_channels must be >= 0"):
+        LiteControlNetModel(feedback_levels=(1,), feedback_time_channels=-1)

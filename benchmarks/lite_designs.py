@@ -1,0 +1,109 @@
+"""Lite designs against each other on the proxy base: which settings buy control, one seed.
+
+    python benchmarks/lite_designs.py --only time          # one candidate per call (run two side by side)
+    python benchmarks/lite_designs.py --report             # the table of all candidates scored so far
+
+Each candidate is the kind `lite` with its own module settings (`control_options` over the
+default design's) and learning rate, trained like the fidelity study's runs (same data, held-out
+pairs, probe and seed; `lite_controlnet.fidelity`) and scored at every `--eval-every` steps,
+with full sampling at `--sample-every` evaluations and at the end. The per-step cost of each
+design at SD1.5 size comes from `benchmarks/run.py`; here: parameters at SD1.5 and at proxy size.
+Writes benchmarks/results/lite-designs-proxy-base.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from fill50k_splits import fill50k_splits
+from machine import machine_description
+
+from lite_controlnet import load_base
+from lite_controlnet.fidelity import ProbeSettings, Variant, fidelity_curves, variant_configs
+from lite_controlnet.model import LiteControlNetModel
+from lite_controlnet.proxy_base import PROXY_BASE_DIR
+from lite_controlnet.sd_configs import SD15_UNET_CONFIG
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "lite-designs-proxy-base.json"
+
+# name -> (learning rate, settings over the default design's)
+CANDIDATES = {
+    "default": (3e-3, {}),
+    "time": (3e-3, {"feedback_time_channels": 64}),
+    "all levels + time": (3e-3, {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3, "feedback_time_channels": 64}),
+    "all levels wide + time": (3e-3, {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3, "level_channels": 96,
+                                      "feedback_channels": 64, "feedback_time_channels": 64}),
+    "time, lr 6e-3": (6e-3, {"feedback_time_channels": 64}),
+}
+
+
+def parameters(options: dict, unet_config: dict) -> int:
+    settings = {k: v for k, v in options.items() if k != "feedback_levels"}
+    if "feedback_levels" in options:  # the proxy base has 4 levels, as SD1.5
+        settings["feedback_levels"] = tuple(options["feedback_levels"])
+    if isinstance(settings.get("level_kernel_size"), list):
+        settings["level_kernel_size"] = tuple(settings["level_kernel_size"])
+    module = LiteControlNetModel.from_unet(unet_config, **settings)
+    return sum(p.numel() for p in module.parameters())
+
+
+def report() -> dict:
+    result = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
+    print(f"| design | lr | parameters (SD1.5) | step | one-step IoU (shuffled) | sampled disk IoU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, c in result["candidates"].items():
+        for point in c["curve"]:
+            sampled = f"{point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""
+            print(f"| {name} | {c['learning_rate']:g} | {c['parameters_sd15']:,} | {point['step']} | "
+                  f"{point['one_step_iou']:.3f} ({point['one_step_shuffled_iou']:.3f}) | {sampled} |")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=list(CANDIDATES), help="the candidate to train and score")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--work", default="outputs/fidelity", help="the fidelity study's data (shared) and these runs")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--sample-every", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.report or not args.only:
+        report()
+        return
+    torch.set_num_threads(1)
+    lr, options = CANDIDATES[args.only]
+    work = Path(args.work)
+    train_dir, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
+    slug = args.only.replace(" ", "-").replace(",", "").replace("+", "and")
+    config = variant_configs([Variant("lite", lr, args.seed)], train_dir, work, args.steps, base=str(PROXY_BASE_DIR),
+                             resolution=32, batch_size=16)
+    (label, cfg), = config.items()
+    cfg = dataclasses.replace(cfg, control_options=options or None, output=str(work / f"design-{slug}-seed{args.seed}"))
+    result = fidelity_curves({label: cfg}, load_base(str(PROXY_BASE_DIR)), heldout, args.eval_every, args.sample_every,
+                             ProbeSettings(), log=lambda line: print(line, flush=True),
+                             state=work / f"design-state-{slug}-seed{args.seed}.json")
+    all_results = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
+    all_results["machine"] = machine_description(1)
+    all_results["candidates"][args.only] = {
+        "learning_rate": lr, "options": options, "seed": args.seed, "steps": args.steps,
+        "parameters_sd15": parameters(options, SD15_UNET_CONFIG),
+        "text_only": {"one_step_iou": result["text_only"]["one_step"]["disk_iou"],
+                      "sampled_iou": result["text_only"]["sampling"]["disk_iou"]},
+        "curve": [{k: v for k, v in p.items() if k in ("step", "one_step_iou", "one_step_shuffled_iou")}
+                  | ({"sampling": {"disk_iou": p["sampling"]["disk_iou"], "edge_f1": p["sampling"]["edge_f1"]}}
+                     if "sampling" in p else {})
+                  for p in result["curves"][label]],
+    }
+    OUT.write_text(json.dumps(all_results, indent=1) + "\n")
+    report()
+
+
+if __name__ == "__main__":
+    main()
