@@ -129,40 +129,39 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML file of settings; `overrides` win over the file."""
-        return cls.from_dict({**read_settings(path), **overrides}, source=str(path))
+        return cls.from_dict({**cls.read_file(path), **overrides}, source=str(path))
 
-
-def read_settings(path: str | Path) -> dict[str, Any]:
-    """The settings in a JSON or YAML file, as written (`TrainConfig.from_dict` checks them)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ValueError(f"Cannot read the config file {path}: {error.strerror or error}.") from error
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected JSON or "
-                         "YAML settings.") from error
-    if path.suffix in (".yaml", ".yml"):
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """The settings in a JSON or YAML file, as written (`from_dict` checks them)."""
+        path = Path(path)
         try:
-            import yaml
-        except ImportError as error:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON.") from error
-        try:
-            values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f", line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ValueError(f"{path}{where}: not valid YAML ({problem}).") from error
-    else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
-    return values
-
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"Cannot read the config file {path}: {error.strerror or error}.") from error
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected JSON or "
+                             "YAML settings.") from error
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as error:
+                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON.") from error
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f", line {mark.line + 1}" if mark is not None else ""
+                problem = getattr(error, "problem", None) or type(error).__name__
+                raise ValueError(f"{path}{where}: not valid YAML ({problem}).") from error
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
+        return values
 
 _HINTS = get_type_hints(TrainConfig)
 # Whole-number settings: (lowest, highest or None). Upper limits catch typos, not wishes.
@@ -268,7 +267,7 @@ def config_from_args(args: Any) -> TrainConfig:
     `--preset` (whose learning rate is that of the control kind the run trains)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     path = getattr(args, "config", None)
-    values = {**(read_settings(path) if path else {}), **given}
+    values = {**(TrainConfig.read_file(path) if path else {}), **given}
     if getattr(args, "preset", None):
         kind = values.get("control", "lite")
         values = {**get_preset(args.preset).train_settings(kind if isinstance(kind, str) else "lite"), **values}
