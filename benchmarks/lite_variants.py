@@ -22,9 +22,9 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import TrainConfig, load_base, load_control
+from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.compare import train_measured
 from lite_controlnet.fidelity import ProbeSettings, sample_scores, score_module
-from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,8 +22,8 @@ from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
 from sd15 import sd15_scheduler
 
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, load_base
+from lite_controlnet.bases.tiny import make_tiny_base
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG
-from lite_controlnet.tiny_base import make_tiny_base
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,10 +29,11 @@ import torch
 
 from machine import cpu_model
 
+from lite_controlnet.bases import PROXY_BASE_DIR
+from lite_controlnet.bases.proxy_training import PROBE_DATA_SEED
 from lite_controlnet.fill50k import fill50k_spec
 from lite_controlnet.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
 from lite_controlnet.pipeline import LiteControlNetPipeline
-from lite_controlnet.proxy_base import PROBE_DATA_SEED, PROXY_BASE_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results" / "proxy_base.json"
 

@@ -24,8 +24,8 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import TrainConfig, train
+from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.logs import LossLog
-from lite_controlnet.proxy_base import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet")

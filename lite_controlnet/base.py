@@ -1,10 +1,10 @@
 """Load the frozen base model (SD1.5 or any SD-style folder) as separate components.
 
 Real use passes a Hugging Face Hub id (default SD1.5) or a local folder in the diffusers
-layout. `"tiny"` builds a small random stand-in (see `tiny_base.py`) once and loads it
+layout. `"tiny"` builds a small random stand-in (see `bases/tiny.py`) once and loads it
 through the same code path, so tests and demos run offline.
 
-`"proxy"` is the small pixel-space base the package ships (see `proxy_base.py`): trained on
+`"proxy"` is the small pixel-space base the package ships (see `bases/proxy.py`): trained on
 synthetic Fill50k, it draws a disk in the prompt's colours, so learning can be judged offline.
 
 A base may have no VAE (a `vae/` folder is absent, or `model_index.json` lists it as null):
@@ -75,14 +75,14 @@ def cache_dir() -> Path:
 def resolve_base(base: str | Path) -> str:
     """Turn the aliases ("tiny", "proxy") into a folder; pass hub ids and folders through."""
     if str(base) == PROXY_BASE:
-        from .proxy_base import PROXY_BASE_DIR
+        from .bases import PROXY_BASE_DIR
 
         if not (PROXY_BASE_DIR / "model_index.json").is_file():
             raise BaseModelError(f"The proxy base is not in this install ({PROXY_BASE_DIR}); train one with "
                                  "`python -m lite_controlnet make-proxy-base DIR` and pass --base DIR.")
         return str(PROXY_BASE_DIR)
     if str(base) == TINY_BASE:
-        from .tiny_base import make_tiny_base
+        from .bases.tiny import make_tiny_base
 
         folder = cache_dir() / "tiny-sd"
         if not (folder / "model_index.json").is_file():

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write, write_atomic
 from .base import BaseModels
 from .data import DatasetError, PairedDataset
 from .errors import disk_full, require_space
@@ -103,7 +104,7 @@ def build_cache(
         prompts = json.loads(prompts_file.read_text())
     else:
         prompts = list(dict.fromkeys([""] + [r.prompt for r in dataset.records]))
-        _atomic_write(prompts_file, json.dumps(prompts).encode())
+        write_atomic(prompts_file, json.dumps(prompts))
     ids = {p: i for i, p in enumerate(prompts)}
     prompt_ids = np.array([ids[r.prompt] for r in dataset.records], dtype=np.int32)
 
@@ -221,7 +222,7 @@ def _forget_stale(dataset: PairedDataset, folder: Path, done: np.ndarray, done_f
         done[stale] = False
         _atomic_write_npy(done_file, done)  # before the new stamps: a kill in between re-encodes them anyway
     if stamps != previous:
-        _atomic_write(stamps_file, json.dumps(stamps).encode())
+        write_atomic(stamps_file, json.dumps(stamps))
 
 
 def _encode(base: BaseModels, pixels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -231,13 +232,6 @@ def _encode(base: BaseModels, pixels: torch.Tensor, device: torch.device | str) 
     return vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mean * vae.config.scaling_factor
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(path.name + ".partial.npy")
-    np.save(partial, array)
-    os.replace(partial, path)
+    with atomic_write(path) as partial, open(partial, "wb") as file:
+        np.save(file, array)  # a file object: given a name without .npy, np.save would add it

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import torch
 
+from .atomic import fsync_file, write_atomic
 from .errors import USAGE, ReportedError, disk_full, require_space
 from .lock import RunLock, RunLockedError, pid_alive
 
@@ -93,11 +94,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 # -- writing -----------------------------------------------------------------------------------
 
 
@@ -141,7 +137,7 @@ def _stage(local: Path, files: dict[str, dict[str, Any]], staging: Path, what: s
         for rel in files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local / rel, staging / rel)
-            _fsync_file(staging / rel)
+            fsync_file(staging / rel)
         for rel, expected in files.items():
             if _sha256(staging / rel) != expected["sha256"]:
                 raise CheckpointError(f"{staging / rel} differs from what was written: the disk at {staging.parent} "
@@ -155,10 +151,7 @@ def _stage(local: Path, files: dict[str, dict[str, Any]], staging: Path, what: s
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    partial = folder / (MANIFEST + ".partial")
-    partial.write_text(json.dumps(manifest, indent=1))
-    _fsync_file(partial)
-    os.replace(partial, folder / MANIFEST)
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1), fsync=True)
 
 
 def save_checkpoint(output: str | Path, step: int, write: Callable[[Path], None], keep: int = 2,

@@ -11,9 +11,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .base import DEFAULT_BASE
 from .errors import USAGE, UsageError, run_command
+from .presets import PRESETS, Preset
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +34,7 @@ def _make_fill50k(args: argparse.Namespace) -> None:
 
 
 def _make_tiny_base(args: argparse.Namespace) -> None:
-    from .tiny_base import make_tiny_base
+    from .bases.tiny import make_tiny_base
 
     out = Path(args.out_dir)
     if (out / "model_index.json").exists() and not args.overwrite:
@@ -65,43 +67,26 @@ def _new_output(args: argparse.Namespace, suffixes: tuple[str, ...] | None = Non
     return out
 
 
-def _device(name: str | None) -> str:
-    """`--device`, checked: a device this machine has (default: cuda when available, else cpu)."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device: expected cuda, cuda:N, cpu or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise UsageError(f"--device {name}: {why}; use --device cpu (or omit --device).")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu.")
-    if device.type not in ("cuda", "cpu", "mps"):
-        raise UsageError(f"--device {name}: expected cuda, cuda:N, cpu or mps.")
-    return str(device)
-
-
 def _check_seed(seed: int) -> None:
     if not 0 <= seed < 2**63:
         raise UsageError(f"--seed {seed} is invalid: expected a whole number from 0 to 2**63 - 1.")
 
 
-def _pipeline(args: argparse.Namespace, device: str, **kwargs):
-    """The pipeline of `--base` and `--control-model` on `device` (fp16 on CUDA)."""
-    import torch
+def _device(args: argparse.Namespace) -> tuple[str, Any]:
+    """`--device`, checked (a device this machine has; default: cuda when available, else cpu), and
+    the dtype to sample in there."""
+    from .hardware import inference_device
 
+    return inference_device(args.device, what="--device")
+
+
+def _pipeline(args: argparse.Namespace, device: str, dtype: Any, **kwargs):
+    """The pipeline of `--base` and `--control-model` on `device`, in `dtype`."""
     from .pipeline import LiteControlNetPipeline
 
     if args.control_model is not None and not Path(args.control_model).is_dir():
         raise UsageError(f"--control-model {args.control_model} is not a folder; expected one written by training "
                          "(e.g. runs/run1/final).")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     return LiteControlNetPipeline.from_base(args.base, controlnet=args.control_model, torch_dtype=dtype,
                                             device=device, **kwargs)
 
@@ -126,10 +111,10 @@ def _sample(args: argparse.Namespace) -> None:
     check_sampling_args(args.steps, args.guidance, args.scale)  # height and width: by the base, once loaded
     _check_seed(args.seed)
     out = _new_output(args)
-    device = _device(args.device)
+    device, dtype = _device(args)
     image = _read_control_image(args.image) if args.image else None
     # 2. sample
-    pipe = _pipeline(args, device, scheduler=args.scheduler)
+    pipe = _pipeline(args, device, dtype, scheduler=args.scheduler)
     result = pipe(
         args.prompt,
         image,
@@ -167,8 +152,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
         raise UsageError(f"--resolution {args.resolution} is invalid: expected a multiple of 8 (e.g. 512).")
     out = _new_output(args, suffixes=(".json",))
-    device = _device(args.device)
-    pipe = _pipeline(args, device)
+    pipe = _pipeline(args, *_device(args))
     pipe.set_progress_bar_config(disable=True)
     base = pipe.base_models()
     if not 0 <= args.one_step_t < pipe.scheduler.config.num_train_timesteps:
@@ -194,13 +178,27 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _make_proxy_base(args: argparse.Namespace) -> None:
-    from .proxy_base import main as proxy_main
+    from .bases.proxy_training import main as proxy_main
 
     proxy_main(args.args[1:] if args.args[:1] == ["--"] else args.args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _preset_flags(preset: Preset) -> dict[str, dict[str, Any]]:
+    """The flags `--preset` sets, per command (those of `train`: see `config_from_args`)."""
+    sampling = {"base": preset.base, "guidance": preset.guidance}
+    return {"make-fill50k": {"num": preset.num_samples, "size": preset.resolution}, "sample": sampling,
+            "evaluate": sampling}
+
+
+def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with `preset`, the flags it sets default to its values."""
     from .config import add_config_arguments, parse_bool
+
+    def add_preset(p: argparse.ArgumentParser, sets: str) -> None:
+        p.add_argument("--preset", choices=list(PRESETS), default=None,
+                       help=f"the {sets} of a run size (lite_controlnet.presets): quick, the small base the package "
+                            "ships, 32 px, a few minutes on a CPU; demo, quick for two epochs. Flags given win")
+
     parser = _Parser(prog="lite_controlnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in out_dir")
+    add_preset(p, "--num and --size")
     p.set_defaults(func=_make_fill50k)
 
     p = commands.add_parser("make-tiny-base", help="write a tiny random SD stack for offline tests and demos")
@@ -243,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
     p.add_argument("--out", default="out.png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_preset(p, "--base and --guidance")
     p.set_defaults(func=_sample)
 
     p = commands.add_parser("evaluate", help="sample held-out Fill50k pairs and score disk IoU, colours, edges")
@@ -262,24 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="report.json")
     p.add_argument("--overwrite", action="store_true")
+    add_preset(p, "--base and --guidance")
     p.set_defaults(func=_evaluate)
-
 
     p = commands.add_parser("train", help="train a control module (resumes from --output's checkpoints)")
     p.add_argument("--config", default=None, help="JSON or YAML file of TrainConfig settings (flags win)")
+    add_preset(p, "base, resolution, batch size, epochs, learning rate (the control kind's) and workers")
     add_config_arguments(p)
     p.set_defaults(func=_train)
+    if preset is not None:
+        for command, flags in _preset_flags(preset).items():
+            commands.choices[command].set_defaults(**flags)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command and its settings; a `--preset` supplies the flags it sets that `argv` leaves out."""
+    if argv[:1] == ["make-proxy-base"]:  # its own parser, flags and --help included
+        argv = ["make-proxy-base", "--", *argv[1:]]
+    args = build_parser().parse_args(argv)
+    if getattr(args, "preset", None):  # again, with the preset's values as the defaults of its flags
+        args = build_parser(PRESETS[args.preset]).parse_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run one command; an expected error exits with its code after one line on stderr."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line
-    argv = [a for a in argv if a != "--debug"]
-    if argv[:1] == ["make-proxy-base"]:  # its own parser, flags and --help included
-        argv = ["make-proxy-base", "--", *argv[1:]]
-    args = build_parser().parse_args(argv)
+    args = parse_args([a for a in argv if a != "--debug"])
     code = run_command(lambda: args.func(args), debug=debug)
     if code:
         raise SystemExit(code)

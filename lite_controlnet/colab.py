@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .atomic import atomic_write
+
 DRIVE_MOUNT = Path("/content/drive")
 
 
@@ -34,12 +36,15 @@ def mount_drive(mount_point: str | Path = DRIVE_MOUNT) -> Path | None:
     return Path(mount_point) / "MyDrive"
 
 
-def run_folder(name: str, local_root: str | Path = "outputs") -> Path:
-    """Where a run keeps checkpoints and outputs: `MyDrive/lite-controlnet/<name>` in Colab
-    (mounting Drive if needed), else `<local_root>/<name>`."""
-    drive = mount_drive() if in_colab() else None
-    root = drive / "lite-controlnet" if drive is not None else Path(local_root)
-    folder = root / name
+def run_folder(name: str, local_root: str | Path = "outputs", output: str | Path | None = None) -> Path:
+    """Where a run keeps checkpoints and outputs, created: `output` when given (a notebook's
+    OUTPUT_DIR), else `MyDrive/lite-controlnet/<name>` in Colab (mounting Drive if needed), else
+    `<local_root>/<name>`."""
+    if output:
+        folder = Path(output)
+    else:
+        drive = mount_drive() if in_colab() else None
+        folder = (drive / "lite-controlnet" if drive is not None else Path(local_root)) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -56,16 +61,14 @@ def copy_to_local(source: str | Path, destination: str | Path) -> Path:
     if not source.exists():
         raise FileNotFoundError(f"Dataset {source} does not exist: pass a folder with prompt.json "
                                 "(or metadata.jsonl), or a .zip of one.")
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if source.is_file() and source.suffix == ".zip":
-        with zipfile.ZipFile(source) as archive:
-            archive.extractall(partial)
-    elif source.is_dir():
-        shutil.copytree(source, partial)
-    else:
-        raise ValueError(f"{source} is neither a folder nor a .zip file.")
-    partial.rename(destination)
+    with atomic_write(destination) as partial:
+        if source.is_file() and source.suffix == ".zip":
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(partial)
+        elif source.is_dir():
+            shutil.copytree(source, partial)
+        else:
+            raise ValueError(f"{source} is neither a folder nor a .zip file.")
     return _dataset_root(destination)
 
 

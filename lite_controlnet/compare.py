@@ -29,13 +29,12 @@ from typing import Any
 
 import PIL.Image
 import torch
-from PIL import ImageDraw
 
 from .base import BaseModels
 from .config import TrainConfig
 from .data import PairedDataset
 from .fill50k import render_fill50k_sample
-from .grids import prompt_tile
+from .grids import table_grid
 from .logs import LossLog
 from .pipeline import LiteControlNetPipeline
 from .trainer import train
@@ -193,9 +192,9 @@ def held_out_samples(count: int, size: int, seed: int = 0) -> list[tuple[PIL.Ima
 
 
 def pipeline_for(base: BaseModels, control: torch.nn.Module | None) -> LiteControlNetPipeline:
-    """A sampling pipeline over an already loaded base (shared, not copied) and a control module."""
-    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-    pipe.set_scheduler("unipc")
+    """A sampling pipeline (UniPC, no progress bar) over an already loaded base (shared, not copied)
+    and a control module."""
+    pipe = LiteControlNetPipeline.from_base(base, control)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -309,15 +308,7 @@ def sample_grid(samples: Sequence[tuple[PIL.Image.Image, str]], sampling: dict[s
     """Prompt | control | one column per module, for the first `count` samples (same seed per row).
 
     Tiles are the images' size, enlarged to at least 128 px (nearest neighbour) for legible prompts."""
-    tile = max(128, samples[0][0].size[0])
     kinds = list(sampling)
-    header = 20
-    grid = PIL.Image.new("RGB", (tile * (2 + len(kinds)), header + tile * min(count, len(samples))), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, title in enumerate(["prompt", "control", *kinds]):
-        draw.text((c * tile + 4, 4), title, fill="black")
-    for r, (control, prompt) in enumerate(samples[:count]):
-        tiles = [prompt_tile(prompt, tile), control, *(sampling[k].images[r] for k in kinds)]
-        for c, image in enumerate(tiles):
-            grid.paste(image.convert("RGB").resize((tile, tile), PIL.Image.NEAREST), (c * tile, header + r * tile))
-    return grid
+    rows = [[prompt, control, *(sampling[k].images[r] for k in kinds)]
+            for r, (control, prompt) in enumerate(samples[:count])]
+    return table_grid(["prompt", "control", *kinds], rows, band=20)

@@ -16,6 +16,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .base import DEFAULT_BASE
+from .presets import get_preset
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
@@ -141,6 +142,11 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML file of settings; `overrides` win over the file."""
+        return cls.from_dict({**cls.read_file(path), **overrides}, source=str(path))
+
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """The settings in a JSON or YAML file, as written (`from_dict` checks them)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -168,7 +174,7 @@ class TrainConfig:
                 raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
-        return cls.from_dict({**values, **overrides}, source=str(path))
+        return values
 
 _HINTS = get_type_hints(TrainConfig)
 # Whole-number settings: (lowest, highest or None). Upper limits catch typos, not wishes.
@@ -270,11 +276,17 @@ def parse_bool(text: str) -> bool:
 
 
 def config_from_args(args: Any) -> TrainConfig:
-    """A `TrainConfig` from parsed CLI flags, over an optional `--config` file."""
+    """A `TrainConfig` from parsed CLI flags, over an optional `--config` file, over an optional
+    `--preset` (whose learning rate is that of the control kind the run trains)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    if getattr(args, "config", None):
-        return TrainConfig.from_file(args.config, **given)
-    missing = [f"--{name}" for name in ("data", "output") if name not in given]
+    path = getattr(args, "config", None)
+    values = {**(TrainConfig.read_file(path) if path else {}), **given}
+    if getattr(args, "preset", None):
+        kind = values.get("control", "lite")
+        values = {**get_preset(args.preset).train_settings(kind if isinstance(kind, str) else "lite"), **values}
+    if path:
+        return TrainConfig.from_dict(values, source=str(path))
+    missing = [f"--{name}" for name in ("data", "output") if name not in values]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)} (or a --config file that sets them).")
-    return TrainConfig(**given)
+    return TrainConfig(**values)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .colours import COLOURS, NamedColour
 
 __all__ = [
@@ -225,11 +226,9 @@ def make_fill50k(
                     prompts[start : start + len(chunk)] = chunk
                     bar.update(len(chunk))
 
-    # Write to a temporary name and rename, so prompt.json is either complete or absent.
-    partial = out_dir / "prompt.json.partial"
-    with open(partial, "w", encoding="utf-8") as file:
+    # prompt.json last, whole or not at all: a folder with it holds every pair
+    with atomic_write(manifest) as partial, open(partial, "w", encoding="utf-8") as file:
         for index, prompt in enumerate(prompts):
             record = {"source": f"source/{index}.png", "target": f"target/{index}.png", "prompt": prompt}
             file.write(json.dumps(record) + "\n")
-    os.replace(partial, manifest)
     return out_dir

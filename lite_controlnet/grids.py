@@ -1,4 +1,7 @@
-"""The per-epoch picture: one row per validation sample, with the columns
+"""Pictures made of square tiles under column titles: `table_grid` makes every one (the
+per-epoch grid, the evaluation's, the comparison's, the strength strip).
+
+The per-epoch picture (`make_grid`): one row per validation sample, with the columns
 Prompt | Control | Reconstruction | Text only | Samples.
 
 - Reconstruction: the target through the VAE, as ControlNet's image logger shows it;
@@ -9,6 +12,7 @@ Prompt | Control | Reconstruction | Text only | Samples.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -26,7 +30,8 @@ class GridRow:
     sample: Image.Image
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at `size` px (its one fixed size before Pillow 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
@@ -39,7 +44,7 @@ def prompt_tile(prompt: str, size: int) -> Image.Image:
     font_size = max(8, size // 12)
     chars_per_line = max(8, int(size / (font_size * 0.55)))
     text = "\n".join(textwrap.wrap(prompt, chars_per_line)) or "(empty prompt)"
-    ImageDraw.Draw(tile).multiline_text((4, 4), text, fill="black", font=_font(font_size))
+    ImageDraw.Draw(tile).multiline_text((4, 4), text, fill="black", font=label_font(font_size))
     return tile
 
 
@@ -51,21 +56,31 @@ def make_grid(rows: list[GridRow], tile: int | None = None, title: str | None = 
     return table_grid(COLUMNS, cells, tile=tile, title=title)
 
 
-def table_grid(columns: tuple[str, ...], rows: list[list[Image.Image | str]], tile: int | None = None,
-               title: str | None = None) -> Image.Image:
-    """A titled table of square tiles; a text cell is rendered as a prompt tile."""
+def table_grid(columns: Sequence[str], rows: Sequence[Sequence[Image.Image | str]], tile: int | None = None,
+               title: str | None = None, band: int = HEADER) -> Image.Image:
+    """A table of square tiles under a band of column titles.
+
+    Args:
+        columns: the column titles.
+        rows: the cells of each row: images, enlarged or shrunk to the tile (nearest neighbour, so
+            pixels stay exact), or texts, drawn as prompt tiles.
+        tile: the tiles' size in pixels; None: the first image's width, at least 128 px (small
+            images are enlarged, for legible titles).
+        title: a line above the column titles, in a band of its own.
+        band: the height of the band of column titles (and of the title's).
+    """
     if not rows or any(len(row) != len(columns) for row in rows):
         raise ValueError(f"table_grid needs rows of {len(columns)} cells ({', '.join(columns)}).")
     first_image = next(c for c in rows[0] if isinstance(c, Image.Image))
-    tile = tile or max(128, first_image.size[0])  # small images are enlarged, for legible titles
-    header = HEADER + (HEADER if title else 0)
+    tile = tile or max(128, first_image.size[0])
+    header = band * (2 if title else 1)
     grid = Image.new("RGB", (tile * len(columns), header + tile * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
-    font = _font(14)
+    font = label_font(14)
     if title:
         draw.text((4, 4), title, fill="black", font=font)
     for c, name in enumerate(columns):
-        draw.text((c * tile + 4, header - HEADER + 4), name, fill="black", font=font)
+        draw.text((c * tile + 4, header - band + 4), name, fill="black", font=font)
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             image = prompt_tile(cell, tile) if isinstance(cell, str) else cell.convert("RGB").resize((tile, tile), Image.NEAREST)

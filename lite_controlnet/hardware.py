@@ -66,6 +66,32 @@ def detect_device(max_gpu_memory: float | None = None) -> DeviceInfo:
     return DeviceInfo("cpu", f"CPU ({os.cpu_count()} cores)", system_ram=ram)
 
 
+def inference_device(name: str | None = None, what: str = "device") -> tuple[str, torch.dtype]:
+    """Where to sample (or encode) and in which dtype: fp16 on a CUDA GPU, fp32 elsewhere.
+
+    Args:
+        name: a device this machine has ("cuda", "cuda:1", "cpu", "mps"); None: the GPU when
+            there is one, else the CPU.
+        what: how error messages name the setting (the CLI says "--device").
+    """
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{what} {name!r} is not a device: expected cuda, cuda:N, cpu or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"{what} {name}: {why}; use cpu (or leave {what} unset).")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} {name}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{what} {name}: Apple MPS is not available here; use cpu (or leave {what} unset).")
+    if device.type not in ("cuda", "cpu", "mps"):
+        raise ValueError(f"{what} {name}: expected cuda, cuda:N, cpu or mps.")
+    return str(device), torch.float16 if device.type == "cuda" else torch.float32
+
+
 def _system_ram() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -115,7 +115,7 @@ class LiteControlNetPipeline(DiffusionPipeline):
     @classmethod
     def from_base(
         cls,
-        base: str | Path = DEFAULT_BASE,
+        base: str | Path | BaseModels = DEFAULT_BASE,
         controlnet: torch.nn.Module | str | Path | None = None,
         scheduler: str = "unipc",
         torch_dtype: torch.dtype | None = None,
@@ -125,13 +125,14 @@ class LiteControlNetPipeline(DiffusionPipeline):
         """Assemble a pipeline from a base model and a control module.
 
         Args:
-            base: hub id, local folder or "tiny" (see `load_base`).
+            base: hub id, local folder, "proxy" or "tiny" (see `load_base`), or a base already
+                loaded (`BaseModels`: its networks are shared, not copied).
             controlnet: a control module, the folder of one (`save_pretrained`), or None.
             scheduler: "unipc" (default, good in 20 steps) or "ddim".
-            torch_dtype: e.g. torch.float16 on a GPU.
+            torch_dtype: e.g. torch.float16 on a GPU, for what is loaded here.
             device: where to run.
         """
-        models = load_base(base, torch_dtype=torch_dtype, **load_kwargs)
+        models = base if isinstance(base, BaseModels) else load_base(base, torch_dtype=torch_dtype, **load_kwargs)
         if isinstance(controlnet, (str, Path)):
             verify_module_folder(controlnet)  # flipped bytes would change the image silently
             controlnet = load_control(controlnet, **({"torch_dtype": torch_dtype} if torch_dtype else {}))

@@ -89,15 +89,21 @@ class EpochEnd:
     output: Path
 
 
+# What a derived seed is drawn for (its last number): each purpose gets its own random stream.
+DATA_ORDER = 1  # the order of the samples in an epoch
+STEP_DRAWS = 2  # a step's noise, timesteps and prompt dropout
+MODULE_INIT = 3  # the control module's initial weights
+
+
 def derived_seed(*numbers: int) -> int:
-    """A 63-bit seed mixed from several integers (seed, epoch or step, purpose)."""
+    """A 63-bit seed mixed from several integers (seed, epoch or step, purpose: `DATA_ORDER`, ...)."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(2, dtype=np.uint32).astype(np.uint64)
                .dot([1 << 31, 1])) & ((1 << 63) - 1)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     """The order of the samples in `epoch`, fixed by `seed`."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch, 1))).tolist()
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch, DATA_ORDER))).tolist()
 
 
 def draw_timesteps(sampling: str, count: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
@@ -241,7 +247,7 @@ class Trainer:
         acc.wait_for_everyone()
         self.cache = build_cache(self.dataset, self.base, cfg.cache_path, cfg.base, device=acc.device, progress=False)
         # 4. the control module, in fp32 (master weights), and the plan
-        torch.manual_seed(derived_seed(cfg.seed, 0, 3))  # the module's initial weights follow the seed
+        torch.manual_seed(derived_seed(cfg.seed, 0, MODULE_INIT))  # the module's initial weights follow the seed
         try:
             self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
                                          **(cfg.control_options or {}))
@@ -303,7 +309,7 @@ class Trainer:
 
     def _draws(self, step: int, count: int, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """Noise, timesteps and prompt dropout of `step`, for this process's `count` samples."""
-        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, step, 2))
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, step, STEP_DRAWS))
         # Draw for the whole effective batch, then take this process's share: the same samples
         # get the same draws whatever the number of processes or the per-step batch.
         total = self.cfg.batch_size

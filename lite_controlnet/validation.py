@@ -8,6 +8,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .atomic import atomic_write
 from .base import BaseModels
 from .cache import TrainingCache
 from .data import PairedDataset
@@ -35,8 +36,7 @@ def validation_grid(
     was_training = control.training
     control.eval()
     device = base.unet.device
-    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-    pipe.set_scheduler("unipc")
+    pipe = LiteControlNetPipeline.from_base(base, control)  # UniPC
     pipe.set_progress_bar_config(disable=True)
     items = [dataset[i] for i in indices]
     prompts = [item["prompt"] for item in items]
@@ -64,7 +64,6 @@ def validation_grid(
 def save_grid(grid: PIL.Image.Image, output: str | Path, name: str) -> Path:
     path = Path(output) / "samples" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.png")
-    grid.save(partial)
-    partial.replace(path)
+    with atomic_write(path) as partial:
+        grid.save(partial, format="PNG")
     return path

@@ -27,8 +27,9 @@ import ipywidgets as w
 import PIL.Image
 import PIL.ImageOps
 import torch
-from PIL import ImageDraw, ImageFont
+from PIL import ImageDraw
 
+from .grids import table_grid
 from .logs import LossLog
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "uploaded_image",
 ]
 
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")  # what the trainer writes; `.partial.png` is skipped
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.png$")  # what the trainer writes; other names (a grid being written) are not epochs
 _SLIDER_STYLE = {"description_width": "110px"}
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_PROMPT = "red circle with blue background"  # without a dataset to take prompts from
@@ -67,13 +68,6 @@ def _png(image: PIL.Image.Image) -> bytes:
 
 def _error_html(error: BaseException) -> str:
     return f"<span style='color:#b00020'>{html.escape(type(error).__name__)}: {html.escape(str(error))}</span>"
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
 
 
 # -- control images -----------------------------------------------------------------------------
@@ -125,19 +119,6 @@ def _tensor_to_pil(control: torch.Tensor) -> PIL.Image.Image:
     """A 3xHxW tensor in [0, 1] as an RGB image."""
     array = (control.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return PIL.Image.fromarray(array)
-
-
-def _captioned_row(images: Sequence[PIL.Image.Image], captions: Sequence[str], header: int = 20) -> PIL.Image.Image:
-    """Square tiles side by side with a caption above each; tiles are the first image's width,
-    enlarged to at least 128 px (nearest neighbour, so pixels stay exact) for legible captions."""
-    tile = max(128, images[0].size[0])
-    row = PIL.Image.new("RGB", (tile * len(images), header + tile), "white")
-    draw = ImageDraw.Draw(row)
-    font = _font(14)
-    for k, (image, caption) in enumerate(zip(images, captions)):
-        row.paste(image.convert("RGB").resize((tile, tile), PIL.Image.NEAREST), (k * tile, header))
-        draw.text((k * tile + 3, 3), caption, fill="black", font=font)
-    return row
 
 
 # -- the grids of a training run ----------------------------------------------------------------
@@ -423,7 +404,7 @@ class SamplePanel:
         """The control image, then one image per strength, all with the same seed; shown and returned."""
         control = self.control_image()
         images = [self._sample(s, control) for s in strengths]
-        strip = _captioned_row([control, *images], ["control", *(f"strength {s:g}" for s in strengths)])
+        strip = table_grid(["control", *(f"strength {s:g}" for s in strengths)], [[control, *images]], band=20)
         _show(self.strip, _png(strip))
         return strip
 

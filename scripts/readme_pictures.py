@@ -36,15 +36,20 @@ import time
 from datetime import date
 from pathlib import Path
 
+from lite_controlnet.config import TrainConfig
+from lite_controlnet.presets import DEMO
+
 ROOT = Path(__file__).resolve().parent.parent
 PICTURES = ROOT / "docs" / "pictures"
 MANIFEST = PICTURES / "manifest.json"
 README = ROOT / "README.md"
 BLOCK = "pictures"
-# the run of scripts/demo.sh, and 04_sample's QUICK settings (which are the demo's samples')
-RUN = {"base": "proxy", "num": 3200, "resolution": 32, "epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
-       "num_validation": 4, "validation_steps": 20}
-SAMPLING = {"steps": 20, "guidance": 3.0, "seed": 0, "strengths": [0, 0.5, 1, 1.5, 2]}
+# the run of scripts/demo.sh (the preset `demo`, its grids as TrainConfig draws them), and 04_sample's
+# QUICK settings (which are the demo's samples')
+RUN = {"base": DEMO.base, "num": DEMO.num_samples, "resolution": DEMO.resolution, "epochs": DEMO.epochs,
+       "batch_size": DEMO.batch_size, "learning_rate": DEMO.learning_rate("lite"),
+       "num_validation": TrainConfig.num_validation, "validation_steps": TrainConfig.validation_steps}
+SAMPLING = {"steps": 20, "guidance": DEMO.guidance, "seed": 0, "strengths": [0, 0.5, 1, 1.5, 2]}
 FILES = {"viewer": "epoch-viewer.png", "panel": "sample-panel.png", "strip": "strength-strip.png"}
 
 
@@ -74,13 +79,8 @@ def train_run(work: Path) -> tuple[Path, Path, float]:
     return data, work / "run", time.perf_counter() - started
 
 
-def train_config(data: Path, output: Path):
-    from lite_controlnet.config import TrainConfig
-
-    return TrainConfig(data=str(data), output=str(output), base=RUN["base"], control="lite",
-                       resolution=RUN["resolution"], epochs=RUN["epochs"], batch_size=RUN["batch_size"],
-                       learning_rate=RUN["learning_rate"], num_workers=0, num_validation=RUN["num_validation"],
-                       validation_steps=RUN["validation_steps"])
+def train_config(data: Path, output: Path) -> TrainConfig:
+    return TrainConfig(data=str(data), output=str(output), control="lite", **DEMO.train_settings("lite"))
 
 
 def tiles(png: bytes, columns: int, rows: int) -> list[list]:
@@ -138,7 +138,7 @@ def capture(data: Path, run: Path, shots: Path) -> dict:
             # the epoch viewer: 02_train with the run's own settings resumes it, finished
             driver.parametrized_copy("02_train", server.root, quick, {
                 "NUM_SAMPLES": RUN["num"], "EPOCHS": RUN["epochs"], "BATCH_SIZE": RUN["batch_size"],
-                "TRAIN_OVERRIDES": {"learning_rate": RUN["learning_rate"], "num_workers": 0,
+                "TRAIN_OVERRIDES": {"learning_rate": RUN["learning_rate"], "num_workers": DEMO.num_workers,
                                     "num_validation": RUN["num_validation"],
                                     "validation_steps": RUN["validation_steps"]}})
             page = driver.NotebookPage.open(browser, server, "02_train", viewport=(1000, 2000))

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny random SD stack on disk, loaded by tests through the real `load_base` path."""
-    from lite_controlnet.tiny_base import make_tiny_base
+    from lite_controlnet.bases.tiny import make_tiny_base
 
     return make_tiny_base(tmp_path_factory.mktemp("tiny-sd"))
 

@@ -6,7 +6,7 @@ import torch
 
 from conftest import with_scheduler_config
 from lite_controlnet import BaseModelError, load_base
-from lite_controlnet.tiny_base import tiny_vocabulary
+from lite_controlnet.bases.tiny import tiny_vocabulary
 
 
 def test_tiny_base_loads_offline_through_the_real_path(tiny_base):

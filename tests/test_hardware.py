@@ -10,6 +10,18 @@ L4 = DeviceInfo("cuda", "NVIDIA L4", (8, 9), 22 * GiB, 21 * GiB, 50 * GiB)
 CPU = DeviceInfo("cpu", "CPU (2 cores)", system_ram=24 * GiB)
 
 
+def test_inference_device_is_checked_and_brings_its_dtype():
+    from lite_controlnet.hardware import inference_device
+
+    expected = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    assert inference_device() == expected
+    assert inference_device("cpu") == ("cpu", torch.float32)
+    with pytest.raises(ValueError, match=r"^--device 'gpu' is not a device: expected cuda, cuda:N, cpu or mps\.$"):
+        inference_device("gpu", what="--device")
+    with pytest.raises(ValueError, match="device cuda:99"):
+        inference_device("cuda:99")
+
+
 def probe_from(per_sample, fixed=2 * GiB, saved_by_checkpointing=0.0, oom_above=None):
     """A fake probe: memory grows with the batch; optionally out-of-memory above a batch size."""
     calls = []

@@ -79,6 +79,16 @@ def test_original_controlnet_runs_in_the_same_pipeline(tiny_base_dir, tiny_base,
     assert np.abs(generate(pipe, control_image) - zero_init).max() > 1e-3
 
 
+def test_a_loaded_base_is_shared_and_samples_as_its_folder(pipe, tiny_base, trained_lite, control_image):
+    shared = LiteControlNetPipeline.from_base(tiny_base, controlnet=trained_lite)
+    assert shared.unet is tiny_base.unet and shared.vae is tiny_base.vae  # not copied
+    assert type(shared.scheduler).__name__ == "UniPCMultistepScheduler"
+    np.testing.assert_allclose(generate(shared, control_image), generate(pipe, control_image), atol=1e-5)
+    other = LiteControlNetModel.from_unet(tiny_base.unet, vae_scale_factor=1)
+    with pytest.raises(ValueError, match="made for another base"):
+        LiteControlNetPipeline.from_base(tiny_base, controlnet=other)
+
+
 def test_batch_of_prompts_and_images_per_prompt(pipe, control_image):
     images = pipe(["red circle with blue background", "aqua circle with old lace background"], control_image,
                   num_images_per_prompt=2, num_inference_steps=2, output_type="np",

@@ -10,14 +10,9 @@ import torch
 from lite_controlnet import LiteControlNetPipeline, build_control, load_base
 from lite_controlnet.fill50k import fill50k_spec, render_fill50k_sample
 from lite_controlnet.metrics import colour_errors, count_disks, segment_disk
-from lite_controlnet.proxy_base import (
-    PROBE_DATA_SEED,
-    PROXY_BASE_DIR,
-    ProxyRecipe,
-    make_proxy_base,
-    make_scheduler,
-    min_snr_weight,
-)
+from lite_controlnet.bases import PROXY_BASE_DIR
+from lite_controlnet.bases.proxy import ProxyRecipe, make_scheduler
+from lite_controlnet.bases.proxy_training import PROBE_DATA_SEED, make_proxy_base, min_snr_weight
 
 SMALL = ProxyRecipe(block_out_channels=(16, 16, 32, 32), text_width=32, warmup_steps=1)
 

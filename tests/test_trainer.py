@@ -392,6 +392,8 @@ def test_colab_helpers_fall_back_to_local_folders(tmp_path, fill50k_small):
 
     assert not in_colab()
     assert run_folder("run1", local_root=tmp_path) == tmp_path / "run1"
+    assert run_folder("run1", local_root=tmp_path, output=tmp_path / "mine" / "run") == tmp_path / "mine" / "run"
+    assert (tmp_path / "mine" / "run").is_dir()  # a notebook's OUTPUT_DIR, made
     with zipfile.ZipFile(tmp_path / "fill50k.zip", "w") as archive:  # zips often nest one folder
         for path in fill50k_small.rglob("*"):
             archive.write(path, Path("fill50k") / path.relative_to(fill50k_small))

@@ -44,14 +44,14 @@ def quick_run(tmp_path_factory):
     proxy base the package ships, 2 epochs of 8 steps at QUICK mode's learning rate."""
     from lite_controlnet.colab import prepare_fill50k
     from lite_controlnet.config import TrainConfig
+    from lite_controlnet.presets import QUICK
     from lite_controlnet.trainer import train
 
     root = tmp_path_factory.mktemp("browser")
-    data = prepare_fill50k(root / "data", num=32, size=32)
+    data = prepare_fill50k(root / "data", num=32, size=QUICK.resolution)
     started = time.perf_counter()
-    final = train(TrainConfig(data=str(data), output=str(root / "run"), base="proxy", resolution=32, epochs=2,
-                              batch_size=4, learning_rate=3e-3, num_workers=0, num_validation=2,
-                              validation_steps=2), progress=False)
+    settings = {**QUICK.train_settings("lite"), "epochs": 2, "batch_size": 4, "num_validation": 2, "validation_steps": 2}
+    final = train(TrainConfig(data=str(data), output=str(root / "run"), **settings), progress=False)
     print(f"quick run trained in {time.perf_counter() - started:.0f} s")
     return {"root": root, "data": data, "run": root / "run", "final": final,
             "env": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LITE_CONTROLNET_CACHE": str(root / "model-cache"),

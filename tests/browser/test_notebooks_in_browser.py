@@ -18,6 +18,7 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
+from lite_controlnet.presets import QUICK
 from lite_controlnet.widgets import circle_control
 
 from . import jupyter_driver as jd
@@ -63,8 +64,8 @@ def training(browser, server, quick_run):
     page = open_and_run(browser, server, "02_train",
                         {"QUICK": True, "DATA_DIR": str(quick_run["data"]), "OUTPUT_DIR": str(output)},
                         {"NUM_SAMPLES": 32, "EPOCHS": 2, "BATCH_SIZE": 4,
-                         "TRAIN_OVERRIDES": {"learning_rate": 3e-3, "num_workers": 0, "num_validation": 2,
-                                             "validation_steps": 2}})
+                         "TRAIN_OVERRIDES": {"learning_rate": QUICK.learning_rate("lite"), "num_workers": 0,
+                                             "num_validation": 2, "validation_steps": 2}})
     page.output_dir = output
     yield page
     page.close()
