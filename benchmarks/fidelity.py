@@ -39,7 +39,7 @@ from lite_controlnet.fidelity import (
     variant_configs,
 )
 from lite_controlnet.fidelity_seeds import combine_seeds, plot_seeds
-from lite_controlnet.proxy_base import PROXY_BASE_DIR
+from lite_controlnet.bases import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,7 +26,7 @@ from machine import machine_description
 from lite_controlnet import load_base
 from lite_controlnet.fidelity import ProbeSettings, Variant, fidelity_curves, variant_configs
 from lite_controlnet.model import LiteControlNetModel
-from lite_controlnet.proxy_base import PROXY_BASE_DIR
+from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG
 
 HERE = Path(__file__).resolve().parent
@@ -41,8 +41,6 @@ CANDIDATES = {
     "uniform timesteps": ("lite", 3e-3, ONE, UNIFORM),
     "time": ("lite", 3e-3, {**ONE, "feedback_time_channels": 64}, UNIFORM),
     "all levels + time": ("lite", 3e-3, {**ONE, **ALL_LEVELS, "feedback_time_channels": 64}, UNIFORM),
-    "all levels wide + time": ("lite", 3e-3, {**ONE, **ALL_LEVELS, "level_channels": 96, "feedback_channels": 64,
-                                              "feedback_time_channels": 64}, UNIFORM),
     "lr 6e-3": ("lite", 6e-3, ONE, UNIFORM),
     "cubic timesteps": ("lite", 3e-3, ONE, CUBIC),
     "cubic timesteps, all levels": ("lite", 3e-3, {**ONE, **ALL_LEVELS}, CUBIC),

@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .checkpoint import list_checkpoints
 from .compare import TrainingStats, train_measured
 from .config import TIMESTEP_SAMPLINGS, TrainConfig
@@ -234,9 +234,7 @@ def fidelity_curves(
 def _write_json(path: Path, value: dict) -> None:
     """Write `path` whole or not at all (a disconnect mid-write leaves the previous file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(value, indent=1) + "\n")
 
 
 def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, TrainingStats]:

@@ -138,8 +138,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
             controlnet = load_control(controlnet, **({"torch_dtype": torch_dtype} if torch_dtype else {}))
         if controlnet is not None:
             check_control_fits(controlnet, models.unet, models.vae_scale_factor)
-        elif controlnet is not None and torch_dtype is not None and controlnet.dtype != torch_dtype:
-            controlnet = controlnet.to(dtype=torch_dtype)
+            if torch_dtype is not None and controlnet.dtype != torch_dtype:  # a module given in memory
+                controlnet = controlnet.to(dtype=torch_dtype)
         pipe = cls(
             vae=models.vae,
             text_encoder=models.text_encoder,

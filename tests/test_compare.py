@@ -96,7 +96,7 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
         assert set(sampling[kind].scores) == {"disk_iou", "circle_colour_error_none", "count"}
     for kind, count in parameters.items():  # what was trained and saved, counted as built
         assert count == sum(p.numel() for p in build_control(kind, tiny_base.unet).parameters()), kind
-    assert parameters["controlnet"] > 4 * parameters["lite"]
+    assert parameters["controlnet"] > 3 * parameters["lite"]  # on the tiny base; at SD1.5 size 250x (test_model)
 
     again = train_measured(configs["lite"], progress=False)  # already complete: nothing trained, no memory
     assert again.steps == 2 and again.peak_memory is None and again.step_seconds == training["lite"].step_seconds

@@ -5,9 +5,10 @@ control says.
 Scored with the one-step probe on held-out pairs (noised to t=800, predicted in one UNet call):
 steadier than full sampling this early. A shuffled control (each sample given another's
 outline) must not help, which separates following the control from drawing any disk.
-Measured on this 2-core machine with the shipped base (7,000 steps), module seed 0, lr 3e-3:
-one-step disk IoU 0.643 without control, 0.715 with the trained module, 0.635 with shuffled
-controls; edge F1 0.574, 0.750 and 0.521. (The seed's design at 1e-3 gave 0.709 and 0.698.)
+Measured on this 2-core machine with the shipped base (7,000 steps), module seed 0, lr 3e-3
+(the default design, cubic timesteps): one-step disk IoU 0.643 without control, 0.726 with the
+trained module, 0.616 with shuffled controls; edge F1 0.574, 0.726 and 0.516. (The seed's design
+at 1e-3 gave 0.709 and 0.698.)
 The thresholds below leave about half of each gap as margin.
 """
 

@@ -363,7 +363,7 @@ def test_two_processes_train_and_resume_like_one(tiny_base_dir, fill50k_small, t
     # each process took half of every batch, with the same noise: the same run, up to rounding
     a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)  # float sums in another order
 
 
 def test_original_controlnet_trains_with_the_same_trainer(tiny_base_dir, fill50k_small, tmp_path):
