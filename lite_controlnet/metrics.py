@@ -257,20 +257,23 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, count
 
 
-def count_disks(image: Any, disk: np.ndarray | None = None) -> int:
+def count_disks(image: Any, disk: np.ndarray | None = None,
+                components: tuple[np.ndarray, int] | None = None) -> int:
     """Connected regions of the disk colour larger than `MIN_DISK_AREA_FRACTION` of the image.
 
     Args:
         image: the generated image.
         disk: its `segment_disk` mask, if already computed.
+        components: `connected_components(disk)`, if already computed.
     """
     disk = segment_disk(image) if disk is None else disk
-    labels, count = connected_components(disk)
+    labels, count = connected_components(disk) if components is None else components
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     return int(np.sum(areas >= MIN_DISK_AREA_FRACTION * disk.size))
 
 
-def disk_roundness(image: Any, disk: np.ndarray | None = None) -> float | None:
+def disk_roundness(image: Any, disk: np.ndarray | None = None,
+                   components: tuple[np.ndarray, int] | None = None) -> float | None:
     """How disk-like the image's largest region of the disk colour is, in [0, 1].
 
     The IoU of the region with the circle fitted (least squares) to its edge pixels; edges
@@ -280,9 +283,10 @@ def disk_roundness(image: Any, disk: np.ndarray | None = None) -> float | None:
     Args:
         image: the generated image.
         disk: its `segment_disk` mask, if already computed.
+        components: `connected_components(disk)`, if already computed.
     """
     disk = segment_disk(image) if disk is None else disk
-    labels, count = connected_components(disk)
+    labels, count = connected_components(disk) if components is None else components
     if count == 0:
         return None
     region = labels == np.bincount(labels.ravel())[1:].argmax() + 1
@@ -455,6 +459,8 @@ def fill50k_scores(image: Any, control: Any, prompt: str | None) -> dict[str, fl
     tolerance = max(1, round(EDGE_TOLERANCE_PER_64PX * size / 64))
     precision, recall, f1 = edge_f1(detect_edges(rgb), outline, tolerance)
 
+    # 4. the regions of the disk colour: how many disks, how round the largest
+    components = connected_components(disk)
     return {
         "disk_iou": iou,
         "circle_colour_error": circle_error,
@@ -462,8 +468,8 @@ def fill50k_scores(image: Any, control: Any, prompt: str | None) -> dict[str, fl
         "edge_f1": f1,
         "edge_precision": precision,
         "edge_recall": recall,
-        "disk_count": count_disks(rgb, disk),
-        "disk_roundness": disk_roundness(rgb, disk),
+        "disk_count": count_disks(rgb, disk, components),
+        "disk_roundness": disk_roundness(rgb, disk, components),
     }
 
 

@@ -201,3 +201,14 @@ def test_out_of_range_tensor_is_refused():
 def test_aggregate_needs_scores():
     with pytest.raises(ValueError, match="at least one"):
         aggregate_scores([])
+
+
+def test_the_disk_regions_are_found_once_per_image(monkeypatch):
+    import lite_controlnet.metrics as metrics
+
+    calls = []
+    real = metrics.connected_components
+    monkeypatch.setattr(metrics, "connected_components", lambda mask: calls.append(1) or real(mask))
+    control, target, prompt = render_fill50k_sample(0, 64)
+    scores = metrics.fill50k_scores(target, control, prompt)
+    assert len(calls) == 1 and scores["disk_count"] == 1 and scores["disk_roundness"] > 0.9
