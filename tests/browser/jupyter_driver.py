@@ -320,11 +320,19 @@ class NotebookPage:
         page.on("console", lambda m: opened.console.append(f"[{m.type}] {m.text}"))
         page.on("pageerror", lambda e: opened.console.append(f"[pageerror] {e}"))
         page.goto(server.url(f"notebooks/{name}.ipynb"))
-        # The indicator says idle before the kernel is connected too: ask the server as well.
-        deadline = time.monotonic() + timeout
+        # The indicator says idle before the kernel is connected too: ask the server as well. A
+        # page whose kernel has not connected within a minute is reloaded, as a person would (the
+        # classic Notebook's websocket has once stayed unconnected on a busy machine).
+        started = time.monotonic()
+        reload_at, deadline = started + 60, started + timeout
         while not (server.kernel_ready(f"{name}.ipynb") and page.locator(server.frontend.idle).count()):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"{name}: no connected, idle kernel after {timeout:.0f} s")
+            if now > reload_at:
+                opened.console.append(f"[driver] no connected, idle kernel after {now - started:.0f} s: reloaded")
+                page.reload()
+                reload_at = now + 60
             time.sleep(0.5)
         return opened
 
