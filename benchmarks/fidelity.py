@@ -58,8 +58,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-num", type=int, default=4000)
     parser.add_argument("--heldout", type=int, default=64, help="held-out pairs for the one-step probe")
-    parser.add_argument("--steps", type=int, default=1200, help="ControlNet with cubic timesteps levels off near 800 on the proxy base, with uniform ones after "
-                             "1,000 (a study resumes longer)")
+    parser.add_argument("--steps", type=int, default=1200,
+                        help="ControlNet with cubic timesteps levels off near 800 on the proxy base, with uniform "
+                             "ones after 1,000 (a study resumes longer)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=2, help="full sampling every this many evaluations")
     parser.add_argument("--sample-num", type=int, default=32)

@@ -51,18 +51,13 @@ CANDIDATES = {
 
 
 def parameters(options: dict, unet_config: dict) -> int:
-    settings = {k: v for k, v in options.items() if k != "feedback_levels"}
-    if "feedback_levels" in options:  # the proxy base has 4 levels, as SD1.5
-        settings["feedback_levels"] = tuple(options["feedback_levels"])
-    if isinstance(settings.get("level_kernel_size"), list):
-        settings["level_kernel_size"] = tuple(settings["level_kernel_size"])
-    module = LiteControlNetModel.from_unet(unet_config, **settings)
+    module = LiteControlNetModel.from_unet(unet_config, **options)  # the settings as the trainer passes them
     return sum(p.numel() for p in module.parameters())
 
 
 def report() -> dict:
     result = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
-    print(f"| design | lr | parameters (SD1.5) | step | one-step IoU (shuffled) | sampled disk IoU |")
+    print("| design | lr | parameters (SD1.5) | step | one-step IoU (shuffled) | sampled disk IoU |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, c in result["candidates"].items():
         for point in c["curve"]:
@@ -102,7 +97,8 @@ def main() -> None:
     all_results = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
     all_results["machine"] = machine_description(1)
     all_results["candidates"][args.only] = {
-        "kind": kind, "learning_rate": lr, "options": options, "training": training, "seed": args.seed, "steps": args.steps,
+        "kind": kind, "learning_rate": lr, "options": options, "training": training, "seed": args.seed,
+        "steps": args.steps,
         "parameters_sd15": parameters(options, SD15_UNET_CONFIG) if kind == "lite" else None,
         "text_only": {"one_step_iou": result["text_only"]["one_step"]["disk_iou"],
                       "sampled_iou": result["text_only"]["sampling"]["disk_iou"]},

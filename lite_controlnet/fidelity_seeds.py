@@ -83,7 +83,8 @@ def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None
     combined = {"seeds": seeds, "variants": variants, "text_only": results[0]["text_only"], "curves": curves,
                 "seconds": "steps x step time measured alone" if step_seconds else "the runs' wall-clock"}
     if step_seconds:
-        combined["step_seconds"] = {kind: step_seconds[kind] for kind in dict.fromkeys(v["kind"] for v in variants.values())}
+        kinds = dict.fromkeys(v["kind"] for v in variants.values())
+        combined["step_seconds"] = {kind: step_seconds[kind] for kind in kinds}
     combined["summary"] = summarize_seeds(combined)
     return combined
 

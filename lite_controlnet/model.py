@@ -461,11 +461,10 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
                 handle.remove()
 
 
-def _time_embedding_channels(unet_config: Any) -> int:
+def _time_embedding_channels(unet_config: Mapping[str, Any]) -> int:
     """Width of a `UNet2DConditionModel`'s time embedding (as its `__init__` computes it)."""
-    get = unet_config.get if isinstance(unet_config, Mapping) else lambda k, d=None: getattr(unet_config, k, d)
-    factor = 2 if get("time_embedding_type", "positional") == "fourier" else 4
-    return get("time_embedding_dim") or get("block_out_channels")[0] * factor
+    factor = 2 if unet_config.get("time_embedding_type", "positional") == "fourier" else 4
+    return unet_config.get("time_embedding_dim") or unet_config["block_out_channels"][0] * factor
 
 
 def _average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

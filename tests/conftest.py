@@ -1,7 +1,10 @@
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
 # Tests never reach a model hub: everything they load is built in code.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -60,3 +63,23 @@ def rewrite_manifest_entry(checkpoint, rel):
     data = (checkpoint / rel).read_bytes()
     manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (checkpoint / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative: str):
+    """A repository script (e.g. "benchmarks/readme.py") imported as a module."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_block(name: str) -> str:
+    """What README.md holds between <!-- name:start ... --> and <!-- name:end -->."""
+    found = re.search(rf"<!-- {name}:start.*?-->\n(.*?)\n<!-- {name}:end -->", (ROOT / "README.md").read_text(),
+                      flags=re.S)
+    assert found, f"README.md lacks the {name} block"
+    return found.group(1)

@@ -87,6 +87,10 @@ def test_a_loaded_base_is_shared_and_samples_as_its_folder(pipe, tiny_base, trai
     other = LiteControlNetModel.from_unet(tiny_base.unet, vae_scale_factor=1)
     with pytest.raises(ValueError, match="made for another base"):
         LiteControlNetPipeline.from_base(tiny_base, controlnet=other)
+    # a module given in memory takes the dtype asked for, as one loaded from its folder does
+    half = LiteControlNetPipeline.from_base(tiny_base, controlnet=build_control("lite", tiny_base.unet),
+                                            torch_dtype=torch.float16)
+    assert half.controlnet.dtype == torch.float16
 
 
 def test_batch_of_prompts_and_images_per_prompt(pipe, control_image):

@@ -1,29 +1,18 @@
 """README's pictures are the ones `scripts/readme_pictures.py` made, as its manifest records them."""
 
 import hashlib
-import importlib.util
 import json
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("readme_pictures", ROOT / "scripts" / "readme_pictures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_script, readme_block
 
 
 def test_readme_shows_the_pictures_the_script_made():
-    script = load_script()
+    script = load_script("scripts/readme_pictures.py")
     manifest = json.loads(script.MANIFEST.read_text())
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(rf"<!-- {script.BLOCK}:start.*?-->\n(.*?)\n<!-- {script.BLOCK}:end -->", readme, flags=re.S)
-    assert found, f"README.md lacks the {script.BLOCK} block"
-    assert found.group(1) == script.readme_block(manifest), "README's pictures block is stale: run the script"
-    shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", found.group(1))
+    block = readme_block(script.BLOCK)
+    assert block == script.readme_block(manifest), "README's pictures block is stale: run the script"
+    shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block)
     assert sorted(shown) == sorted(entry["path"] for entry in manifest["files"].values())
     for entry in manifest["files"].values():
         path = ROOT / entry["path"]

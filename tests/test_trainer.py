@@ -19,7 +19,7 @@ from lite_controlnet.grids import COLUMNS
 from conftest import rewrite_manifest_entry, with_scheduler_config
 from lite_controlnet import trainer as trainer_module
 from lite_controlnet.train_state import TrainState
-from lite_controlnet.trainer import Trainer, loss_target, train
+from lite_controlnet.trainer import Trainer, draw_timesteps, loss_target, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
 
@@ -444,3 +444,24 @@ def test_probe_runs_real_steps_and_leaves_the_weights_alone(tiny_base_dir, fill5
     assert trainer._probe(2, False, False) == 123
     assert all(p.grad is None for p in trainer.control.parameters())
     assert_same_weights(before, trainer.control.state_dict())
+
+
+def test_cubic_timesteps_are_mostly_noisy_and_the_default_lite_trains_on_them(tiny_base_dir, fill50k_small, tmp_path,
+                                                                            monkeypatch):
+    def draw(sampling):
+        return draw_timesteps(sampling, 20_000, 1000, torch.Generator().manual_seed(0))
+
+    cubic, uniform = draw("cubic"), draw("uniform")
+    assert 0 <= cubic.min() and cubic.max() <= 999
+    assert (cubic >= 800).float().mean() == pytest.approx(0.585, abs=0.02)  # P(u^3 < 0.2) = 0.2^(1/3)
+    assert (uniform >= 800).float().mean() == pytest.approx(0.2, abs=0.02)
+    with pytest.raises(ValueError, match="'cube' is unknown"):
+        draw("cube")
+    # the trainer draws each kind's default, or what the config asks for
+    used = []
+    monkeypatch.setattr(trainer_module, "draw_timesteps",
+                        lambda sampling, *args: used.append(sampling) or draw_timesteps(sampling, *args))
+    for name, overrides in (("lite", {}), ("controlnet", {"control": "controlnet"}),
+                            ("lite-uniform", {"timestep_sampling": "uniform"})):
+        train(config(tiny_base_dir, fill50k_small, tmp_path / name, max_steps=1, **overrides), progress=False)
+    assert used == ["cubic", "uniform", "uniform"]
