@@ -47,6 +47,12 @@ CANDIDATES = {
     "cubic timesteps, wide": ("lite", 3e-3, {**ONE, "level_channels": 96, "feedback_channels": 64}, CUBIC),
     "cubic timesteps, two level layers (default)": ("lite", 3e-3, {}, CUBIC),
     "ControlNet, cubic timesteps": ("controlnet", 1e-3, {}, CUBIC),
+    "3x3 at every level": ("lite", 3e-3, {"level_kernel_size": 3}, CUBIC),
+    "into the encoder": ("lite", 3e-3, {"feedback_into_encoder": True}, CUBIC),
+    "top-down": ("lite", 3e-3, {"level_top_down": True}, CUBIC),
+    "chain, into the encoder": ("lite", 3e-3, {"feedback_chain": True, "feedback_into_encoder": True}, CUBIC),
+    "chain": ("lite", 3e-3, {"feedback_chain": True}, CUBIC),
+    "into the encoder at levels 2 and 3": ("lite", 3e-3, {"feedback_into_encoder": [2, 3]}, CUBIC),
 }
 
 
@@ -96,7 +102,8 @@ def main() -> None:
                              state=work / f"design-state-{slug}-seed{args.seed}.json")
     all_results = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
     all_results["machine"] = machine_description(1)
-    all_results["candidates"][args.only] = {
+    key = args.only if args.seed == 0 else f"{args.only}, seed {args.seed}"
+    all_results["candidates"][key] = {
         "kind": kind, "learning_rate": lr, "options": options, "training": training, "seed": args.seed,
         "steps": args.steps,
         "parameters_sd15": parameters(options, SD15_UNET_CONFIG) if kind == "lite" else None,

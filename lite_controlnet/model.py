@@ -172,17 +172,23 @@ class _FeedbackSkip(nn.Module):
     level (and, given `time_channels`, the UNet's time embedding), into that skip's correction
     (before the zero projection)."""
 
-    def __init__(self, skip_channels: int, feature_channels: int, width: int, time_channels: int = 0):
+    def __init__(self, skip_channels: int, feature_channels: int, width: int, time_channels: int = 0,
+                 chain: bool = False):
         super().__init__()
         self.groups = _norm_groups(skip_channels)
         self.read = nn.Conv2d(skip_channels, feature_channels, kernel_size=1)
         self.mix = nn.Conv2d(feature_channels, width, kernel_size=3, padding=1)
         # a scale and shift per channel from the timestep, zero at first (FiLM)
         self.film = zero_module(nn.Linear(time_channels, 2 * width)) if time_channels else None
+        # with a chain: what the previous feedback layer of this step computed, read in
+        self.carry = nn.Conv2d(width, feature_channels, kernel_size=1) if chain else None
 
-    def forward(self, skip: torch.Tensor, features: torch.Tensor, time: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, skip: torch.Tensor, features: torch.Tensor, time: torch.Tensor | None = None,
+                previous: torch.Tensor | None = None) -> torch.Tensor:
         # the UNet's features differ in scale by level and timestep: normalise before reading
         seen = self.read(F.group_norm(skip.to(features.dtype), self.groups))
+        if self.carry is not None and previous is not None:
+            seen = seen + self.carry(_resize(previous, features.shape[-2:]))
         mixed = self.mix(F.silu(features + seen))
         if self.film is not None and time is not None:
             scale, shift = self.film(time)[:, :, None, None].chunk(2, dim=1)
@@ -207,12 +213,21 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         level_mlp_layers: number of layers per resolution after pooling (0: none).
         level_kernel_size: kernel of those layers: 1 (the seed's pixel-wise MLP) or 3 (spatial
             context at the pooled resolutions); one for all levels, or one per level.
+        level_top_down: pass each level's features, upsampled, into the next finer level's layers
+            (coarse to fine, as in a feature pyramid), so the fine levels see the layout.
         feedback_levels: the resolution levels whose skips (and, if any, the mid block) read the
             UNet's own features at each step (see the module docstring); () for residuals computed
             from the control image alone (step-invariant).
         feedback_channels: width of the per-step feedback layers.
         feedback_time_channels: with feedback, the width of a projection of the UNet's own time
             embedding that scales and shifts each feedback layer's output (0: none).
+        feedback_chain: with feedback, each feedback layer also reads what the previous one (in the
+            order the UNet makes or consumes the skips) computed at this step, so the feedback
+            layers form one small network beside the UNet's, as ControlNet-XS's control encoder.
+        feedback_into_encoder: with feedback, add each correction where the UNet's encoder makes
+            the skip, so the encoder's later blocks compute on the corrected feature (as T2I-Adapter
+            injects), rather than only to the skip its up block consumes: True for every feedback
+            level, or the levels (the later blocks' backward costs memory in training).
         time_embedding_channels: width of the UNet's time embedding (`from_unet` reads it).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
@@ -229,9 +244,12 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         level_channels: int = 96,
         level_mlp_layers: int = 1,
         level_kernel_size: int | tuple[int, ...] = 1,
+        level_top_down: bool = False,
         feedback_levels: tuple[int, ...] = (),
         feedback_channels: int = 64,
         feedback_time_channels: int = 0,
+        feedback_chain: bool = False,
+        feedback_into_encoder: bool | tuple[int, ...] = False,
         time_embedding_channels: int = 1280,
         residual_channels: tuple[int, ...] = SD15_RESIDUAL_CHANNELS,
         residual_levels: tuple[int, ...] = SD15_RESIDUAL_LEVELS,
@@ -269,17 +287,21 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         self.level_mlps = nn.ModuleList(
             _level_layers(pixel_mlp_channels[-1], level_channels, level_mlp_layers, kernel) for kernel in kernels
         )
+        if level_top_down:  # a 1x1 projection of each coarser level's features into the finer level's input
+            self.top_down = nn.ModuleList(
+                nn.Conv2d(feature_channels, pixel_mlp_channels[-1], kernel_size=1) for _ in kernels[1:])
         # 3. with feedback: per skip of those levels (and the mid block), layers that read the
         # UNet's own feature
         time_channels = feedback_time_channels if feedback_levels else 0
         if time_channels:  # the UNet's time embedding, read once per step for all feedback layers
             self.feedback_time = nn.Sequential(nn.SiLU(), nn.Linear(time_embedding_channels, time_channels), nn.SiLU())
         self.feedback_skips = nn.ModuleDict({
-            str(k): _FeedbackSkip(c, feature_channels, feedback_channels, time_channels)
+            str(k): _FeedbackSkip(c, feature_channels, feedback_channels, time_channels, feedback_chain)
             for k, (c, level) in enumerate(zip(residual_channels, residual_levels)) if level in feedback_levels
         })
         if feedback_levels:
-            self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels, time_channels)
+            self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels, time_channels,
+                                              feedback_chain)
         # 4. the zero projections into the UNet. Only these are zeroed: two zero layers in
         # series would leave the earlier one without gradient.
         self.zero_convs = nn.ModuleList(
@@ -357,10 +379,17 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
 
         # 3. average-pool to each further skip resolution (each level pools the previous one: the
         # same averages, computed from a smaller tensor), then the per-level layers
-        features = []
-        for level_mlp, size in zip(self.level_mlps, sizes):
+        pooled = []
+        for size in sizes:
             x = _average_pool(x, size)
-            features.append(level_mlp(x))
+            pooled.append(x)
+        if not self.config.level_top_down:
+            return tuple(level_mlp(x) for level_mlp, x in zip(self.level_mlps, pooled))
+        # coarse to fine: each level's layers also read the coarser level's features
+        features = [self.level_mlps[-1](pooled[-1])]
+        for level in range(len(sizes) - 2, -1, -1):
+            coarse = F.interpolate(features[0], size=sizes[level], mode="bilinear", align_corners=False)
+            features.insert(0, self.level_mlps[level](pooled[level] + self.top_down[level](coarse)))
         return tuple(features)
 
     def _pooled_pixel_mlp(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -427,30 +456,63 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             raise ValueError(f"this module was made for a UNet with {len(levels)} skip connections and a mid block; "
                              f"the UNet given consumes {len(levels) - left}. Build it with from_unet(unet).")
 
-        step: dict[str, Any] = {}  # this forward's time embedding, projected (with feedback_time_channels)
+        # this forward's time embedding, projected (with feedback_time_channels), and the last
+        # feedback layer's output (with feedback_chain)
+        step: dict[str, Any] = {}
 
         def keep_time(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             step["time"] = self.feedback_time(out.to(features[0].dtype))
 
         def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
-            time = step.get("time")
+            time, previous = step.get("time"), step.get("previous")
             if index is None:
-                out = self.mid_zero_conv(self.feedback_mid(feature, features[-1], time))
+                hidden = step["previous"] = self.feedback_mid(feature, features[-1], time, previous)
+                out = self.mid_zero_conv(hidden)
             elif str(index) in self.feedback_skips:
-                out = self.zero_convs[index](self.feedback_skips[str(index)](feature, features[levels[index]], time))
+                hidden = self.feedback_skips[str(index)](feature, features[levels[index]], time, previous)
+                out = self.zero_convs[index](hidden)
+                step["previous"] = hidden
             else:  # a level without feedback: the residual of the control features alone
                 out = self.zero_convs[index](features[levels[index]])
             return (out * conditioning_scale).to(feature.dtype)
 
+        # with feedback_into_encoder, the feedback skips are corrected as the down blocks make them
+        # (the UNet's conv_in makes skip 0); the up blocks correct the rest
+        down_blocks, first = [], 1
+        for block in unet.down_blocks:
+            made = len(block.resnets) + len(block.downsamplers or ())
+            down_blocks.append((block, range(first, first + made)))
+            first += made
+        into = self.config.feedback_into_encoder
+        into_levels = self.config.feedback_levels if into is True else (into or ())
+        in_encoder = {int(k) for k in self.feedback_skips if levels[int(k)] in into_levels}
+
+        def down_hook(indices: range) -> Any:
+            def hook(module: nn.Module, args: tuple, out: tuple) -> tuple:
+                hidden, skips = out
+                skips = tuple(s + correction(i, s) if i in in_encoder else s for i, s in zip(indices, skips))
+                return skips[-1], skips  # the block's last skip is what the next block reads
+
+            return hook
+
         def up_hook(indices: range) -> Any:
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
                 skips = kwargs["res_hidden_states_tuple"]
-                kwargs["res_hidden_states_tuple"] = tuple(s + correction(i, s) for i, s in zip(indices, skips))
+                kwargs["res_hidden_states_tuple"] = tuple(
+                    s if i in in_encoder else s + correction(i, s) for i, s in zip(indices, skips))
                 return args, kwargs
 
             return hook
 
         handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
+        # each forward starts its own chain
+        def start_chain(module: nn.Module, args: tuple) -> None:
+            step.pop("previous", None)
+
+        handles.append(unet.register_forward_pre_hook(start_chain))
+        if in_encoder:
+            handles += [block.register_forward_hook(down_hook(indices)) for block, indices in down_blocks
+                        if in_encoder.intersection(indices)]
         handles.append(unet.mid_block.register_forward_hook(lambda module, args, out: out + correction(None, out)))
         if self.config.feedback_time_channels:
             handles.append(unet.time_embedding.register_forward_hook(keep_time))
@@ -465,6 +527,13 @@ def _time_embedding_channels(unet_config: Mapping[str, Any]) -> int:
     """Width of a `UNet2DConditionModel`'s time embedding (as its `__init__` computes it)."""
     factor = 2 if unet_config.get("time_embedding_type", "positional") == "fourier" else 4
     return unet_config.get("time_embedding_dim") or unet_config["block_out_channels"][0] * factor
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """`x` at `size`: averaged down, or bilinearly up."""
+    if x.shape[-2] >= size[0]:
+        return _average_pool(x, tuple(size))
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

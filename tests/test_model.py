@@ -266,3 +266,101 @@ def test_time_conditioned_feedback_starts_as_the_plain_one_and_reads_the_unets_t
     assert not unet.time_embedding._forward_hooks  # no hook left behind
     with pytest.raises(ValueError, match="feedback_time_channels must be >= 0"):
         LiteControlNetModel(feedback_levels=(1,), feedback_time_channels=-1)
+
+
+def _stream_into(block, unet, run):
+    """The hidden states `block` receives while `run()` calls the UNet."""
+    seen = []
+    handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("hidden_states", args[0] if args else None)),
+                                             with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_feedback_into_encoder_changes_what_the_encoders_later_blocks_compute(tiny_base):
+    """By default the corrections reach only the skips the up blocks consume: the UNet's encoder
+    computes what it computes alone. With feedback_into_encoder the later down blocks and the mid
+    block compute on the corrected features; each correction is still added once."""
+    unet = tiny_base.unet
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+    skips_only = randomize_(build_control("lite", unet), std=0.05).eval()
+    into = build_control("lite", unet, feedback_into_encoder=True).eval()
+    into.load_state_dict(skips_only.state_dict())  # the same weights, another wiring
+    last_down = unet.down_blocks[-1]
+
+    def stream(module):
+        prepared = prepare_control(module, cond, torch.float32) if module is not None else None
+        with torch.no_grad():
+            return _stream_into(last_down, unet, lambda: controlled_unet(unet, latents, t, text, prepared)
+                                if prepared else unet(latents, t, encoder_hidden_states=text))
+
+    plain = stream(None)
+    torch.testing.assert_close(stream(skips_only), plain)
+    assert (stream(into) - plain).abs().max() > 1e-4
+    # the correction of the skip that the first corrected block makes is the same either way: added once
+    first = min(int(k) for k in into.feedback_skips)
+    consumed = {}
+    for name, module in (("skips", skips_only), ("into", into)):
+        got = []
+        with torch.no_grad(), module.feedback(unet, module(cond).features):
+            # after the module's own hooks: what the up blocks consume
+            hooks = [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                                 with_kwargs=True) for b in unet.up_blocks]
+            unet(latents, t, encoder_hidden_states=text)
+        for h in hooks:
+            h.remove()
+        # the up blocks take the skips from the last, each its own in the UNet's order
+        consumed[name] = [skip for skips in reversed(got) for skip in skips]
+    torch.testing.assert_close(consumed["skips"][first], consumed["into"][first])
+    assert (consumed["skips"][-1] - consumed["into"][-1]).abs().max() > 1e-4
+    assert not any(b._forward_hooks for b in unet.down_blocks)  # no hook left behind
+    # only some levels into the encoder: the levels must be feedback levels to matter
+    some = build_control("lite", unet, feedback_into_encoder=[max(into.config.feedback_levels)]).eval()
+    some.load_state_dict(skips_only.state_dict())
+    assert (stream(some) - plain).abs().max() > 1e-4
+
+
+def test_chained_feedback_starts_as_the_plain_one_and_starts_again_each_forward(tiny_base):
+    unet = tiny_base.unet
+    plain = randomize_(build_control("lite", unet), std=0.05).eval()
+    chained = build_control("lite", unet, feedback_chain=True).eval()
+    missing, unexpected = chained.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".carry." in name for name in missing)
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+
+    def out(module):
+        with torch.no_grad():
+            return controlled_unet(unet, latents, t, text, prepare_control(module, cond, torch.float32))
+
+    for name, p in chained.named_parameters():
+        if ".carry." in name:
+            torch.nn.init.zeros_(p)
+    torch.testing.assert_close(out(chained), out(plain))  # a zero carry: the plain feedback
+    for name, p in chained.named_parameters():
+        if ".carry." in name:
+            torch.nn.init.normal_(p, std=0.5)
+    first = out(chained)
+    assert (first - out(plain)).abs().max() > 1e-4
+    torch.testing.assert_close(out(chained), first)  # the second forward does not read the first's chain
+
+
+def test_top_down_features_let_each_fine_position_see_the_whole_layout():
+    """Without the top-down path a 1x1 level sees only its own pooled patch; with it, a change of
+    the control image far away reaches every position of the finest level."""
+    config = dict(residual_channels=(8, 8, 16, 16), residual_levels=(0, 0, 1, 2), mid_channels=16, vae_scale_factor=4,
+                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3))
+    cond = torch.rand(1, 3, 32, 32)
+    moved = cond.clone()
+    moved[..., 24:, 24:] = 1 - moved[..., 24:, 24:]  # the bottom-right corner only
+    for top_down in (False, True):
+        module = randomize_(LiteControlNetModel(**config, level_top_down=top_down), std=0.3).eval()
+        with torch.no_grad():
+            before, after = module.control_features(cond)[0], module.control_features(moved)[0]
+        far = (before - after)[..., :4, :4].abs().max()  # the top-left corner of the finest level
+        assert (far > 1e-4) == top_down
+        assert before.shape[-2:] == (8, 8)
