@@ -162,7 +162,7 @@ class PairedDataset(Dataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
             raise ValueError(f"resolution must be a positive integer or None (native size), got {resolution!r}.")
-        self.root = Path(root).absolute()
+        self.root = Path(os.path.normpath(Path(root).absolute()))  # 'runs/../data' is the folder 'data'
         if not self.root.is_dir():
             raise DatasetError(f"Dataset folder {self.root} does not exist or is not a folder.")
         # Plain strings for the per-line path checks: pathlib is slow on 50k lines.

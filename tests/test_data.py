@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -121,12 +120,10 @@ def test_batches_through_a_dataloader(tmp_path):
     assert batch["prompt"] == ["prompt 0", "prompt 1"] and batch["index"].tolist() == [0, 1]
 
 
-def test_construction_is_lazy_and_fast(tmp_path):
+def test_construction_is_lazy(tmp_path):
     entries = [{"source": f"s/{i}.png", "target": f"t/{i}.png", "prompt": "p"} for i in range(50_000)]
     _manifest(tmp_path / "prompt.json", entries)
-    start = time.perf_counter()
     dataset = PairedDataset(tmp_path)  # no image exists: none may be opened here
-    assert time.perf_counter() - start < 3.0
     assert len(dataset) == 50_000
     with pytest.raises(DatasetError, match="line 7"):
         dataset[6]
@@ -193,6 +190,14 @@ def test_absolute_paths_inside_the_folder_are_accepted(tmp_path):
     _controlnet_dir(tmp_path, n=1)
     _manifest(tmp_path / "prompt.json", [{**GOOD, "source": str(tmp_path / "source" / "0.png")}])
     assert PairedDataset(tmp_path, resolution=None)[0]["conditioning_pixel_values"].shape == (3, 30, 40)
+
+
+def test_a_folder_named_through_dot_dot_is_the_folder_itself(tmp_path):
+    _controlnet_dir(tmp_path / "data", n=1)
+    _manifest(tmp_path / "data" / "prompt.json", [GOOD])
+    (tmp_path / "runs").mkdir()
+    dataset = PairedDataset(tmp_path / "runs" / ".." / "data", resolution=None)
+    assert len(dataset) == 1 and dataset.root == tmp_path / "data"
 
 
 def test_empty_manifest_is_an_error(tmp_path):
