@@ -53,6 +53,12 @@ CANDIDATES = {
     "chain, into the encoder": ("lite", 3e-3, {"feedback_chain": True, "feedback_into_encoder": True}, CUBIC),
     "chain": ("lite", 3e-3, {"feedback_chain": True}, CUBIC),
     "into the encoder at levels 2 and 3": ("lite", 3e-3, {"feedback_into_encoder": [2, 3]}, CUBIC),
+    "lr 2e-3": ("lite", 2e-3, {}, CUBIC),
+    "lr 1.5e-3": ("lite", 1.5e-3, {}, CUBIC),
+    "four level layers": ("lite", 3e-3, {"level_mlp_layers": 4}, CUBIC),
+    "six level layers": ("lite", 3e-3, {"level_mlp_layers": 6}, CUBIC),
+    "normalised level layers": ("lite", 3e-3, {"level_norm": True}, CUBIC),
+    "four normalised level layers": ("lite", 3e-3, {"level_norm": True, "level_mlp_layers": 4}, CUBIC),
 }
 
 

@@ -147,12 +147,12 @@ def designs_block() -> str:
         return _missing("Lite's designs and training recipes", "python benchmarks/lite_designs.py")
     r = json.loads(path.read_text())
     first = next(iter(r["candidates"].values()))
-    lines = [f"Lite designs and recipes on **proxy-base** ({r['machine']}; seed {first['seed']}, "
+    lines = [f"Lite designs and recipes on **proxy-base** ({r['machine']}; seed {first['seed']} unless the name gives another, "
              f"{first['steps']} steps of 16 at 32 px, the fidelity study's data and probe; "
              "`python benchmarks/lite_designs.py --only NAME`). Settings over the default design's; "
              f"no control: {first['text_only']['one_step_iou']:.3f} / {first['text_only']['sampled_iou']:.3f}:", "",
              "| candidate | kind | module settings | timesteps | lr | parameters at SD1.5 | one-step IoU (shuffled), "
-             "step 600 | sampled disk IoU, step 600 | one-step IoU (shuffled), end | sampled disk IoU, end |",
+             "step 800 | sampled disk IoU, step 600 | one-step IoU (shuffled), end | sampled disk IoU, end |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
     def at(curve: list[dict], step: int) -> tuple[str, str]:
@@ -165,9 +165,10 @@ def designs_block() -> str:
     for name, c in r["candidates"].items():
         settings = ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "the kind's design"
         params = f"{c['parameters_sd15']:,}" if c.get("parameters_sd15") else ""
-        mid, end = at(c["curve"], 600), at(c["curve"], c["curve"][-1]["step"])
+        # step 800: about where the fidelity study reads equal wall-clock
+        near, mid, end = at(c["curve"], 800), at(c["curve"], 600), at(c["curve"], c["curve"][-1]["step"])
         lines.append(f"| {name} | `{c['kind']}` | {settings} | {c['training']['timestep_sampling']} | "
-                     f"{c['learning_rate']:g} | {params} | {mid[0]} | {mid[1]} | {end[0]} | {end[1]} |")
+                     f"{c['learning_rate']:g} | {params} | {near[0]} | {mid[1]} | {end[0]} | {end[1]} |")
     return "\n".join(lines)
 
 

@@ -46,6 +46,23 @@ the noisy steps where the layout is decided). Measured on the proxy base
 the one-layer design from 0.41 to 0.66, where wider layers, feedback at every level or a
 time-conditioned scale and shift (`feedback_time_channels`, FiLM from the UNet's own time
 embedding) changed little.
+
+Three more settings stay available because they were measured (same benchmark), none of them
+better than the default at about 800 steps, where the fidelity study compares at equal
+wall-clock:
+
+- `feedback_into_encoder`: each correction is added where the UNet's encoder makes its skip, so
+  the encoder's later blocks compute on it (as T2I-Adapter and ControlNet-XS inject). Ahead at
+  1,000 steps on two seeds, behind at 800 on both, and the backward through those blocks takes
+  training memory past half of ControlNet's at SD1.5 size.
+- `feedback_chain`: each feedback layer also reads the previous one's output, one small network
+  beside the UNet's, as ControlNet-XS's control encoder. Slower to learn.
+- `level_top_down`: coarse-to-fine control features (a feature pyramid), so the finest levels
+  know which side of the outline is inside. Slower to learn; so are deeper level layers.
+
+What the default lacks against ControlNet shows in its one-step predictions
+(`benchmarks/one_step_pictures.py`): its disks sit where the outline says but are paler and
+softer; ControlNet's are filled and sharp.
 """
 
 from __future__ import annotations
@@ -154,11 +171,14 @@ def _pointwise_mlp(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _level_layers(in_channels: int, width: int, layers: int, kernel_size: int) -> nn.Sequential:
-    """`layers` x (conv `kernel_size` -> SiLU) at one pooled resolution."""
+def _level_layers(in_channels: int, width: int, layers: int, kernel_size: int, norm: bool = False) -> nn.Sequential:
+    """`layers` x (conv `kernel_size` -> [GroupNorm] -> SiLU) at one pooled resolution."""
     modules: list[nn.Module] = []
     for _ in range(layers):
-        modules += [nn.Conv2d(in_channels, width, kernel_size, padding=kernel_size // 2), nn.SiLU()]
+        modules.append(nn.Conv2d(in_channels, width, kernel_size, padding=kernel_size // 2))
+        if norm:
+            modules.append(nn.GroupNorm(_norm_groups(width), width))
+        modules.append(nn.SiLU())
         in_channels = width
     return nn.Sequential(*modules)
 
@@ -215,6 +235,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             context at the pooled resolutions); one for all levels, or one per level.
         level_top_down: pass each level's features, upsampled, into the next finer level's layers
             (coarse to fine, as in a feature pyramid), so the fine levels see the layout.
+        level_norm: a GroupNorm after each per-resolution layer (before its SiLU).
         feedback_levels: the resolution levels whose skips (and, if any, the mid block) read the
             UNet's own features at each step (see the module docstring); () for residuals computed
             from the control image alone (step-invariant).
@@ -245,6 +266,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         level_mlp_layers: int = 1,
         level_kernel_size: int | tuple[int, ...] = 1,
         level_top_down: bool = False,
+        level_norm: bool = False,
         feedback_levels: tuple[int, ...] = (),
         feedback_channels: int = 64,
         feedback_time_channels: int = 0,
@@ -285,7 +307,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         # 2. one small network per resolution, after pooling
         feature_channels = level_channels if level_mlp_layers else pixel_mlp_channels[-1]
         self.level_mlps = nn.ModuleList(
-            _level_layers(pixel_mlp_channels[-1], level_channels, level_mlp_layers, kernel) for kernel in kernels
+            _level_layers(pixel_mlp_channels[-1], level_channels, level_mlp_layers, kernel, level_norm) for kernel in kernels
         )
         if level_top_down:  # a 1x1 projection of each coarser level's features into the finer level's input
             self.top_down = nn.ModuleList(

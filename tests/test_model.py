@@ -364,3 +364,23 @@ def test_top_down_features_let_each_fine_position_see_the_whole_layout():
         far = (before - after)[..., :4, :4].abs().max()  # the top-left corner of the finest level
         assert (far > 1e-4) == top_down
         assert before.shape[-2:] == (8, 8)
+
+
+def test_normalised_level_layers_do_not_depend_on_the_scale_of_their_weights():
+    """A GroupNorm after each level layer: scaling a level conv's weights and bias leaves the
+    features as they were (without the norm they scale)."""
+    config = dict(residual_channels=(8, 8, 16, 16), residual_levels=(0, 0, 1, 2), mid_channels=16, vae_scale_factor=4,
+                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3), level_mlp_layers=2)
+    cond = torch.zeros(2, 3, 32, 32)
+    cond[..., :, :12] = 1  # features that vary across the image, far above the norm's epsilon
+    for norm in (False, True):
+        module = randomize_(LiteControlNetModel(**config, level_norm=norm), std=0.3).eval()
+        assert any(isinstance(m, torch.nn.GroupNorm) for m in module.level_mlps.modules()) == norm
+        with torch.no_grad():
+            before = module.control_features(cond)
+            for level in module.level_mlps:
+                level[0].weight.mul_(10)
+                level[0].bias.mul_(10)
+            after = module.control_features(cond)
+        same = all(torch.allclose(a, b, atol=1e-3) for a, b in zip(before, after))
+        assert same == norm
