@@ -59,6 +59,9 @@ CANDIDATES = {
     "six level layers": ("lite", 3e-3, {"level_mlp_layers": 6}, CUBIC),
     "normalised level layers": ("lite", 3e-3, {"level_norm": True}, CUBIC),
     "four normalised level layers": ("lite", 3e-3, {"level_norm": True, "level_mlp_layers": 4}, CUBIC),
+    "normalised level and feedback layers": ("lite", 3e-3, {"level_norm": True, "feedback_norm": True}, CUBIC),
+    "normalised level layers, into the encoder": ("lite", 3e-3, {"level_norm": True, "feedback_into_encoder": True},
+                                                  CUBIC),
 }
 
 
