@@ -225,7 +225,7 @@ def sha256(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "readme-pictures",
+    parser.add_argument("--work", type=lambda p: Path(p).absolute(), default=ROOT / "outputs" / "readme-pictures",
                         help="the run's folder (data, run, the Jupyter server's folder); reused when there")
     args = parser.parse_args()
     driver = load_driver()
