@@ -67,9 +67,9 @@ equal wall-clock:
 - `level_top_down`: coarse-to-fine control features (a feature pyramid), so the finest levels
   know which side of the outline is inside. Slower to learn; so are deeper level layers.
 
-What the default without norms lacked against ControlNet shows in its one-step predictions
-(`benchmarks/one_step_pictures.py`): its disks sat where the outline says but paler and softer
-than ControlNet's, which are filled and sharp.
+What the default still lacks against ControlNet shows in its one-step predictions
+(`benchmarks/one_step_pictures.py`): its disks sit where the outline says, but several are paler
+and softer than ControlNet's, which are filled and sharp.
 """
 
 from __future__ import annotations
