@@ -67,6 +67,7 @@ def one_step_predictions(
     """
     device, dtype = base.unet.device, base.unet.dtype
     scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    kind = check_prediction_type(scheduler, "one-step scoring")  # before any work
     latents = encode_images(base.vae, targets.to(device), torch.Generator(device).manual_seed(seed)).to(torch.float32)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     t = torch.full((len(latents),), timestep, device=device, dtype=torch.long)
@@ -76,7 +77,6 @@ def one_step_predictions(
                 if control_model is not None else None)
     pred = controlled_unet(base.unet, noisy.to(dtype), t, text, prepared).float()
     alpha = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
-    kind = check_prediction_type(scheduler, "one-step scoring")
     if kind == "v_prediction":
         clean = alpha.sqrt() * noisy - (1 - alpha).sqrt() * pred
     elif kind == "epsilon":
