@@ -52,7 +52,8 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .base import PREDICTION_TYPES, check_prediction_type, load_base  # the first two: importable from here as before
+from .base import PREDICTION_TYPES  # noqa: F401 (importable from here as before)
+from .base import check_prediction_type, load_base
 from .cache import build_cache
 from .checkpoint import (
     Checkpoint,
