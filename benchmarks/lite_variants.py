@@ -24,7 +24,7 @@ from machine import machine_description
 from lite_controlnet import TrainConfig, load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.compare import train_measured
-from lite_controlnet.fidelity import ProbeSettings, sample_scores, score_module
+from lite_controlnet.fidelity import ScoreSettings, sample_scores, score_module
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,15 +59,15 @@ def main() -> None:
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
     base = load_base(args.base)
-    probe = ProbeSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
+    scoring = ScoreSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
     result = {
         "machine": machine_description(args.threads),
         "date": datetime.date.today().isoformat(), "settings": {**vars(args), "base_name": Path(args.base).name},
-        "text_only": score_module(base, None, heldout, probe, full=True),
+        "text_only": score_module(base, None, heldout, scoring, full=True),
         "variants": {}, "windows": {},
     }
     for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
-        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control="lite-seed",
+        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control_kind="lite-seed",
                           control_options=options or None, resolution=args.resolution, batch_size=args.batch_size,
                           epochs=1000, max_steps=args.steps, learning_rate=lr, num_workers=0, num_validation=4,
                           validation_steps=10, checkpoint_every=args.steps)
@@ -77,7 +77,7 @@ def main() -> None:
             "learning_rate": lr, "control_options": options,
             "parameters": sum(p.numel() for p in control.parameters()),
             "step_seconds": round(stats.step_seconds, 4),
-            **score_module(base, control, heldout, probe, full=True),
+            **score_module(base, control, heldout, scoring, full=True),
         }
         result["variants"][name] = row
         print(f"{name:>32}: one-step IoU {row['one_step']['disk_iou']:.3f} (shuffled "
@@ -86,7 +86,7 @@ def main() -> None:
               f"{row['step_seconds']:.3f} s/step", flush=True)
         if k == 0:  # the control window, on the default variant
             for window_name, window in WINDOWS.items():
-                s = sample_scores(base, control, heldout, probe, window)
+                s = sample_scores(base, control, heldout, scoring, window)
                 result["windows"][window_name] = {"window": list(window), "sampling": s}
                 print(f"{'window: ' + window_name:>32}: sampled IoU {s['disk_iou']:.3f}, edge F1 {s['edge_f1']:.3f}",
                       flush=True)

@@ -30,8 +30,7 @@ import torch
 from machine import cpu_model
 
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.bases.proxy_training import PROBE_DATA_SEED
-from lite_controlnet.fill50k import fill50k_spec
+from lite_controlnet.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from lite_controlnet.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
 from lite_controlnet.pipeline import LiteControlNetPipeline
 
@@ -67,7 +66,7 @@ def evaluate(base: str | Path, num: int = 64, steps: int = 20, guidance_scale: f
     pipe = LiteControlNetPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size
-    prompts = [fill50k_spec(i, size, PROBE_DATA_SEED).prompt for i in range(num)]
+    prompts = held_out_pairs(num, size, seed=PROXY_HELD_OUT_SEED).prompts
     # rolled by one, so every image gets another sample's prompt
     conditions = {"real": prompts, "shuffled": prompts[1:] + prompts[:1], "empty": [""] * num}
     noise = torch.randn((num, pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))

@@ -36,7 +36,7 @@ def step_times(kind: str, data: Path, steps: int, seed: int, cache: Path) -> lis
     """Seconds of each step after the warm-up, of one short run of `kind` (trained in a temporary folder)."""
     folder = Path(tempfile.mkdtemp(prefix=f"step-time-{kind}-"))
     try:
-        train(TrainConfig(data=str(data), output=str(folder), control=kind, base=str(PROXY_BASE_DIR), resolution=32,
+        train(TrainConfig(data=str(data), output=str(folder), control_kind=kind, base=str(PROXY_BASE_DIR), resolution=32,
                           batch_size=16, max_steps=steps, epochs=1000, num_workers=0, num_validation=1, validation_steps=2,
                           seed=seed,
                           checkpoint_every=10 ** 6, cache_dir=str(cache)), progress=False)

@@ -42,7 +42,7 @@ def child(args: argparse.Namespace) -> None:
     shutil.rmtree(args.work / f"run-{args.child}", ignore_errors=True)  # a fresh run: never mixed with an earlier one
     cfg = TrainConfig(
         data=str(args.work / "data"), output=str(args.work / f"run-{args.child}"), base=str(args.work / "base"),
-        control=args.child, resolution=args.resolution, batch_size=args.batch_size, max_steps=args.steps, epochs=100,
+        control_kind=args.child, resolution=args.resolution, batch_size=args.batch_size, max_steps=args.steps, epochs=100,
         precision="fp16" if cuda else "fp32", max_gpu_memory=args.memory_gib if cuda else None,
         num_validation=2, validation_steps=10, checkpoint_every=10_000, resume="never",
     )
@@ -58,7 +58,7 @@ def child(args: argparse.Namespace) -> None:
         "batch_size": cfg.batch_size, "micro_batch": plan.micro_batch, "accumulation": plan.accumulation,
         "gradient_checkpointing": plan.gradient_checkpointing, "use_8bit_adam": plan.use_8bit_adam,
         "xformers": plan.xformers, "probe_peak_reserved_bytes": plan.peak_memory, "reasons": plan.reasons,
-        "trainable_params": sum(p.numel() for p in trainer.control.parameters() if p.requires_grad),
+        "trainable_params": sum(p.numel() for p in trainer.control_model.parameters() if p.requires_grad),
         "steps": len(rows), "step_seconds_median": round(statistics.median(step_seconds), 4) if step_seconds else None,
         "run_peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
         "wall_seconds": round(time.perf_counter() - start, 1),

@@ -160,6 +160,23 @@ def load_base(
     return models
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # those of diffusers' DDPMScheduler
+
+
+def check_prediction_type(scheduler: SchedulerMixin, purpose: str = "training") -> str:
+    """The base's `prediction_type` if `purpose` knows what the UNet predicts; else a `ValueError` naming it.
+
+    Args:
+        scheduler: the base's scheduler.
+        purpose: what needs it, for the message ("training", "one-step scoring").
+    """
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"The base's scheduler has prediction_type={kind!r}; {purpose} supports "
+                         f"{', '.join(map(repr, PREDICTION_TYPES))}.")
+    return kind
+
+
 def _scheduler(config: dict[str, Any], where: str) -> SchedulerMixin:
     """The scheduler a base's config names: any of the scheduler classes of the installed diffusers."""
     name = config.get("_class_name")

@@ -258,7 +258,7 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=None, help="default: the base's native size")
-    p.add_argument("--one-step-t", type=int, default=800, help="timestep of the one-step probe")
+    p.add_argument("--one-step-t", type=int, default=800, help="timestep of the one-step score")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="report.json")
     p.add_argument("--overwrite", action="store_true")

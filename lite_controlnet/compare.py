@@ -10,15 +10,14 @@ for ControlNet, as its paper). Measured per module:
   or drew a validation grid);
 - peak memory while training: `torch.cuda.max_memory_allocated` on a GPU, else the process's
   peak resident memory (reset before each run where Linux allows it);
-- seconds per sampled image, and fidelity on held-out synthetic Fill50k samples (scored by
-  `lite_controlnet.metrics`).
+- seconds per sampled image, and fidelity on held-out synthetic Fill50k samples (sampled and
+  scored by `evaluate.sample_pairs`, the pairs chosen by `heldout.held_out_pairs`).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ import torch
 from .base import BaseModels
 from .config import TrainConfig
 from .data import PairedDataset
-from .fill50k import render_fill50k_sample
+from .evaluate import sample_pairs
+from .heldout import COMPARE_START, held_out_pairs
 from .logs import LossLog
 from .pipeline import LiteControlNetPipeline
 from .memory import PeakMemory
@@ -43,8 +43,9 @@ __all__ = [  # the tables and pictures live in `report`, memory in `memory`: imp
     "sample_grid", "step_seconds", "train_measured",
 ]
 
-# Held-out samples start here: far beyond any Fill50k index, so never seen in training.
-HELD_OUT_START = 10_000_000
+HELD_OUT_START = COMPARE_START  # the old name of where `held_out_samples` starts
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of `module` (all of them, trainable or not)."""
     return sum(p.numel() for p in module.parameters())
@@ -96,7 +97,7 @@ def equal_budget_configs(data: str | Path, output: str | Path, steps: int,
     epochs = max(1, math.ceil(steps / max(1, pairs // batch_size)))
     rates = {kind: (learning_rates or {}).get(kind, settings.get("learning_rate")) for kind in kinds}
     settings.pop("learning_rate", None)
-    return {kind: TrainConfig(data=str(data), output=str(output / kind), control=kind, max_steps=steps,
+    return {kind: TrainConfig(data=str(data), output=str(output / kind), control_kind=kind, max_steps=steps,
                               epochs=epochs, learning_rate=rates[kind], **settings) for kind in kinds}
 
 
@@ -111,7 +112,7 @@ def train_measured(cfg: TrainConfig, progress: bool = True) -> TrainingStats:
         final = train(cfg, progress=progress)
     steps = len(LossLog(cfg.output).read())
     memory = peak.bytes if steps > steps_before else None
-    return TrainingStats(cfg.control, steps, step_seconds(cfg.output), memory, peak.kind, final)
+    return TrainingStats(cfg.control_kind, steps, step_seconds(cfg.output), memory, peak.kind, final)
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -128,15 +129,16 @@ class SamplingStats:
 
 
 def held_out_samples(count: int, size: int, seed: int = 0) -> list[tuple[PIL.Image.Image, str]]:
-    """(control, prompt) of `count` synthetic Fill50k samples that no training set holds."""
-    samples = [render_fill50k_sample(HELD_OUT_START + k, size, seed) for k in range(count)]
-    return [(control, prompt) for control, _target, prompt in samples]
+    """(control, prompt) of `count` synthetic Fill50k samples that no training set holds: samples
+    `COMPARE_START`, ... of dataset seed `seed` (`heldout.held_out_pairs`)."""
+    return held_out_pairs(count, size, seed=seed, start=COMPARE_START).pairs()
 
 
-def pipeline_for(base: BaseModels, control: torch.nn.Module | None) -> LiteControlNetPipeline:
-    """A sampling pipeline (UniPC, no progress bar) over an already loaded base (shared, not copied)
-    and a control module."""
-    pipe = LiteControlNetPipeline.from_base(base, control)
+def pipeline_for(base: BaseModels, control_model: torch.nn.Module | None,
+                 scheduler: str | None = "unipc") -> LiteControlNetPipeline:
+    """A sampling pipeline (no progress bar) over an already loaded base (shared, not copied) and a
+    control module; `scheduler` as in `LiteControlNetPipeline.from_base` (None: the base's own)."""
+    pipe = LiteControlNetPipeline.from_base(base, control_model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -148,28 +150,19 @@ def _scalar(value: Any) -> float | None:
 
 
 def sample_and_score(pipe: LiteControlNetPipeline, kind: str, samples: Sequence[tuple[PIL.Image.Image, str]],
-                     steps: int = 20, guidance: float = 7.5, seed: int = 0, metrics: Any = None) -> SamplingStats:
-    """Generate one image per (control, prompt), one at a time, timing each; score them with `metrics`.
+                     steps: int = 20, guidance: float = 7.5, seed: int = 0, metrics: Any = None,
+                     size: int | None = None) -> SamplingStats:
+    """Generate one image per (control image, prompt), one at a time after an untimed warm-up,
+    timing each; score them with `metrics` (`lite_controlnet.metrics`; None: not scored).
 
-    The k-th image uses the seed `seed + k` for every module, so modules see the same noise.
+    Samples through `evaluate.sample_pairs`: the k-th image uses the seed `seed + k` for every
+    module, so modules see the same noise. `size`: the height and width to sample (None: the
+    pipeline's default).
     """
-    def generate(control: PIL.Image.Image, prompt: str, k: int) -> PIL.Image.Image:
-        return pipe(prompt, control, num_inference_steps=steps, guidance_scale=guidance,
-                    generator=torch.Generator().manual_seed(seed + k)).images[0]
-
-    generate(*samples[0], 0)  # warm-up (kernels, allocator): not timed
-    images, times = [], []
-    for k, (control, prompt) in enumerate(samples):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        images.append(generate(control, prompt, k))
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+    sampled = sample_pairs(pipe, samples, steps, guidance, seed, batch_size=1, size=size, warm_up=True,
+                           score=metrics.fill50k_scores if metrics is not None else None)
     scores = None
     if metrics is not None:
-        each = [metrics.fill50k_scores(image, control, prompt) for image, (control, prompt) in zip(images, samples)]
-        aggregate = metrics.aggregate_scores(each)
+        aggregate = metrics.aggregate_scores(sampled.scores)
         scores = {name: v for name, value in aggregate.items() if (v := _scalar(value)) is not None}
-    return SamplingStats(kind, statistics.median(times), images, scores)
+    return SamplingStats(kind, sampled.seconds_per_image, sampled.images, scores)

@@ -22,13 +22,12 @@ from typing import Any
 
 from .atomic import write_atomic
 from .checkpoint import list_checkpoints
-from .compare import TrainingStats, train_measured
+from .compare import TrainingStats, pipeline_for, train_measured
 from .config import TIMESTEP_SAMPLINGS, TrainConfig
 from .controls import CONTROL_KINDS, load_control
 from .data import PairedDataset
 from .evaluate import evaluate, one_step_scores
 from .logs import LossLog
-from .pipeline import LiteControlNetPipeline
 
 
 @dataclass(frozen=True)
@@ -77,38 +76,40 @@ class Variant:
 
 
 @dataclass
-class ProbeSettings:
-    """How a trained module is scored."""
+class ScoreSettings:
+    """How a trained module is scored: the one-step scores and full sampling (see `evaluate`)."""
 
-    heldout: int = 64  # held-out pairs of the one-step probe
+    heldout: int = 64  # held-out pairs scored in one step
     timestep: int = 800
     sample_num: int = 32  # pairs sampled in full
     sample_steps: int = 20
     guidance: float = 3.0
 
 
-def sample_scores(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings,
+ProbeSettings = ScoreSettings  # the old name
+
+
+def sample_scores(base: Any, control_model: Any, heldout: PairedDataset, scoring: ScoreSettings,
                   window: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """Mean full-sampling scores of the first `probe.sample_num` held-out pairs, with control
-    applied on the `window` share of the schedule."""
-    pipe = LiteControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, control)
-    pipe.set_progress_bar_config(disable=True)
-    return evaluate(pipe, heldout, num=probe.sample_num, steps=probe.sample_steps, seed=1, guidance=probe.guidance,
-                    control_window=window)[0]["mean"]
+    """Mean full-sampling scores of the first `scoring.sample_num` held-out pairs, with control
+    applied on the `window` share of the schedule, sampled with the base's own scheduler."""
+    pipe = pipeline_for(base, control_model, scheduler=None)
+    return evaluate(pipe, heldout, num=scoring.sample_num, steps=scoring.sample_steps, seed=1,
+                    guidance=scoring.guidance, control_window=window)[0]["mean"]
 
 
-def score_module(base: Any, control: Any, heldout: PairedDataset, probe: ProbeSettings, full: bool,
+def score_module(base: Any, control_model: Any, heldout: PairedDataset, scoring: ScoreSettings, full: bool,
                  no_prompt: bool = False) -> dict:
     """One-step scores (also with shuffled controls); with `full`, full-sampling scores; with
     `no_prompt`, one-step scores with empty prompts."""
-    indices = list(range(probe.heldout))
+    indices = list(range(scoring.heldout))
 
     def one_step(**kwargs: Any) -> dict:
-        return one_step_scores(base, control, heldout, indices, probe.timestep, seed=1, **kwargs)
+        return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=1, **kwargs)
 
-    out = {"one_step": one_step(), "one_step_shuffled": one_step(shuffle=True) if control is not None else None}
+    out = {"one_step": one_step(), "one_step_shuffled": one_step(shuffle=True) if control_model is not None else None}
     if full:
-        out["sampling"] = sample_scores(base, control, heldout, probe)
+        out["sampling"] = sample_scores(base, control_model, heldout, scoring)
     if no_prompt:
         out["no_prompt"] = one_step(empty_prompt=True)
     return out
@@ -122,7 +123,7 @@ def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | P
         raise ValueError(f"each variant once: got {[v.label for v in variants]}.")
     settings = {"epochs": 1000, "num_workers": 0, "num_validation": 4, "validation_steps": 10, "keep_checkpoints": 1,
                 **settings}
-    return {v.label: TrainConfig(data=str(data), output=str(Path(work) / v.folder), control=v.kind,
+    return {v.label: TrainConfig(data=str(data), output=str(Path(work) / v.folder), control_kind=v.kind,
                                  learning_rate=v.learning_rate, max_steps=v.steps or steps, seed=v.seed,
                                  timestep_sampling=v.timesteps, **settings)
             for v in variants}
@@ -134,9 +135,11 @@ def fidelity_curves(
     heldout: PairedDataset,
     eval_every: int,
     sample_every: int = 4,
-    probe: ProbeSettings | None = None,
+    scoring: ScoreSettings | None = None,
     log: Callable[[str], None] = print,
     state: str | Path | None = None,
+    *,
+    probe: ScoreSettings | None = None,
 ) -> dict:
     """Train each run of `configs` to its `max_steps` in chunks of `eval_every`, taking turns,
     scoring after each chunk.
@@ -146,22 +149,26 @@ def fidelity_curves(
             each `max_steps` a multiple of `eval_every` (a run that stops sooner is scored at its end,
             the others go on).
         base: the runs' base, loaded (`load_base(cfg.base)`), for scoring.
-        heldout: held-out pairs (not trained on).
+        heldout: held-out pairs (not trained on; `heldout.held_out_pairs`).
         sample_every: full sampling after every this many chunks, and after the last.
+        scoring: how each point is scored (`ScoreSettings()`); `probe` is its old name.
         state: a JSON file that keeps the scores as they come: called again (after a
             disconnect), the points already scored are kept and the runs resume.
     Returns:
         {"date", "variants", "text_only", "curves": {label: [point, ...]}, "training": {label:
         step seconds, peak memory, final folder}, "summary"}.
     """
-    probe = probe or ProbeSettings()
+    if probe is not None and scoring is not None:
+        raise ValueError("give the score settings once: scoring= (probe= is its old name).")
+    scoring = scoring or probe or ScoreSettings()
     max_steps = {label: cfg.max_steps for label, cfg in configs.items()}
     if any(n is None or n % eval_every for n in max_steps.values()):
         raise ValueError(f"every run needs max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
     steps = max(max_steps.values())
     # the number of steps is not part of the key: a study continues longer, or ends sooner, from
     # the same points; and it may gain variants (a run already scored keeps its folder)
-    key = {"eval_every": eval_every, "probe": dataclasses.asdict(probe),
+    # "probe": the score settings' key in state files written before they were renamed
+    key = {"eval_every": eval_every, "probe": dataclasses.asdict(scoring),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
     state = Path(state) if state else None
     result = json.loads(state.read_text()) if state and state.is_file() else None
@@ -180,11 +187,11 @@ def fidelity_curves(
             "key": key,
             "date": datetime.date.today().isoformat(),
             "variants": {},
-            "text_only": score_module(base, None, heldout, probe, full=True, no_prompt=True),
+            "text_only": score_module(base, None, heldout, scoring, full=True, no_prompt=True),
             "curves": {label: [] for label in configs},
             "training": {},
         }
-    result["variants"].update({label: {"kind": cfg.control, "learning_rate": cfg.lr, "seed": cfg.seed,
+    result["variants"].update({label: {"kind": cfg.control_kind, "learning_rate": cfg.lr, "seed": cfg.seed,
                                        "timestep_sampling": cfg.timesteps} for label, cfg in configs.items()})
     result["curves"] = {label: [p for p in curve if p["step"] <= max_steps.get(label, steps)]
                         for label, curve in result["curves"].items()}
@@ -203,9 +210,9 @@ def fidelity_curves(
             result["training"][label] = {"steps": stats.steps, "step_seconds": stats.step_seconds,
                                          "peak_memory": max(peaks, default=None),
                                          "memory_kind": stats.memory_kind, "final": str(stats.final)}
-            control = load_control(stats.final).eval()
+            control_model = load_control(stats.final).eval()
             point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
-                     **score_module(base, control, heldout, probe, full, no_prompt=target == cfg.max_steps)}
+                     **score_module(base, control_model, heldout, scoring, full, no_prompt=target == cfg.max_steps)}
             point["one_step_iou"] = point["one_step"]["disk_iou"]
             point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
             result["curves"][label].append(point)
@@ -222,8 +229,8 @@ def fidelity_curves(
                 raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {cfg.max_steps} (it was trained past "
                                    "it): its module cannot be scored at that step; delete it, or give the steps it "
                                    "reached.")
-            scores = score_module(base, load_control(at_end[0].path / "control").eval(), heldout, probe, full=True,
-                                  no_prompt=True)
+            scores = score_module(base, load_control(at_end[0].path / "control").eval(), heldout, scoring,
+                                  full=True, no_prompt=True)
             point.update({k: v for k, v in scores.items() if k not in point})
             if state:
                 _write_json(state, result)
@@ -242,12 +249,12 @@ def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, T
     stats = {}
     for label, cfg in configs.items():
         t = result["training"][label]
-        stats[label] = TrainingStats(cfg.control, t["steps"], t["step_seconds"], t["peak_memory"], t["memory_kind"],
+        stats[label] = TrainingStats(cfg.control_kind, t["steps"], t["step_seconds"], t["peak_memory"], t["memory_kind"],
                                      Path(t["final"]))
     return stats
 
 
-MIN_GAIN = 0.01  # one IoU point: a smaller "gain" over no control is noise at these probe sizes
+MIN_GAIN = 0.01  # one IoU point: a smaller "gain" over no control is noise at these numbers of held-out pairs
 
 
 def reached(curve: list[dict], key: str, start: float, fraction: float = 0.9) -> dict | None:

@@ -2,7 +2,7 @@
 kind read at equal wall-clock there and at the end of training.
 
 `fidelity_curves` scores one seed's runs; `combine_seeds` takes one such result per seed (same
-variants, steps and probe) and answers the comparison's questions with the mean of the seeds,
+variants, steps and score settings) and answers the comparison's questions with the mean of the seeds,
 giving min and max beside each mean. `benchmarks/fidelity.py --combine` calls it.
 """
 

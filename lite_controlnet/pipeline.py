@@ -117,7 +117,7 @@ class LiteControlNetPipeline(DiffusionPipeline):
         cls,
         base: str | Path | BaseModels = DEFAULT_BASE,
         controlnet: torch.nn.Module | str | Path | None = None,
-        scheduler: str = "unipc",
+        scheduler: str | None = "unipc",
         torch_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         **load_kwargs: Any,
@@ -128,7 +128,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
             base: hub id, local folder, "proxy" or "tiny" (see `load_base`), or a base already
                 loaded (`BaseModels`: its networks are shared, not copied).
             controlnet: a control module, the folder of one (`save_pretrained`), or None.
-            scheduler: "unipc" (default, good in 20 steps) or "ddim".
+            scheduler: "unipc" (default, good in 20 steps) or "ddim"; None keeps the base's own
+                (as the fidelity studies sample: their committed scores were taken so).
             torch_dtype: e.g. torch.float16 on a GPU, for what is loaded here.
             device: where to run.
         """
@@ -148,7 +149,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
             scheduler=models.scheduler,
             controlnet=controlnet,
         )
-        pipe.set_scheduler(scheduler)
+        if scheduler is not None:
+            pipe.set_scheduler(scheduler)
         return pipe.to(device) if device is not None else pipe
 
     def base_models(self) -> BaseModels:

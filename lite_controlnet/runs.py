@@ -43,7 +43,7 @@ def run_identity(cfg: TrainConfig, dataset: PairedDataset) -> dict[str, Any]:
     identity = {
         "data": data_fingerprint(dataset),
         "base": base_id(cfg.base),
-        "control": cfg.control,
+        "control": cfg.control_kind,  # the key of run.json files written before the rename: kept
         "control_options": cfg.control_options or {},
         "resolution": cfg.resolution,
         "batch_size": cfg.batch_size,
@@ -58,6 +58,7 @@ def saved_identity(checkpoint: Path) -> dict[str, Any]:
         return json.loads((checkpoint / RUN_FILE).read_text())
     config = json.loads((checkpoint / "train_config.json").read_text())
     legacy = {key: config.get(key) for key in _LEGACY_KEYS}
+    legacy["control"] = config.get("control", config.get("control_kind"))
     legacy["base"] = base_id(legacy["base"]) if isinstance(legacy["base"], str) else legacy["base"]
     legacy["control_options"] = legacy["control_options"] or {}
     return legacy

@@ -52,7 +52,8 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .base import load_base
+from .base import PREDICTION_TYPES  # noqa: F401 (importable from here as before)
+from .base import check_prediction_type, load_base
 from .cache import build_cache
 from .checkpoint import (
     Checkpoint,
@@ -75,7 +76,6 @@ from .train_state import TrainState
 from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # those of diffusers' DDPMScheduler
 
 
 @dataclass
@@ -124,15 +124,6 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr
 
 
-def check_prediction_type(scheduler: DDPMScheduler) -> str:
-    """The base's `prediction_type`, if training knows its target; else a `ValueError` naming it."""
-    kind = scheduler.config.prediction_type
-    if kind not in PREDICTION_TYPES:
-        raise ValueError(f"The base's scheduler has prediction_type={kind!r}; training supports "
-                         f"{', '.join(map(repr, PREDICTION_TYPES))}.")
-    return kind
-
-
 def loss_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
                 timesteps: torch.Tensor) -> torch.Tensor:
     """What the UNet learns to predict from `scheduler.add_noise(latents, noise, timesteps)`, by the
@@ -161,6 +152,11 @@ class _StepControls(Dataset):
 
 class Trainer:
     """Holds one run's models and state; `run()` trains to the end (or `max_steps`)."""
+
+    @property
+    def control(self) -> torch.nn.Module:
+        """The old name of `control_model`, the module being trained."""
+        return self.control_model
 
     def __init__(self, cfg: TrainConfig, on_epoch_end: Callable[[EpochEnd], None] | None = None,
                  progress: bool = True, plan: HardwarePlan | None = None):
@@ -249,12 +245,12 @@ class Trainer:
         # 4. the control module, in fp32 (master weights), and the plan
         torch.manual_seed(derived_seed(cfg.seed, 0, MODULE_INIT))  # the module's initial weights follow the seed
         try:
-            self.control = build_control(cfg.control, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
+            self.control_model = build_control(cfg.control_kind, self.base.unet, vae_scale_factor=self.base.vae_scale_factor,
                                          **(cfg.control_options or {}))
         except (TypeError, ValueError, RuntimeError) as error:  # the module's own check, or torch's
             raise ValueError(f"--control-options {json.dumps(cfg.control_options or {})} cannot build a "
-                             f"{cfg.control} module: {error}") from error
-        self.control.to(acc.device).train()
+                             f"{cfg.control_kind} module: {error}") from error
+        self.control_model.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
                                  cfg.use_8bit_adam, cfg.xformers, probe=self._probe if self.info.kind == "cuda" else None)
@@ -264,7 +260,7 @@ class Trainer:
         # 5. optimizer, loss scaler, and the state of the run
         self.optimizer = self._make_optimizer(self.plan.use_8bit_adam, cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
-        self.control_ddp = acc.prepare(self.control) if self.world > 1 else self.control
+        self.control_model_ddp = acc.prepare(self.control_model) if self.world > 1 else self.control_model
         self.state = TrainState()
         self.nonfinite_run = 0  # non-finite losses in a row (a resumed run starts counting afresh)
         if resume is not None:
@@ -277,13 +273,13 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         if plan.gradient_checkpointing:
             self.base.unet.enable_gradient_checkpointing()
-            if hasattr(self.control, "enable_gradient_checkpointing") and self.control._supports_gradient_checkpointing:
-                self.control.enable_gradient_checkpointing()
+            if hasattr(self.control_model, "enable_gradient_checkpointing") and self.control_model._supports_gradient_checkpointing:
+                self.control_model.enable_gradient_checkpointing()
         if plan.xformers:
             self.base.unet.enable_xformers_memory_efficient_attention()
 
     def _make_optimizer(self, eight_bit: bool, lr: float) -> torch.optim.Optimizer:
-        params = [p for p in self.control.parameters() if p.requires_grad]
+        params = [p for p in self.control_model.parameters() if p.requires_grad]
         if eight_bit:
             try:
                 import bitsandbytes as bnb
@@ -296,7 +292,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         weights = load_file(ckpt.path / "control" / "diffusion_pytorch_model.safetensors")
-        self.control.load_state_dict(weights)
+        self.control_model.load_state_dict(weights)
         saved = loaded["state"]
         self.optimizer.load_state_dict(saved.optimizer)
         if self.scaler is not None and saved.scaler:
@@ -324,7 +320,7 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.accelerator.device.type, dtype=DTYPES[self.plan.precision])
 
-    def _loss(self, latents: torch.Tensor, text: torch.Tensor, controls: torch.Tensor,
+    def _loss(self, latents: torch.Tensor, text: torch.Tensor, control_images: torch.Tensor,
               noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         device, unet = self.accelerator.device, self.base.unet
         latents, noise = latents.to(device, torch.float32), noise.to(device, torch.float32)
@@ -333,11 +329,11 @@ class Trainer:
         target = loss_target(self.noise_scheduler, latents, noise, timesteps)
         noisy, text = noisy.to(self.weight_dtype), text.to(device, self.weight_dtype)
         with self._autocast():
-            prepared = prepare_control(self.control_ddp, controls.to(device), self.weight_dtype)
+            prepared = prepare_control(self.control_model_ddp, control_images.to(device), self.weight_dtype)
             pred = controlled_unet(unet, noisy, timesteps, text, prepared)
         return F.mse_loss(pred.float(), target.float())
 
-    def _optimizer_step(self, step: int, indices: list[int], controls: torch.Tensor, lr: float | None = None) -> float:
+    def _optimizer_step(self, step: int, indices: list[int], control_images: torch.Tensor, lr: float | None = None) -> float:
         """Forward/backward over micro-batches, then one update (at `lr`, else the schedule's).
 
         Returns the mean loss (NaN if the update was skipped)."""
@@ -352,9 +348,9 @@ class Trainer:
         for start in range(0, count, micro):
             part = slice(start, start + micro)
             last = start + micro >= count
-            sync = nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.control_ddp)
+            sync = nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.control_model_ddp)
             with sync:
-                loss = self._loss(latents[part], text[part], controls[part], noise[part], timesteps[part])
+                loss = self._loss(latents[part], text[part], control_images[part], noise[part], timesteps[part])
                 scaled = loss * (min(micro, count - start) / count)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             losses.append(loss.detach() * min(micro, count - start))
@@ -365,7 +361,7 @@ class Trainer:
             return float("nan")
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.control.parameters(), self.cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.control_model.parameters(), self.cfg.max_grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -381,15 +377,15 @@ class Trainer:
             self.base.unet.enable_gradient_checkpointing()
         else:
             self.base.unet.disable_gradient_checkpointing()
-        self.control_ddp = self.control
+        self.control_model_ddp = self.control_model
         self.optimizer = self._make_optimizer(eight_bit, lr=0.0)
         self.scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
         torch.cuda.reset_peak_memory_stats()
         try:
             indices = list(range(micro))
-            controls = torch.stack([self.dataset.control_image(i) for i in indices])
+            control_images = torch.stack([self.dataset.control_image(i) for i in indices])
             for step in range(2):
-                self._optimizer_step(step, indices, controls, lr=0.0)  # lr 0: the weights stay as they are
+                self._optimizer_step(step, indices, control_images, lr=0.0)  # lr 0: the weights stay as they are
             with torch.no_grad(), self._autocast():  # validation with guidance: twice the batch
                 k = 2 * min(self.cfg.num_validation, len(self.dataset))
                 latents = self.cache.latent_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
@@ -397,7 +393,7 @@ class Trainer:
                 self.base.unet(latents, torch.full((k,), 500, device=latents.device), encoder_hidden_states=text)
             return torch.cuda.max_memory_reserved()
         finally:
-            self.control.zero_grad(set_to_none=True)  # an out-of-memory step leaves gradients behind
+            self.control_model.zero_grad(set_to_none=True)  # an out-of-memory step leaves gradients behind
             del self.optimizer
             gc.collect()
             torch.cuda.empty_cache()
@@ -406,7 +402,7 @@ class Trainer:
 
     def _check_weights(self) -> None:
         """Refuse to publish non-finite weights: they would replace good checkpoints and final/."""
-        bad = [name for name, p in self.control.named_parameters() if not torch.isfinite(p).all()]
+        bad = [name for name, p in self.control_model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingError(
                 f"The control module's weights are not finite at step {self.state.global_step} ({len(bad)} tensors, "
@@ -423,7 +419,7 @@ class Trainer:
                         scaler=self.scaler.state_dict() if self.scaler else None)
 
         def write(folder: Path) -> None:
-            self.control.save_pretrained(folder / "control")
+            self.control_model.save_pretrained(folder / "control")
             state.save(folder / "state.pt")
             (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
@@ -436,7 +432,7 @@ class Trainer:
     def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
         indices = list(range(min(self.cfg.num_validation, len(self.dataset))))
         with self._autocast():
-            grid = validation_grid(self.base, self.control, self.dataset, self.cache, indices,
+            grid = validation_grid(self.base, self.control_model, self.dataset, self.cache, indices,
                                    steps=self.cfg.validation_steps, guidance=self.cfg.validation_guidance,
                                    seed=self.cfg.seed, title=title)
         return grid, save_grid(grid, self.output, name)
@@ -472,7 +468,7 @@ class Trainer:
                   and not (self.output / "samples" / f"epoch-{state.epoch:03d}.png").exists()):
                 self._epoch_grid(state.epoch)  # cut off between the epoch's checkpoint and its grid
             bar = tqdm(total=self.total_steps, initial=state.global_step, disable=not (self.progress and self.main),
-                       desc=f"train {cfg.control}", dynamic_ncols=True)
+                       desc=f"train {cfg.control_kind}", dynamic_ncols=True)
             try:
                 while state.global_step < self.total_steps:
                     self._run_epoch(bar, log)
@@ -483,7 +479,7 @@ class Trainer:
             final = self.output / "final"
             if self.main:
                 self._check_weights()
-                publish_folder(final, self.control.save_pretrained, info={"step": state.global_step})
+                publish_folder(final, self.control_model.save_pretrained, info={"step": state.global_step})
                 if state.step_in_epoch != 0:  # stopped by max_steps inside an epoch
                     grid, path = self._grid(f"step-{state.global_step:08d}", f"final, step {state.global_step}")
                 LossLog(self.output).plot()
@@ -505,8 +501,8 @@ class Trainer:
         loader = DataLoader(_StepControls(self.dataset, steps), batch_size=None, num_workers=cfg.num_workers,
                             persistent_workers=False)
         started = time.monotonic()
-        for indices, controls in loader:
-            loss = self._step_with_retry(indices, controls)
+        for indices, control_images in loader:
+            loss = self._step_with_retry(indices, control_images)
             state.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
             state.global_step += 1
             state.step_in_epoch += 1
@@ -534,12 +530,12 @@ class Trainer:
                 break
             started = time.monotonic()
 
-    def _step_with_retry(self, indices: list[int], controls: torch.Tensor) -> float:
+    def _step_with_retry(self, indices: list[int], control_images: torch.Tensor) -> float:
         """One optimizer step; on out-of-memory, a smaller per-step batch and the same step again."""
         state = self.state
         while True:
             try:
-                loss = self._optimizer_step(state.global_step, indices, controls)
+                loss = self._optimizer_step(state.global_step, indices, control_images)
                 break
             except torch.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)

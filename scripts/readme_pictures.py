@@ -80,7 +80,7 @@ def train_run(work: Path) -> tuple[Path, Path, float]:
 
 
 def train_config(data: Path, output: Path) -> TrainConfig:
-    return TrainConfig(data=str(data), output=str(output), control="lite", **DEMO.train_settings("lite"))
+    return TrainConfig(data=str(data), output=str(output), control_kind="lite", **DEMO.train_settings("lite"))
 
 
 def tiles(png: bytes, columns: int, rows: int) -> list[list]:

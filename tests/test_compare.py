@@ -59,7 +59,7 @@ def test_peak_memory_sees_an_allocation_and_is_reset_between_runs():
 def test_equal_budget_configs_differ_only_in_the_kind(fill50k_small, tmp_path):
     configs = equal_budget_configs(fill50k_small, tmp_path, steps=5, base="tiny", resolution=64, batch_size=4)
     lite, controlnet = configs["lite"].to_dict(), configs["controlnet"].to_dict()
-    assert {k for k in lite if lite[k] != controlnet[k]} == {"control", "output"}
+    assert {k for k in lite if lite[k] != controlnet[k]} == {"control_kind", "output"}
     assert configs["lite"].lr == 1e-4 and configs["controlnet"].lr == 1e-5  # each its own default
     assert lite["max_steps"] == 5 and lite["epochs"] * (8 // 4) >= 5  # enough epochs for the steps
     assert lite["cache_dir"] == str(tmp_path / "cache")  # one cache for both
@@ -139,12 +139,14 @@ class TargetPipe:
     """Stands in for a pipeline: draws the true target of the control it is given, or of the
     `shift`-th next sample's."""
 
+    controlnet = object()
+
     def __init__(self, samples, targets, shift=0):
         self.samples, self.targets, self.shift = samples, targets, shift
 
-    def __call__(self, prompt, control, **kwargs):
-        k = next(k for k, (c, _) in enumerate(self.samples) if c is control)
-        return SimpleNamespace(images=[self.targets[(k + self.shift) % len(self.targets)]])
+    def __call__(self, prompts, controls, **kwargs):
+        ks = [next(k for k, (c, _) in enumerate(self.samples) if c is control) for control in controls]
+        return SimpleNamespace(images=[self.targets[(k + self.shift) % len(self.targets)] for k in ks])
 
 
 def test_scores_come_from_the_metrics_module():

@@ -84,6 +84,33 @@ def test_a_perfect_one_step_prediction_gives_back_the_target(tiny_base, heldout,
     assert shuffled["disk_iou"] < 0.5
 
 
+def test_an_unknown_prediction_type_is_refused_by_name(tiny_base, heldout):
+    """One-step scores must know what the UNet predicts: anything but epsilon, v or sample is an error
+    (it used to be read as "sample")."""
+    base = BaseModels(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.unet,
+                      DDPMScheduler(prediction_type="flow_prediction"), vae=None)
+    with pytest.raises(ValueError, match="prediction_type='flow_prediction'; one-step scoring supports 'epsilon'"):
+        one_step_scores(base, None, PairedDataset(heldout, resolution=64), [0, 1], timestep=800)
+
+
+def test_held_out_pairs_are_the_pairs_make_fill50k_writes(heldout):
+    """The in-memory held-out pairs are, tensor for tensor, the dataset seed 1 folder read back;
+    compare's held-out samples are samples 10,000,000... of seed 0."""
+    from lite_controlnet.compare import held_out_samples
+    from lite_controlnet.fill50k import render_fill50k_sample
+    from lite_controlnet.heldout import COMPARE_START, held_out_pairs
+
+    folder, pairs = PairedDataset(heldout, resolution=64), held_out_pairs(12, 64)
+    assert len(pairs) == 12 and pairs.resolution == 64
+    for i in range(12):
+        for key in ("pixel_values", "conditioning_pixel_values"):
+            assert torch.equal(pairs[i][key], folder[i][key]), (i, key)
+        assert pairs[i]["prompt"] == folder[i]["prompt"] == pairs.prompts[i]
+    control, _, prompt = render_fill50k_sample(COMPARE_START + 1, 64, 0)
+    sample = held_out_samples(2, 64)[1]
+    assert np.array_equal(np.asarray(sample[0]), np.asarray(control)) and sample[1] == prompt
+
+
 def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, tiny_base, heldout, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = ["evaluate", "--base", str(tiny_base_dir), "--data", str(heldout), "--num", "4", "--steps", "2",

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from lite_controlnet import LiteControlNetPipeline, build_control, load_base
-from lite_controlnet.fill50k import fill50k_spec, render_fill50k_sample
+from lite_controlnet.fill50k import render_fill50k_sample
 from lite_controlnet.metrics import colour_errors, count_disks, segment_disk
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.bases.proxy import ProxyRecipe, make_scheduler
-from lite_controlnet.bases.proxy_training import PROBE_DATA_SEED, make_proxy_base, min_snr_weight
+from lite_controlnet.bases.proxy_training import make_proxy_base, min_snr_weight
+from lite_controlnet.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 
 SMALL = ProxyRecipe(block_out_channels=(16, 16, 32, 32), text_width=32, warmup_steps=1)
 
@@ -21,8 +22,8 @@ SMALL = ProxyRecipe(block_out_channels=(16, 16, 32, 32), text_width=32, warmup_s
 def trained_dir(tmp_path_factory):
     lines = []
     folder = make_proxy_base(tmp_path_factory.mktemp("proxy"), steps=3, progress=False, recipe=SMALL,
-                             log=lines.append, log_every=1, probe_every=3)
-    assert any("loss" in line for line in lines) and any("probe" in line for line in lines)
+                             log=lines.append, log_every=1, probe_every=3)  # probe_every: check_every's old name
+    assert any("loss" in line for line in lines) and any("colour check" in line for line in lines)
     return folder
 
 
@@ -77,7 +78,7 @@ def test_recipe_says_what_is_accepted(bad, match):
 def test_shipped_weights_draw_one_disk_in_the_prompts_colours():
     pipe = LiteControlNetPipeline.from_base(PROXY_BASE_DIR)
     pipe.set_progress_bar_config(disable=True)
-    prompts = [fill50k_spec(i, 32, PROBE_DATA_SEED).prompt for i in range(16)]
+    prompts = held_out_pairs(16, 32, seed=PROXY_HELD_OUT_SEED).prompts
     noise = torch.randn((16, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     images = {}
     for name, used in (("real", prompts), ("shuffled", prompts[8:] + prompts[:8])):

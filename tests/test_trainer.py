@@ -303,7 +303,7 @@ def test_a_base_of_another_prediction_type_is_refused_before_the_cache_is_built(
 
 
 def test_config_errors_name_the_value():
-    with pytest.raises(ValueError, match="control='t2i'"):
+    with pytest.raises(ValueError, match=r"control_kind='t2i' \(--control-kind\)"):
         TrainConfig(data="d", output="o", control="t2i")
     with pytest.raises(ValueError, match="micro_batch=3.*divisor"):
         TrainConfig(data="d", output="o", micro_batch=3)
@@ -322,6 +322,28 @@ def test_config_file_and_flags(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"data": "d", "output": "o", "epoch": 3}))
     with pytest.raises(ValueError, match="unknown setting.*epoch"):
         config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
+
+
+def test_the_old_name_of_control_kind_still_works(tmp_path):
+    """`control` was `control_kind`'s name: as a keyword, a key of a saved config and a flag it
+    still sets the kind; given with a different kind under the new name, it is refused."""
+    from lite_controlnet.cli import build_parser
+    from lite_controlnet.config import config_from_args
+
+    assert TrainConfig(data="d", output="o", control="controlnet").control_kind == "controlnet"
+    assert TrainConfig(data="d", output="o", control_kind="t2i-adapter").control == "t2i-adapter"
+    old = {**TrainConfig(data="d", output="o").to_dict(), "control": "lite-seed"}
+    del old["control_kind"]  # a train_config.json written before the rename
+    assert TrainConfig.from_dict(old).control_kind == "lite-seed"
+    assert TrainConfig.from_dict({**old, "control_kind": "lite-seed"}).lr == 1e-4
+    with pytest.raises(ValueError, match="control='lite-seed' and control_kind='controlnet'"):
+        TrainConfig.from_dict({**old, "control_kind": "controlnet"})
+    for flag in ("--control", "--control-kind"):
+        args = build_parser().parse_args(["train", "--data", "d", "--output", "o", flag, "controlnet"])
+        assert config_from_args(args).control_kind == "controlnet"
+    (tmp_path / "old.json").write_text(json.dumps({"data": "d", "output": "o", "control": "controlnet"}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "old.json"), "--control-kind", "lite"])
+    assert config_from_args(args).control_kind == "lite"  # the flag wins over the file, whatever its name there
 
 
 def test_control_options_shape_the_module_from_flags_to_the_saved_model(tiny_base_dir, fill50k_small, tmp_path):

@@ -24,29 +24,35 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
-from ..fill50k import fill50k_spec, render_fill50k_sample
+from ..fill50k import render_fill50k_sample
+from ..heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from .proxy import ProxyModels, ProxyRecipe, build_proxy_models, save_proxy_base
 
-__all__ = ["PROBE_DATA_SEED", "TRAIN_DATA_SEED", "colour_probe", "lr_factor", "make_proxy_base", "min_snr_weight"]
+__all__ = ["PROBE_DATA_SEED", "PROXY_HELD_OUT_SEED", "TRAIN_DATA_SEED", "colour_check", "colour_probe", "lr_factor",
+           "make_proxy_base", "min_snr_weight"]
 
-# The evaluation and the probe draw prompts from another dataset seed than training, so
-# their exact (colours, circle) combinations were never seen.
+# The colour check and the base's evaluation draw held-out pairs (`heldout.held_out_pairs`) of
+# another dataset seed than training, so their exact (colours, circle) combinations were never seen.
 TRAIN_DATA_SEED = 0
-PROBE_DATA_SEED = 1_000_003
+PROBE_DATA_SEED = PROXY_HELD_OUT_SEED  # the old name
 
 
 def render_targets(indices: range | list[int], recipe: ProxyRecipe, data_seed: int) -> tuple[torch.Tensor, list[str]]:
     """Fill50k targets as a (B, 3, R, R) tensor in [-1, 1], and their prompts."""
     size = recipe.resolution * recipe.render_scale
-    images, prompts = [], []
+    targets, prompts = [], []
     for index in indices:
         _, target, prompt = render_fill50k_sample(index, size, data_seed)
         if recipe.render_scale > 1:
             target = target.resize((recipe.resolution, recipe.resolution), Image.BOX)
-        images.append(np.asarray(target, dtype=np.float32))
+        targets.append(target)
         prompts.append(prompt)
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return batch, prompts
+    return _target_batch(targets), prompts
+
+
+def _target_batch(targets: list[Image.Image]) -> torch.Tensor:
+    """Target images as a (B, 3, R, R) tensor in [-1, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in targets])).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def _tokens(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
@@ -101,7 +107,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 @torch.no_grad()
-def colour_probe(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, timestep: int = 980) -> dict[str, float]:
+def colour_check(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, timestep: int = 980) -> dict[str, float]:
     """A cheap check that the prompt's colours are used, for logs during training.
 
     Noises held-out targets to `timestep` (SNR ~0.001: too little is left of the image to read
@@ -110,8 +116,9 @@ def colour_probe(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     outside the true disk to the prompt's colours, with the real prompts and with the prompts
     rolled by one (another sample's colours). Real well below rolled = colours are bound.
     """
-    images, prompts = render_targets(range(count), recipe, PROBE_DATA_SEED)
-    specs = [fill50k_spec(i, recipe.resolution, PROBE_DATA_SEED) for i in range(count)]
+    pairs = held_out_pairs(count, recipe.resolution, seed=PROXY_HELD_OUT_SEED, render_scale=recipe.render_scale)
+    images = _target_batch([pairs.images(i)[1] for i in range(count)])
+    prompts, specs = pairs.prompts, pairs.specs
     circle = torch.tensor([s.circle.rgb for s in specs], dtype=torch.float32)
     background = torch.tensor([s.background.rgb for s in specs], dtype=torch.float32)
     yy, xx = torch.meshgrid(torch.arange(recipe.resolution) + 0.5, torch.arange(recipe.resolution) + 0.5, indexing="ij")
@@ -134,6 +141,9 @@ def colour_probe(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     return result
 
 
+colour_probe = colour_check  # the old name
+
+
 def make_proxy_base(
     out_dir: str | Path,
     steps: int = ProxyRecipe.steps,
@@ -143,8 +153,9 @@ def make_proxy_base(
     recipe: ProxyRecipe | None = None,
     log: Callable[[str], None] | None = None,
     log_every: int = 100,
-    probe_every: int = 1000,
+    check_every: int = 1000,
     save_every: int | None = None,
+    probe_every: int | None = None,
 ) -> Path:
     """Train the proxy base on in-memory Fill50k targets and save it to `out_dir`.
 
@@ -153,14 +164,15 @@ def make_proxy_base(
         steps, seed, resolution: override the same fields of `recipe`.
         progress: show a progress bar.
         recipe: everything else about the networks and the training (`ProxyRecipe()`).
-        log: receives one line every `log_every` steps (loss, speed) and a colour probe every
-            `probe_every` steps (see `colour_probe`); None logs nothing.
+        log: receives one line every `log_every` steps (loss, speed) and a colour check every
+            `check_every` steps (see `colour_check`; `probe_every` is its old name); None logs nothing.
         save_every: also save the EMA weights to `out_dir` every this many steps, so an
             interrupted run leaves a usable base.
 
     Returns:
         `out_dir` as a Path. Its `training.json` holds the recipe, the steps and the time taken.
     """
+    check_every = probe_every if probe_every is not None else check_every
     recipe = ProxyRecipe(**{**asdict(recipe or ProxyRecipe()), "steps": steps, "seed": seed, "resolution": resolution})
     out_dir = Path(out_dir)
     models = build_proxy_models(recipe, out_dir / "tokenizer")
@@ -214,9 +226,9 @@ def make_proxy_base(
             elapsed = time.perf_counter() - started
             log(f"step {done}/{recipe.steps} loss {np.mean(running):.4f} {elapsed / done:.3f} s/step {elapsed / 60:.1f} min")
             running = []
-        if log is not None and (done % probe_every == 0 or done == recipe.steps):
-            probe = colour_probe(ema, recipe)
-            log(f"step {done} probe (RGB distance) " + " ".join(f"{k} {v:.1f}" for k, v in probe.items()))
+        if log is not None and (done % check_every == 0 or done == recipe.steps):
+            check = colour_check(ema, recipe)
+            log(f"step {done} colour check (RGB distance) " + " ".join(f"{k} {v:.1f}" for k, v in check.items()))
         if save_every and done % save_every == 0 and done < recipe.steps:
             save_proxy_base(ema, out_dir, metadata(done))
     return save_proxy_base(ema, out_dir, metadata(recipe.steps))
