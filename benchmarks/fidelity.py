@@ -31,7 +31,7 @@ from machine import machine_description
 
 from lite_controlnet import load_base
 from lite_controlnet.fidelity import (
-    ProbeSettings,
+    ScoreSettings,
     Variant,
     fidelity_curves,
     plot_fidelity,
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--work", default="outputs/fidelity", help="data and runs (kept: re-running resumes)")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-num", type=int, default=4000)
-    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs for the one-step probe")
+    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs of the one-step score")
     parser.add_argument("--steps", type=int, default=1200,
                         help="ControlNet with cubic timesteps levels off near 800 on the proxy base, with uniform "
                              "ones after 1,000 (a study resumes longer)")
@@ -118,10 +118,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
-    probe = ProbeSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
+    scoring = ScoreSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
     configs = variant_configs(variants, train_dir, work, args.steps, base=args.base, resolution=args.resolution,
                               batch_size=args.batch_size)
-    result = fidelity_curves(configs, load_base(args.base), heldout, args.eval_every, args.sample_every, probe,
+    result = fidelity_curves(configs, load_base(args.base), heldout, args.eval_every, args.sample_every, scoring,
                              log=lambda line: print(line, flush=True), state=work / f"fidelity-state-seed{args.seed}.json")
     result = {
         "machine": machine_description(args.threads),

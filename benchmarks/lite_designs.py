@@ -5,7 +5,7 @@
 
 Each candidate is a control kind (mostly `lite`) with its own module settings
 (`control_options` over the kind's design), learning rate and trainer settings, trained like the
-fidelity study's runs (same data, held-out pairs, probe and seed; `lite_controlnet.fidelity`)
+fidelity study's runs (same data, held-out pairs, scores and seed; `lite_controlnet.fidelity`)
 and scored at every `--eval-every` steps,
 with full sampling at `--sample-every` evaluations and at the end. The per-step cost of each
 design at SD1.5 size comes from `benchmarks/run.py`; here: parameters at SD1.5 and at proxy size.
@@ -24,7 +24,7 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import load_base
-from lite_controlnet.fidelity import ProbeSettings, Variant, fidelity_curves, variant_configs
+from lite_controlnet.fidelity import ScoreSettings, Variant, fidelity_curves, variant_configs
 from lite_controlnet.model import LiteControlNetModel
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.sd_configs import SD15_UNET_CONFIG
@@ -107,7 +107,7 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, control_options=options or None, output=str(work / f"design-{slug}-seed{args.seed}"),
                               **training)
     result = fidelity_curves({label: cfg}, load_base(str(PROXY_BASE_DIR)), heldout, args.eval_every, args.sample_every,
-                             ProbeSettings(), log=lambda line: print(line, flush=True),
+                             ScoreSettings(), log=lambda line: print(line, flush=True),
                              state=work / f"design-state-{slug}-seed{args.seed}.json")
     all_results = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
     all_results["machine"] = machine_description(1)

@@ -4,7 +4,7 @@ of the schedule where control applies, on the proxy base at equal steps.
     python benchmarks/lite_variants.py                  # about 10 minutes on one CPU thread
 
 Each variant trains the same number of steps on the same data (the trainer, batch 16) and is
-scored by the one-step probe (held-out targets noised to t=800, also with shuffled controls)
+scored by the one-step score (held-out targets noised to t=800, also with shuffled controls)
 and by full sampling. The control window (control only on the first or last part of the
 denoising steps) is a sampling setting: it is scored on the default variant. Writes
 benchmarks/results/lite-variants-<base>.json.

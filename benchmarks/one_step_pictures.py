@@ -3,7 +3,7 @@
     python benchmarks/one_step_pictures.py      # after benchmarks/fidelity.py --seed 0
 
 Rows: target, control, then each module's clean image predicted in one step from the target
-noised to t=800 (the fidelity probe's setting), for the first 16 held-out pairs of the fidelity
+noised to t=800 (the fidelity study's one-step score), for the first 16 held-out pairs of the fidelity
 study, with each prediction's disk IoU printed. Writes
 benchmarks/results/one-step-pictures-proxy-base.png.
 """
@@ -20,7 +20,7 @@ from PIL import Image
 from lite_controlnet import load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.evaluate import one_step_predictions, to_pil
-from lite_controlnet.fidelity import ProbeSettings
+from lite_controlnet.fidelity import ScoreSettings
 from lite_controlnet.metrics import fill50k_scores
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ def main() -> None:
     for name, run in RUNS.items():
         module = load_control(work / run / "final").eval()
         with torch.no_grad():
-            images = to_pil(one_step_predictions(base, module, targets, controls, prompts, ProbeSettings().timestep, 1))
+            images = to_pil(one_step_predictions(base, module, targets, controls, prompts, ScoreSettings().timestep, 1))
         rows.append(images)
         ious = [fill50k_scores(image, control, prompt)["disk_iou"] for image, control, prompt in zip(images, rows[1], prompts)]
         print(f"{name}: disk IoU " + " ".join(f"{iou:.2f}" for iou in ious) + f" (mean {sum(ious) / len(ious):.3f})")

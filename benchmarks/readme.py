@@ -100,7 +100,7 @@ def fidelity_block() -> str:
         seconds = ", ".join(f"{KIND_NAMES.get(k, k)} {v:.2f} s" for k, v in r.get("step_seconds", {}).items())
         lines += [
             f"On **{st['base_name']}** ({r['machine']}, {r['date']}; seeds {', '.join(map(str, r['seeds']))}; up to "
-            f"{max(ends.values())} steps at batch {st['batch_size']}, {st['resolution']} px; one-step probe at "
+            f"{max(ends.values())} steps at batch {st['batch_size']}, {st['resolution']} px; one-step score at "
             f"t={st['timestep']} on {st['heldout']} held-out pairs, {st['sample_num']} sampled in full; learning rates "
             f"{', '.join(variant_name(v, True) for v in variants.values())}; "
             f"`python benchmarks/fidelity.py --seed N`, then `--combine`). Mean of the seeds (min-max). "
@@ -148,7 +148,7 @@ def designs_block() -> str:
     r = json.loads(path.read_text())
     first = next(iter(r["candidates"].values()))
     lines = [f"Lite designs and recipes on **proxy-base** ({r['machine']}; seed {first['seed']} unless the name gives another, "
-             f"{first['steps']} steps of 16 at 32 px, the fidelity study's data and probe; "
+             f"{first['steps']} steps of 16 at 32 px, the fidelity study's data and scores; "
              "`python benchmarks/lite_designs.py --only NAME`). Settings over the default design's; "
              f"no control: {first['text_only']['one_step_iou']:.3f} / {first['text_only']['sampled_iou']:.3f}:", "",
              "| candidate | kind | module settings | timesteps | lr | parameters at SD1.5 | one-step IoU (shuffled), "
