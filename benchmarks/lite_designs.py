@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -34,9 +35,13 @@ OUT = HERE / "results" / "lite-designs-proxy-base.json"
 
 ALL_LEVELS = {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3}
 CUBIC, UNIFORM = {"timestep_sampling": "cubic"}, {"timestep_sampling": "uniform"}
-ONE = {"level_mlp_layers": 1}  # the feedback design's first version: one layer per level
+# the default design before its level layers were normalised: every candidate run before then
+PLAIN = {"level_norm": False}
+ONE = {**PLAIN, "level_mlp_layers": 1}  # the feedback design's first version: one layer per level
+NORM = {"level_norm": True}
 # name -> (kind, learning rate, module settings over the kind's design, trainer settings); the
-# ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much
+# ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much. A
+# note in parentheses is not part of the run's folder name.
 CANDIDATES = {
     "uniform timesteps": ("lite", 3e-3, ONE, UNIFORM),
     "time": ("lite", 3e-3, {**ONE, "feedback_time_channels": 64}, UNIFORM),
@@ -45,23 +50,21 @@ CANDIDATES = {
     "cubic timesteps": ("lite", 3e-3, ONE, CUBIC),
     "cubic timesteps, all levels": ("lite", 3e-3, {**ONE, **ALL_LEVELS}, CUBIC),
     "cubic timesteps, wide": ("lite", 3e-3, {**ONE, "level_channels": 96, "feedback_channels": 64}, CUBIC),
-    "cubic timesteps, two level layers (default)": ("lite", 3e-3, {}, CUBIC),
+    "cubic timesteps, two level layers (the previous default)": ("lite", 3e-3, PLAIN, CUBIC),
     "ControlNet, cubic timesteps": ("controlnet", 1e-3, {}, CUBIC),
-    "3x3 at every level": ("lite", 3e-3, {"level_kernel_size": 3}, CUBIC),
-    "into the encoder": ("lite", 3e-3, {"feedback_into_encoder": True}, CUBIC),
-    "top-down": ("lite", 3e-3, {"level_top_down": True}, CUBIC),
-    "chain, into the encoder": ("lite", 3e-3, {"feedback_chain": True, "feedback_into_encoder": True}, CUBIC),
-    "chain": ("lite", 3e-3, {"feedback_chain": True}, CUBIC),
-    "into the encoder at levels 2 and 3": ("lite", 3e-3, {"feedback_into_encoder": [2, 3]}, CUBIC),
-    "lr 2e-3": ("lite", 2e-3, {}, CUBIC),
-    "lr 1.5e-3": ("lite", 1.5e-3, {}, CUBIC),
-    "four level layers": ("lite", 3e-3, {"level_mlp_layers": 4}, CUBIC),
-    "six level layers": ("lite", 3e-3, {"level_mlp_layers": 6}, CUBIC),
-    "normalised level layers": ("lite", 3e-3, {"level_norm": True}, CUBIC),
-    "four normalised level layers": ("lite", 3e-3, {"level_norm": True, "level_mlp_layers": 4}, CUBIC),
-    "normalised level and feedback layers": ("lite", 3e-3, {"level_norm": True, "feedback_norm": True}, CUBIC),
-    "normalised level layers, into the encoder": ("lite", 3e-3, {"level_norm": True, "feedback_into_encoder": True},
-                                                  CUBIC),
+    "3x3 at every level": ("lite", 3e-3, {**PLAIN, "level_kernel_size": 3}, CUBIC),
+    "into the encoder": ("lite", 3e-3, {**PLAIN, "feedback_into_encoder": True}, CUBIC),
+    "top-down": ("lite", 3e-3, {**PLAIN, "level_top_down": True}, CUBIC),
+    "chain, into the encoder": ("lite", 3e-3, {**PLAIN, "feedback_chain": True, "feedback_into_encoder": True}, CUBIC),
+    "chain": ("lite", 3e-3, {**PLAIN, "feedback_chain": True}, CUBIC),
+    "into the encoder at levels 2 and 3": ("lite", 3e-3, {**PLAIN, "feedback_into_encoder": [2, 3]}, CUBIC),
+    "lr 2e-3": ("lite", 2e-3, PLAIN, CUBIC),
+    "lr 1.5e-3": ("lite", 1.5e-3, PLAIN, CUBIC),
+    "four level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 4}, CUBIC),
+    "six level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 6}, CUBIC),
+    "normalised level layers (default)": ("lite", 3e-3, NORM, CUBIC),
+    "four normalised level layers": ("lite", 3e-3, {**NORM, "level_mlp_layers": 4}, CUBIC),
+    "normalised level and feedback layers": ("lite", 3e-3, {**NORM, "feedback_norm": True}, CUBIC),
 }
 
 
@@ -100,7 +103,7 @@ def main() -> None:
     kind, lr, options, training = CANDIDATES[args.only]
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
-    slug = args.only.replace(" (default)", "").replace(" ", "-").replace(",", "").replace("+", "and")
+    slug = re.sub(r" \(.*\)$", "", args.only).replace(" ", "-").replace(",", "").replace("+", "and")
     config = variant_configs([Variant(kind, lr, args.seed)], train_dir, work, args.steps, base=str(PROXY_BASE_DIR),
                              resolution=32, batch_size=16)
     (label, cfg), = config.items()
