@@ -65,6 +65,8 @@ CANDIDATES = {
     "normalised level layers (default)": ("lite", 3e-3, NORM, CUBIC),
     "four normalised level layers": ("lite", 3e-3, {**NORM, "level_mlp_layers": 4}, CUBIC),
     "normalised level and feedback layers": ("lite", 3e-3, {**NORM, "feedback_norm": True}, CUBIC),
+    "normalised, lr 5e-3": ("lite", 5e-3, NORM, CUBIC),
+    "normalised, lr 2e-3": ("lite", 2e-3, NORM, CUBIC),
 }
 
 
