@@ -420,7 +420,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         # coarse to fine: each level's layers also read the coarser level's features
         features = [self.level_mlps[-1](pooled[-1])]
         for level in range(len(sizes) - 2, -1, -1):
-            coarse = F.interpolate(features[0], size=sizes[level], mode="bilinear", align_corners=False)
+            coarse = _resize(features[0], sizes[level])
             features.insert(0, self.level_mlps[level](pooled[level] + self.top_down[level](coarse)))
         return tuple(features)
 
@@ -495,26 +495,22 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         def keep_time(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             step["time"] = self.feedback_time(out.to(features[0].dtype))
 
-        def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
-            time, previous = step.get("time"), step.get("previous")
-            if index is None:
-                hidden = step["previous"] = self.feedback_mid(feature, features[-1], time, previous)
-                out = self.mid_zero_conv(hidden)
-            elif str(index) in self.feedback_skips:
-                hidden = self.feedback_skips[str(index)](feature, features[levels[index]], time, previous)
-                out = self.zero_convs[index](hidden)
-                step["previous"] = hidden
-            else:  # a level without feedback: the residual of the control features alone
-                out = self.zero_convs[index](features[levels[index]])
-            return (out * conditioning_scale).to(feature.dtype)
+        chain = self.config.feedback_chain
 
-        # with feedback_into_encoder, the feedback skips are corrected as the down blocks make them
-        # (the UNet's conv_in makes skip 0); the up blocks correct the rest
-        down_blocks, first = [], 1
-        for block in unet.down_blocks:
-            made = len(block.resnets) + len(block.downsamplers or ())
-            down_blocks.append((block, range(first, first + made)))
-            first += made
+        def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
+            if index is not None and str(index) not in self.feedback_skips:
+                # a level without feedback: the residual of the control features alone
+                out = self.zero_convs[index](features[levels[index]])
+                return (out * conditioning_scale).to(feature.dtype)
+            layer, zero_conv, own = ((self.feedback_mid, self.mid_zero_conv, features[-1]) if index is None else
+                                     (self.feedback_skips[str(index)], self.zero_convs[index], features[levels[index]]))
+            hidden = layer(feature, own, step.get("time"), step.get("previous"))
+            if chain:
+                step["previous"] = hidden
+            return (zero_conv(hidden) * conditioning_scale).to(feature.dtype)
+
+        # with feedback_into_encoder, the feedback skips are corrected as the down blocks make them;
+        # the up blocks correct the rest
         into = self.config.feedback_into_encoder
         into_levels = self.config.feedback_levels if into is True else (into or ())
         in_encoder = {int(k) for k in self.feedback_skips if levels[int(k)] in into_levels}
@@ -536,15 +532,18 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
 
             return hook
 
-        handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
-        # each forward starts its own chain
         def start_chain(module: nn.Module, args: tuple) -> None:
             step.pop("previous", None)
 
-        handles.append(unet.register_forward_pre_hook(start_chain))
-        if in_encoder:
-            handles += [block.register_forward_hook(down_hook(indices)) for block, indices in down_blocks
-                        if in_encoder.intersection(indices)]
+        handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
+        if chain:  # each forward starts its own chain
+            handles.append(unet.register_forward_pre_hook(start_chain))
+        first = 1  # the UNet's conv_in makes skip 0; each down block the next ones
+        for block in unet.down_blocks if in_encoder else ():
+            made = range(first, first + len(block.resnets) + len(block.downsamplers or ()))
+            if in_encoder.intersection(made):
+                handles.append(block.register_forward_hook(down_hook(made)))
+            first = made.stop
         handles.append(unet.mid_block.register_forward_hook(lambda module, args, out: out + correction(None, out)))
         if self.config.feedback_time_channels:
             handles.append(unet.time_embedding.register_forward_hook(keep_time))
