@@ -67,6 +67,16 @@ CANDIDATES = {
     "normalised level and feedback layers": ("lite", 3e-3, {**NORM, "feedback_norm": True}, CUBIC),
     "normalised, lr 5e-3": ("lite", 5e-3, NORM, CUBIC),
     "normalised, lr 2e-3": ("lite", 2e-3, NORM, CUBIC),
+    "normalised, feedback at every level": ("lite", 3e-3, {**NORM, **ALL_LEVELS}, CUBIC),
+    "normalised, 3x3 at every level": ("lite", 3e-3, {**NORM, "level_kernel_size": 3}, CUBIC),
+    "normalised, top-down": ("lite", 3e-3, {**NORM, "level_top_down": True}, CUBIC),
+    "normalised, relative corrections": ("lite", 3e-3, {**NORM, "feedback_relative": True}, CUBIC),
+    "normalised, into the encoder": ("lite", 3e-3, {**NORM, "feedback_into_encoder": True}, CUBIC),
+    "normalised, gated corrections": ("lite", 3e-3, {**NORM, "feedback_gate": True}, CUBIC),
+    "normalised, wide": ("lite", 3e-3, {**NORM, "level_channels": 96, "feedback_channels": 64}, CUBIC),
+    "normalised, reading the decoder": ("lite", 3e-3, {**NORM, "feedback_decoder": True}, CUBIC),
+    "normalised, reading the decoder at every level": ("lite", 3e-3, {**NORM, "feedback_decoder": True,
+                                                                      "feedback_levels": [0, 1, 2, 3]}, CUBIC),
 }
 
 

@@ -92,6 +92,8 @@ from torch import nn
 # block): channels and resolution level (0 = 1/8 of the image, 3 = 1/64) of each of the 12.
 SD15_RESIDUAL_CHANNELS = (320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280)
 SD15_RESIDUAL_LEVELS = (0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3)
+# channels of what the SD1.5 UNet's decoder carries into each level (the up block's input)
+SD15_DECODER_CHANNELS = (640, 1280, 1280, 1280)
 
 # Named designs (`build_control`'s kinds lite-seed, lite-static and lite): settings over the
 # defaults, which are the seed's design, so a module saved before the others existed loads as it was.
@@ -200,21 +202,29 @@ class _FeedbackSkip(nn.Module):
     (before the zero projection)."""
 
     def __init__(self, skip_channels: int, feature_channels: int, width: int, time_channels: int = 0,
-                 chain: bool = False, norm: bool = False):
+                 chain: bool = False, norm: bool = False, gate: bool = False, decoder_channels: int = 0):
         super().__init__()
         self.groups = _norm_groups(skip_channels)
         self.read = nn.Conv2d(skip_channels, feature_channels, kernel_size=1)
+        # with decoder_channels: what the UNet's decoder brings into this level, read as well
+        self.decoder_groups = _norm_groups(decoder_channels)
+        self.read_decoder = nn.Conv2d(decoder_channels, feature_channels, kernel_size=1) if decoder_channels else None
         self.mix = nn.Conv2d(feature_channels, width, kernel_size=3, padding=1)
         self.norm = nn.GroupNorm(_norm_groups(width), width) if norm else nn.Identity()
         # a scale and shift per channel from the timestep, zero at first (FiLM)
         self.film = zero_module(nn.Linear(time_channels, 2 * width)) if time_channels else None
         # with a chain: what the previous feedback layer of this step computed, read in
         self.carry = nn.Conv2d(width, feature_channels, kernel_size=1) if chain else None
+        # with a gate: a scale per position and channel of the skip itself, zero at first (as SPADE modulates)
+        self.gate = zero_module(nn.Conv2d(width, skip_channels, kernel_size=1)) if gate else None
 
     def forward(self, skip: torch.Tensor, features: torch.Tensor, time: torch.Tensor | None = None,
-                previous: torch.Tensor | None = None) -> torch.Tensor:
+                previous: torch.Tensor | None = None, decoder: torch.Tensor | None = None) -> torch.Tensor:
         # the UNet's features differ in scale by level and timestep: normalise before reading
         seen = self.read(F.group_norm(skip.to(features.dtype), self.groups))
+        if self.read_decoder is not None and decoder is not None:
+            decoded = F.group_norm(decoder.to(features.dtype), self.decoder_groups)
+            seen = seen + _resize(self.read_decoder(decoded), seen.shape[-2:])
         if self.carry is not None and previous is not None:
             seen = seen + self.carry(_resize(previous, features.shape[-2:]))
         mixed = self.norm(self.mix(F.silu(features + seen)))
@@ -258,11 +268,23 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             the skip, so the encoder's later blocks compute on the corrected feature (as T2I-Adapter
             injects), rather than only to the skip its up block consumes: True for every feedback
             level, or the levels (the later blocks' backward costs memory in training).
+        feedback_relative: with feedback, scale each feedback layer's correction by the standard deviation of the
+            UNet feature it is added to (per sample), so that its size follows the feature's, which
+            changes with the level and the timestep (the idea of ControlNeXt's cross normalisation).
+        feedback_gate: with feedback, each feedback layer also scales the UNet feature it corrects,
+            per position and channel (`h + r + h * g`, g zero at first), as SPADE modulates features
+            by a spatial condition.
+        feedback_decoder: with feedback, each feedback layer of a skip also reads what the UNet's
+            decoder brings into that skip's level (the input of the up block that consumes it),
+            which the coarser levels' corrections have already shaped: the finer corrections follow
+            the layout being decoded, through the UNet's own computation.
         time_embedding_channels: width of the UNet's time embedding (`from_unet` reads it).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
             each level halves it).
         mid_channels: channels of the UNet mid block.
+        decoder_channels: channels of the decoder's input at each resolution level (`from_unet`
+            reads them; used with feedback_decoder).
         vae_scale_factor: image pixels per latent pixel (8 for SD; 1 for a pixel-space base).
     """
 
@@ -282,10 +304,14 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         feedback_chain: bool = False,
         feedback_norm: bool = False,
         feedback_into_encoder: bool | tuple[int, ...] = False,
+        feedback_relative: bool = False,
+        feedback_gate: bool = False,
+        feedback_decoder: bool = False,
         time_embedding_channels: int = 1280,
         residual_channels: tuple[int, ...] = SD15_RESIDUAL_CHANNELS,
         residual_levels: tuple[int, ...] = SD15_RESIDUAL_LEVELS,
         mid_channels: int = 1280,
+        decoder_channels: tuple[int, ...] = SD15_DECODER_CHANNELS,
         vae_scale_factor: int = 8,
     ):
         super().__init__()
@@ -307,6 +333,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             raise ValueError(f"feedback_levels must name levels 0 to {num_levels - 1}, got {feedback_levels}.")
         if feedback_time_channels < 0:
             raise ValueError(f"feedback_time_channels must be >= 0, got {feedback_time_channels}.")
+        if feedback_decoder and len(decoder_channels) != num_levels:
+            raise ValueError(f"decoder_channels must give one width per level ({num_levels}), got {decoder_channels}.")
         if feedback_channels < 1:
             raise ValueError(f"feedback_channels must be >= 1, got {feedback_channels}.")
         if vae_scale_factor < 1:
@@ -328,12 +356,13 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         if time_channels:  # the UNet's time embedding, read once per step for all feedback layers
             self.feedback_time = nn.Sequential(nn.SiLU(), nn.Linear(time_embedding_channels, time_channels), nn.SiLU())
         self.feedback_skips = nn.ModuleDict({
-            str(k): _FeedbackSkip(c, feature_channels, feedback_channels, time_channels, feedback_chain, feedback_norm)
+            str(k): _FeedbackSkip(c, feature_channels, feedback_channels, time_channels, feedback_chain, feedback_norm,
+                                  feedback_gate, decoder_channels[level] if feedback_decoder else 0)
             for k, (c, level) in enumerate(zip(residual_channels, residual_levels)) if level in feedback_levels
         })
         if feedback_levels:
             self.feedback_mid = _FeedbackSkip(mid_channels, feature_channels, feedback_channels, time_channels,
-                                              feedback_chain, feedback_norm)
+                                              feedback_chain, feedback_norm, feedback_gate)
         # 4. the zero projections into the UNet. Only these are zeroed: two zero layers in
         # series would leave the earlier one without gradient.
         self.zero_convs = nn.ModuleList(
@@ -357,7 +386,10 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         """
         config = getattr(unet, "config", unet)
         channels, levels, mid = unet_residual_layout(config)
-        settings = {**lite_design(design, max(levels) + 1), **overrides}
+        widths = tuple(config["block_out_channels"])
+        # the up block of level l takes what the block below it (or the mid block) made
+        decoder = tuple(widths[min(level + 1, len(widths) - 1)] for level in range(len(widths)))
+        settings = {"decoder_channels": decoder, **lite_design(design, max(levels) + 1), **overrides}
         if settings.get("feedback_time_channels"):
             settings.setdefault("time_embedding_channels", _time_embedding_channels(config))
         return cls(
@@ -495,19 +527,24 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         def keep_time(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             step["time"] = self.feedback_time(out.to(features[0].dtype))
 
-        chain = self.config.feedback_chain
+        chain, relative = self.config.feedback_chain, self.config.feedback_relative
 
-        def correction(index: int | None, feature: torch.Tensor) -> torch.Tensor:
+        def correction(index: int | None, feature: torch.Tensor, decoder: torch.Tensor | None = None) -> torch.Tensor:
             if index is not None and str(index) not in self.feedback_skips:
                 # a level without feedback: the residual of the control features alone
                 out = self.zero_convs[index](features[levels[index]])
                 return (out * conditioning_scale).to(feature.dtype)
             layer, zero_conv, own = ((self.feedback_mid, self.mid_zero_conv, features[-1]) if index is None else
                                      (self.feedback_skips[str(index)], self.zero_convs[index], features[levels[index]]))
-            hidden = layer(feature, own, step.get("time"), step.get("previous"))
+            hidden = layer(feature, own, step.get("time"), step.get("previous"), decoder)
             if chain:
                 step["previous"] = hidden
-            return (zero_conv(hidden) * conditioning_scale).to(feature.dtype)
+            out = zero_conv(hidden)
+            if relative:
+                out = out * feature.to(out.dtype).std(dim=(1, 2, 3), keepdim=True)
+            if layer.gate is not None:
+                out = out + feature.to(out.dtype) * layer.gate(hidden)
+            return (out * conditioning_scale).to(feature.dtype)
 
         # with feedback_into_encoder, the feedback skips are corrected as the down blocks make them;
         # the up blocks correct the rest
@@ -525,9 +562,9 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
 
         def up_hook(indices: range) -> Any:
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                skips = kwargs["res_hidden_states_tuple"]
+                skips, decoder = kwargs["res_hidden_states_tuple"], kwargs.get("hidden_states", args[0] if args else None)
                 kwargs["res_hidden_states_tuple"] = tuple(
-                    s if i in in_encoder else s + correction(i, s) for i, s in zip(indices, skips))
+                    s if i in in_encoder else s + correction(i, s, decoder) for i, s in zip(indices, skips))
                 return args, kwargs
 
             return hook

@@ -384,3 +384,129 @@ def test_normalised_level_layers_do_not_depend_on_the_scale_of_their_weights():
             after = module.control_features(cond)
         same = all(torch.allclose(a, b, atol=1e-3) for a, b in zip(before, after))
         assert same == norm
+
+
+def test_relative_corrections_follow_the_size_of_the_feature_they_correct(tiny_base):
+    """With feedback_relative each feedback correction is the plain one times the standard
+    deviation (per sample) of the UNet feature it is added to."""
+    unet = tiny_base.unet
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+    plain = randomize_(build_control("lite", unet), std=0.05).eval()
+    relative = build_control("lite", unet, feedback_relative=True).eval()
+    relative.load_state_dict(plain.state_dict())  # the same weights
+    consumed = {}
+    for name, module in (("plain", plain), ("relative", relative)):
+        got = []
+        hooks = [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                             with_kwargs=True) for b in unet.up_blocks]  # before the module's
+        with torch.no_grad(), module.feedback(unet, module(cond).features):
+            hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                                  with_kwargs=True) for b in unet.up_blocks]  # after
+            unet(latents, t, encoder_hidden_states=text)
+        for h in hooks:
+            h.remove()
+        blocks = len(unet.up_blocks)  # per up block: its skips before, then after the correction
+        consumed[name] = [(before, after) for pair in zip(got[0::2], got[1::2]) for before, after in zip(*pair)]
+        assert len(got) == 2 * blocks
+    fed = 0
+    for (before, plain_after), (_, relative_after) in zip(consumed["plain"], consumed["relative"]):
+        plain_correction, relative_correction = plain_after - before, relative_after - before
+        if plain_correction.abs().max() == 0:
+            continue
+        std = before.std(dim=(1, 2, 3), keepdim=True)
+        if torch.allclose(relative_correction, plain_correction):  # a level without feedback: unchanged
+            continue
+        torch.testing.assert_close(relative_correction, plain_correction * std, rtol=1e-4, atol=1e-6)
+        fed += 1
+    assert fed == len(relative.feedback_skips)
+
+
+def test_gated_corrections_start_as_the_plain_ones_and_then_scale_the_feature(tiny_base):
+    """feedback_gate adds `h * g` to each feedback correction, g zero at first: the module starts
+    as the plain one; once g moves, the correction grows with the UNet feature it corrects."""
+    unet = tiny_base.unet
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+    plain = randomize_(build_control("lite", unet), std=0.05).eval()
+    gated = build_control("lite", unet, feedback_gate=True).eval()
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".gate." in name for name in missing)
+
+    def out(module, x=latents):
+        with torch.no_grad():
+            return controlled_unet(unet, x, t, text, prepare_control(module, cond, torch.float32))
+
+    torch.testing.assert_close(out(gated), out(plain))  # a zero gate: the plain feedback
+    for name, p in gated.named_parameters():
+        if ".gate." in name:
+            torch.nn.init.normal_(p, std=0.5)
+    assert (out(gated) - out(plain)).abs().max() > 1e-4
+    # each feedback skip's correction is zero_conv(hidden) + h * gate(hidden), h the UNet's skip
+    hidden, got = {}, []
+    hooks = [layer.register_forward_hook(lambda m, a, o, k=k: hidden.__setitem__(k, o))
+             for k, layer in gated.feedback_skips.items()]
+    hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]), with_kwargs=True)
+              for b in unet.up_blocks]  # before the module's hooks
+    with torch.no_grad(), gated.feedback(unet, gated(cond).features):
+        hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                              with_kwargs=True) for b in unet.up_blocks]  # after
+        unet(latents, t, encoder_hidden_states=text)
+    for h in hooks:
+        h.remove()
+    checked, left = 0, len(gated.config.residual_levels)
+    for block, before, after in zip(unet.up_blocks, got[0::2], got[1::2]):
+        indices = range(left - len(block.resnets), left)
+        left = indices.start
+        for k, h, corrected in zip(indices, before, after):
+            if str(k) in gated.feedback_skips:
+                with torch.no_grad():
+                    layer, zero_conv = gated.feedback_skips[str(k)], gated.zero_convs[k]
+                    expected = h + zero_conv(hidden[str(k)]) + h * layer.gate(hidden[str(k)])
+                torch.testing.assert_close(corrected, expected)
+                checked += 1
+    assert checked == len(gated.feedback_skips)
+
+
+def test_decoder_reading_feedback_follows_what_the_coarser_corrections_changed(tiny_base):
+    """With feedback_decoder each feedback layer also reads the up block's input: a zero read is
+    the plain feedback; a change of the mid block's correction alone then changes the corrections
+    of the finest skips, which the plain feedback computes from the encoder's features only."""
+    unet = tiny_base.unet
+    latents, t, text = unet_inputs(tiny_base)
+    cond = torch.rand(2, 3, 64, 64)
+    every = {"feedback_levels": list(range(len(unet.config.block_out_channels)))}
+    plain = randomize_(build_control("lite", unet, **every), std=0.05).eval()
+    reading = build_control("lite", unet, feedback_decoder=True, **every).eval()
+    missing, unexpected = reading.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".read_decoder." in name for name in missing)
+    widths = tuple(unet.config.block_out_channels)
+    assert tuple(reading.config.decoder_channels) == widths[1:] + widths[-1:]
+
+    def finest_corrections(module):
+        got = []
+        last = unet.up_blocks[-1]
+        hooks = [last.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                                with_kwargs=True)]
+        with torch.no_grad(), module.feedback(unet, module(cond).features):
+            hooks.append(last.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
+                                                        with_kwargs=True))
+            unet(latents, t, encoder_hidden_states=text)
+        for h in hooks:
+            h.remove()
+        return torch.cat([after - before for before, after in zip(*got)], dim=1)
+
+    for name, p in reading.named_parameters():
+        if ".read_decoder." in name:
+            torch.nn.init.zeros_(p)
+    torch.testing.assert_close(finest_corrections(reading), finest_corrections(plain))  # a zero read: the plain
+    for name, p in reading.named_parameters():
+        if ".read_decoder." in name:
+            torch.nn.init.normal_(p, std=0.5)
+    changed = {}
+    for name, module in (("plain", plain), ("reading", reading)):
+        first = finest_corrections(module)
+        with torch.no_grad():
+            module.mid_zero_conv.weight.add_(0.5)
+        changed[name] = (finest_corrections(module) - first).abs().max().item()
+    assert changed["plain"] == 0 and changed["reading"] > 1e-4

@@ -1,0 +1,84 @@
+"""Where the one-step gap lies: each held-out pair's one-step IoU, grouped by the circle's size.
+
+    python benchmarks/one_step_by_size.py      # after benchmarks/fidelity.py --seed N, N = 0, 1, 2
+
+For the fidelity study's default Lite module and its best ControlNet (cubic timesteps), each
+seed's module at the end of training, scores the 64 held-out pairs one by one exactly as the
+study's one-step score does (so the means are the study's), then groups the pairs into four
+equal groups by the circle's radius. Writes benchmarks/results/one-step-by-size-proxy-base.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from fill50k_splits import fill50k_splits
+
+from lite_controlnet import load_base, load_control
+from lite_controlnet.bases import PROXY_BASE_DIR
+from lite_controlnet.evaluate import one_step_predictions, to_pil
+from lite_controlnet.fidelity import ScoreSettings
+from lite_controlnet.metrics import fill50k_scores
+
+HERE = Path(__file__).resolve().parent
+RUNS = {"Lite (default)": "run-lite-lr0.003-cubic", "ControlNet, cubic timesteps": "run-controlnet-lr0.001-cubic"}
+GROUPS = 4
+
+
+def pair_ious(base, module, heldout, count: int, timestep: int) -> list[float]:
+    """Each pair's one-step disk IoU, in the batches and seeds of `evaluate.one_step_scores`."""
+    ious = []
+    for start in range(0, count, 32):
+        items = [heldout[i] for i in range(start, min(start + 32, count))]
+        targets = torch.stack([it["pixel_values"] for it in items])
+        controls = torch.stack([it["conditioning_pixel_values"] for it in items])
+        prompts = [it["prompt"] for it in items]
+        with torch.no_grad():
+            images = to_pil(one_step_predictions(base, module, targets, controls, prompts, timestep, 1 + start))
+        ious += [fill50k_scores(image, control, prompt)["disk_iou"]
+                 for image, control, prompt in zip(images, to_pil(controls * 2 - 1), prompts)]
+    return ious
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="outputs/fidelity", help="the fidelity study's folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(HERE / "results" / "one-step-by-size-proxy-base.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    _, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
+    scoring = ScoreSettings()
+    base = load_base(str(PROXY_BASE_DIR))
+    radii = [spec.radius for spec in heldout.specs][: scoring.heldout]
+    order = sorted(range(len(radii)), key=radii.__getitem__)
+    groups = [order[g * len(order) // GROUPS : (g + 1) * len(order) // GROUPS] for g in range(GROUPS)]
+    result = {"timestep": scoring.timestep, "pairs": len(radii), "seeds": args.seeds,
+              "groups": [{"radius_min": round(min(radii[i] for i in g), 1), "radius_max": round(max(radii[i] for i in g), 1),
+                          "pairs": len(g)} for g in groups],
+              "modules": {}}
+    for name, run in RUNS.items():
+        per_seed = []
+        for seed in args.seeds:
+            folder = work / (run if seed == 0 else f"{run}-seed{seed}") / "final"
+            per_seed.append(pair_ious(base, load_control(folder).eval(), heldout, len(radii), scoring.timestep))
+        mean = [sum(s[i] for s in per_seed) / len(per_seed) for i in range(len(radii))]
+        result["modules"][name] = {"mean": sum(mean) / len(mean),
+                                   "by_size": [sum(mean[i] for i in g) / len(g) for g in groups]}
+    print(f"one-step disk IoU at t={scoring.timestep} by circle radius (pixels of {heldout.resolution}), "
+          f"mean of seeds {args.seeds}, each module at the end of training:")
+    print("| radius | " + " | ".join(result["modules"]) + " |")
+    print("|---|" + "---:|" * len(result["modules"]))
+    for g, group in enumerate(result["groups"]):
+        print(f"| {group['radius_min']}-{group['radius_max']} | "
+              + " | ".join(f"{m['by_size'][g]:.3f}" for m in result["modules"].values()) + " |")
+    print("| all | " + " | ".join(f"{m['mean']:.3f}" for m in result["modules"].values()) + " |")
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
