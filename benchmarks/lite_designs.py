@@ -35,10 +35,13 @@ OUT = HERE / "results" / "lite-designs-proxy-base.json"
 
 ALL_LEVELS = {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3}
 CUBIC, UNIFORM = {"timestep_sampling": "cubic"}, {"timestep_sampling": "uniform"}
-# the default design before its level layers were normalised: every candidate run before then
-PLAIN = {"level_norm": False}
+# the default design before its feedback layers read the decoder, at the coarse levels only: every
+# candidate run before then
+CORRECTING = {"feedback_levels": [1, 2, 3], "feedback_decoder": False}
+# ... and before its level layers were normalised
+PLAIN = {**CORRECTING, "level_norm": False}
 ONE = {**PLAIN, "level_mlp_layers": 1}  # the feedback design's first version: one layer per level
-NORM = {"level_norm": True}
+NORM = {**CORRECTING, "level_norm": True}
 # name -> (kind, learning rate, module settings over the kind's design, trainer settings); the
 # ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much. A
 # note in parentheses is not part of the run's folder name.
@@ -62,7 +65,7 @@ CANDIDATES = {
     "lr 1.5e-3": ("lite", 1.5e-3, PLAIN, CUBIC),
     "four level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 4}, CUBIC),
     "six level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 6}, CUBIC),
-    "normalised level layers (default)": ("lite", 3e-3, NORM, CUBIC),
+    "normalised level layers (the previous default)": ("lite", 3e-3, NORM, CUBIC),
     "four normalised level layers": ("lite", 3e-3, {**NORM, "level_mlp_layers": 4}, CUBIC),
     "normalised level and feedback layers": ("lite", 3e-3, {**NORM, "feedback_norm": True}, CUBIC),
     "normalised, lr 5e-3": ("lite", 5e-3, NORM, CUBIC),
@@ -75,8 +78,7 @@ CANDIDATES = {
     "normalised, gated corrections": ("lite", 3e-3, {**NORM, "feedback_gate": True}, CUBIC),
     "normalised, wide": ("lite", 3e-3, {**NORM, "level_channels": 96, "feedback_channels": 64}, CUBIC),
     "normalised, reading the decoder": ("lite", 3e-3, {**NORM, "feedback_decoder": True}, CUBIC),
-    "normalised, reading the decoder at every level": ("lite", 3e-3, {**NORM, "feedback_decoder": True,
-                                                                      "feedback_levels": [0, 1, 2, 3]}, CUBIC),
+    "normalised, reading the decoder at every level (default)": ("lite", 3e-3, {}, CUBIC),
 }
 
 

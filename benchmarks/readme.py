@@ -250,6 +250,23 @@ def variants_block() -> str:
     return "\n".join(lines)
 
 
+def by_size_block() -> str:
+    path = RESULTS / "one-step-by-size-proxy-base.json"
+    if not path.is_file():
+        return _missing("the one-step IoU by circle size", "python benchmarks/one_step_by_size.py")
+    r = json.loads(path.read_text())
+    modules = r["modules"]
+    lines = [f"One-step disk IoU (t={r['timestep']}) of the {r['pairs']} held-out pairs by the circle's radius "
+             f"(pixels of 32), mean of seeds {', '.join(map(str, r['seeds']))}, each module at the end of the "
+             "fidelity study (`python benchmarks/one_step_by_size.py`):", "",
+             "| circle radius | pairs | " + " | ".join(modules) + " |", "|---|---:|" + "---:|" * len(modules)]
+    for g, group in enumerate(r["groups"]):
+        lines.append(f"| {group['radius_min']}-{group['radius_max']} | {group['pairs']} | "
+                     + " | ".join(f"{m['by_size'][g]:.3f}" for m in modules.values()) + " |")
+    lines.append(f"| all | {r['pairs']} | " + " | ".join(f"{m['mean']:.3f}" for m in modules.values()) + " |")
+    return "\n".join(lines)
+
+
 def proxy_block() -> str:
     path = RESULTS / "proxy_base.json"
     if not path.is_file():
@@ -308,7 +325,7 @@ def glance_block() -> str:
 
 BLOCKS = {"glance": glance_block, "params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
           "fidelity": fidelity_block, "designs": designs_block, "variants": variants_block, "proxy": proxy_block,
-          "frontier": frontier_block}
+          "frontier": frontier_block, "by_size": by_size_block}
 
 
 def main() -> None:

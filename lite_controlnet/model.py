@@ -32,13 +32,24 @@ in the first, noisy steps. Two settings address those two causes:
   inside the UNet's forward (`feedback`: hooks on the UNet's up blocks, which consume the skips,
   and on its mid block).
 
-The default design (`lite_design("feedback")`, the kind `lite`) uses both at the coarse levels
-(H/16 and below, and the mid block), where the layout is decided and a 3x3 layer costs little;
-the skips at the latent resolution get the control features' residual alone. Its control path
-has two layers per level, each followed by a GroupNorm (`level_norm`; computed once per
-generation: free at sampling time). Its per-step
-work is a few small convolutions beside the UNet's; `lite_design("static")` keeps the same
-control path without the feedback, for a generation that must cost nothing per step.
+The default design (`lite_design("feedback")`, the kind `lite`) has 3x3 level layers at the
+coarse levels (H/16 and below), two per level, each followed by a GroupNorm (`level_norm`;
+computed once per generation: free at sampling time), and feedback at every skip and the mid
+block, where each feedback layer also reads what the UNet's decoder brings into its level
+(`feedback_decoder`, below). Its per-step work is a few small convolutions beside the UNet's;
+`lite_design("static")` keeps a control path without the feedback, for a generation that must
+cost nothing per step.
+
+- `feedback_decoder`: the skips are consumed by the UNet's up blocks from the coarsest to the
+  finest; when an up block starts, what the decoder brings in (the block's input) already holds
+  the coarser levels' corrections, decoded by the UNet's own layers. Each feedback layer reads
+  it too (a group-normalised 1x1 projection, added to what it reads of the skip):
+
+      r_k = zero_conv_k(SiLU(mix_k(SiLU(control_features[level_k] + read_k(norm(h_k))
+                                        + read_decoder_k(norm(d_level_k))))))
+
+  so a fine correction knows where the coarse ones put the disk, through the UNet's computation
+  (nothing of it is copied or recomputed), and needs only to draw its edge along the outline.
 
 How it is trained matters as much as its shape: the trainer draws the default module's
 timesteps as T2I-Adapter does (`TrainConfig.timestep_sampling="cubic"`: t = T(1 - u^3), more of
@@ -48,13 +59,22 @@ the one-layer design from 0.41 to 0.66, where wider layers, feedback at every le
 time-conditioned scale and shift (`feedback_time_channels`, FiLM from the UNet's own time
 embedding) changed little.
 
-The norms came last, and from a failure: four or six level layers did not learn at all within
+The norms came from a failure: four or six level layers did not learn at all within
 1,000 steps, a sign that the plain stack of small convolutions trains badly. A GroupNorm after
 each level layer made the two-layer design learn faster at every point measured (one-step IoU
 0.854 against 0.841 at step 800, sampled disk IoU 0.747 against 0.686 at step 1,000, one seed);
 a norm in the feedback layers as well (`feedback_norm`) added nothing.
 
-Three more settings stay available because they were measured (same benchmark), none of them
+Reading the decoder came last, from where the one-step gap lay (`benchmarks/one_step_by_size.py`):
+the design of the time (feedback at the coarse levels, reading the skips only) fell behind
+ControlNet mostly on small circles, whose edges the coarse levels cannot place and the finest
+levels, which saw the control alone, could not fill. Feedback at every level alone did not help;
+with each feedback layer also reading the decoder it did, at once and by far (one seed, designs
+run): one-step IoU 0.912 against 0.854 at step 800 (ControlNet: 0.886), sampled disk IoU 0.806
+against 0.747 at step 1,000 (ControlNet: 0.773). Reading the decoder at the coarse levels only
+did not help: the finest levels are where it matters.
+
+More settings stay available because they were measured (same benchmark), none of them
 better than the default of the time at about 800 steps, where the fidelity study compares at
 equal wall-clock:
 
@@ -66,10 +86,11 @@ equal wall-clock:
   beside the UNet's, as ControlNet-XS's control encoder. Slower to learn.
 - `level_top_down`: coarse-to-fine control features (a feature pyramid), so the finest levels
   know which side of the outline is inside. Slower to learn; so are deeper level layers.
+- `feedback_relative`: each correction scaled by the size of the feature it corrects (the idea
+  of ControlNeXt's cross normalisation). No better.
+- `feedback_gate`: each correction also scales the feature it corrects (as SPADE modulates).
+  Faster at first (level with ControlNet at step 200), no better from step 800 on.
 
-What the default still lacks against ControlNet shows in its one-step predictions
-(`benchmarks/one_step_pictures.py`): its disks sit where the outline says, but several are paler
-and softer than ControlNet's, which are filled and sharp.
 """
 
 from __future__ import annotations
@@ -107,15 +128,16 @@ def lite_design(name: str, num_levels: int) -> dict[str, Any]:
     - "static": the feedback design's control path without the feedback (and without its norms,
       as measured), two layers per level (3x3 at the coarse levels): nothing runs per step.
     - "feedback": two level layers (3x3 at the coarse levels), each normalised (GroupNorm), and
-      feedback from the UNet at the coarse levels (all but the latent resolution, where a 3x3
-      layer costs the most and the layout is not decided).
+      feedback from the UNet at every level, each feedback layer reading the skip it corrects and
+      what the UNet's decoder brings into its level.
     """
     coarse = tuple(range(1, num_levels))
     designs = {
         "seed": {},
         "static": {"level_kernel_size": (1, *(3,) * len(coarse)), "level_mlp_layers": 2, "level_channels": 64},
         "feedback": {"level_kernel_size": (1, *(3,) * len(coarse)), "level_mlp_layers": 2, "level_norm": True,
-                     "feedback_levels": coarse, "feedback_channels": 32, "level_channels": 64},
+                     "feedback_levels": tuple(range(num_levels)), "feedback_decoder": True, "feedback_channels": 32,
+                     "level_channels": 64},
     }
     if name not in designs:
         raise ValueError(f"Unknown Lite design {name!r}: use one of {LITE_DESIGNS}.")
@@ -277,7 +299,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         feedback_decoder: with feedback, each feedback layer of a skip also reads what the UNet's
             decoder brings into that skip's level (the input of the up block that consumes it),
             which the coarser levels' corrections have already shaped: the finer corrections follow
-            the layout being decoded, through the UNet's own computation.
+            the layout being decoded, through the UNet's own computation. (A correction made in
+            the encoder, with feedback_into_encoder, reads no decoder: it has not run yet.)
         time_embedding_channels: width of the UNet's time embedding (`from_unet` reads it).
         residual_channels: channels of each UNet skip residual, in the UNet's order.
         residual_levels: resolution level of each residual (0 is the latent resolution,
@@ -575,7 +598,9 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         handles = [block.register_forward_pre_hook(up_hook(indices), with_kwargs=True) for block, indices in blocks]
         if chain:  # each forward starts its own chain
             handles.append(unet.register_forward_pre_hook(start_chain))
-        first = 1  # the UNet's conv_in makes skip 0; each down block the next ones
+        if 0 in in_encoder:  # the UNet's conv_in makes skip 0
+            handles.append(unet.conv_in.register_forward_hook(lambda module, args, out: out + correction(0, out)))
+        first = 1  # each down block makes the next ones
         for block in unet.down_blocks if in_encoder else ():
             made = range(first, first + len(block.resnets) + len(block.downsamplers or ()))
             if in_encoder.intersection(made):

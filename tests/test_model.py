@@ -283,12 +283,14 @@ def _stream_into(block, unet, run):
 def test_feedback_into_encoder_changes_what_the_encoders_later_blocks_compute(tiny_base):
     """By default the corrections reach only the skips the up blocks consume: the UNet's encoder
     computes what it computes alone. With feedback_into_encoder the later down blocks and the mid
-    block compute on the corrected features; each correction is still added once."""
+    block compute on the corrected features; each correction is still added once. (Without the
+    decoder's reading, which differs when the encoder does: a correction made in the encoder
+    reads no decoder, which has not run yet.)"""
     unet = tiny_base.unet
     latents, t, text = unet_inputs(tiny_base)
     cond = torch.rand(2, 3, 64, 64)
-    skips_only = randomize_(build_control("lite", unet), std=0.05).eval()
-    into = build_control("lite", unet, feedback_into_encoder=True).eval()
+    skips_only = randomize_(build_control("lite", unet, feedback_decoder=False), std=0.05).eval()
+    into = build_control("lite", unet, feedback_decoder=False, feedback_into_encoder=True).eval()
     into.load_state_dict(skips_only.state_dict())  # the same weights, another wiring
     last_down = unet.down_blocks[-1]
 
@@ -319,7 +321,8 @@ def test_feedback_into_encoder_changes_what_the_encoders_later_blocks_compute(ti
     assert (consumed["skips"][-1] - consumed["into"][-1]).abs().max() > 1e-4
     assert not any(b._forward_hooks for b in unet.down_blocks)  # no hook left behind
     # only some levels into the encoder: the levels must be feedback levels to matter
-    some = build_control("lite", unet, feedback_into_encoder=[max(into.config.feedback_levels)]).eval()
+    some = build_control("lite", unet, feedback_decoder=False,
+                         feedback_into_encoder=[max(into.config.feedback_levels)]).eval()
     some.load_state_dict(skips_only.state_dict())
     assert (stream(some) - plain).abs().max() > 1e-4
 
@@ -392,8 +395,9 @@ def test_relative_corrections_follow_the_size_of_the_feature_they_correct(tiny_b
     unet = tiny_base.unet
     latents, t, text = unet_inputs(tiny_base)
     cond = torch.rand(2, 3, 64, 64)
-    plain = randomize_(build_control("lite", unet), std=0.05).eval()
-    relative = build_control("lite", unet, feedback_relative=True).eval()
+    # without the decoder's reading, through which a correction would also change the finer ones
+    plain = randomize_(build_control("lite", unet, feedback_decoder=False), std=0.05).eval()
+    relative = build_control("lite", unet, feedback_decoder=False, feedback_relative=True).eval()
     relative.load_state_dict(plain.state_dict())  # the same weights
     consumed = {}
     for name, module in (("plain", plain), ("relative", relative)):
@@ -476,7 +480,7 @@ def test_decoder_reading_feedback_follows_what_the_coarser_corrections_changed(t
     latents, t, text = unet_inputs(tiny_base)
     cond = torch.rand(2, 3, 64, 64)
     every = {"feedback_levels": list(range(len(unet.config.block_out_channels)))}
-    plain = randomize_(build_control("lite", unet, **every), std=0.05).eval()
+    plain = randomize_(build_control("lite", unet, feedback_decoder=False, **every), std=0.05).eval()
     reading = build_control("lite", unet, feedback_decoder=True, **every).eval()
     missing, unexpected = reading.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(".read_decoder." in name for name in missing)
