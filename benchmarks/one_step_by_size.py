@@ -1,11 +1,14 @@
 """Where the one-step gap lies: each held-out pair's one-step IoU, grouped by the circle's size.
 
     python benchmarks/one_step_by_size.py      # after benchmarks/fidelity.py --seed N, N = 0, 1, 2
+    python benchmarks/one_step_by_size.py --run "Lite (previous default)=outputs/previous/run-lite-lr0.003-cubic"
 
 For the fidelity study's default Lite module and its best ControlNet (cubic timesteps), each
 seed's module at the end of training, scores the 64 held-out pairs one by one exactly as the
 study's one-step score does (so the means are the study's), then groups the pairs into four
-equal groups by the circle's radius. Writes benchmarks/results/one-step-by-size-proxy-base.json.
+equal groups by the circle's radius. `--run NAME=FOLDER` adds the runs of another study (the
+folder of seed 0; `FOLDER-seedN` for the others). Writes
+benchmarks/results/one-step-by-size-proxy-base.json.
 """
 
 from __future__ import annotations
@@ -47,8 +50,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="outputs/fidelity", help="the fidelity study's folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=FOLDER",
+                        help="another study's runs to score too (the folder of seed 0)")
     parser.add_argument("--out", default=str(HERE / "results" / "one-step-by-size-proxy-base.json"))
     args = parser.parse_args()
+    runs = {name: str(Path(args.work) / folder) for name, folder in RUNS.items()}
+    for entry in args.run:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--run {entry!r}: expected NAME=FOLDER, e.g. \"Lite (previous)=outputs/old/run-lite-lr0.003-cubic\"")
+        runs[name] = folder
     torch.set_num_threads(1)
     work = Path(args.work)
     _, heldout = fill50k_splits(work, 4000, 64, 32)  # the fidelity study's defaults
@@ -61,10 +72,10 @@ def main() -> None:
               "groups": [{"radius_min": round(min(radii[i] for i in g), 1), "radius_max": round(max(radii[i] for i in g), 1),
                           "pairs": len(g)} for g in groups],
               "modules": {}}
-    for name, run in RUNS.items():
+    for name, run in runs.items():
         per_seed = []
         for seed in args.seeds:
-            folder = work / (run if seed == 0 else f"{run}-seed{seed}") / "final"
+            folder = Path(run if seed == 0 else f"{run}-seed{seed}") / "final"
             per_seed.append(pair_ious(base, load_control(folder).eval(), heldout, len(radii), scoring.timestep))
         mean = [sum(s[i] for s in per_seed) / len(per_seed) for i in range(len(radii))]
         result["modules"][name] = {"mean": sum(mean) / len(mean),
