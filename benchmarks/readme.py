@@ -216,7 +216,7 @@ def frontier_block() -> str:
                  "" if n is None else f"{n / counts[PARAMS_KEYS['controlnet']]:.2%}",
                  "" if o is None else f"{o:+.1%}",
                  "" if row is None else ("1x" if kind == "controlnet" else f"{cn_step / row['step_s']:.2f}x faster"),
-                 "" if row is None else f"{row['peak_memory_bytes'] / cn_mem:.0%}",
+                 "" if row is None else f"{row['peak_memory_bytes'] / cn_mem:.1%}",
                  fidelity("equal_wall_clock"), fidelity("end")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

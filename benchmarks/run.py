@@ -213,7 +213,7 @@ def summarize(data: dict) -> list[str]:
             if mine and cn:
                 lines.append(f"training, batch {batch}: {kind} {cn['step_s'] / mine['step_s']:.2f}x faster than "
                              f"ControlNet (target >= 1.6x); peak memory "
-                             f"{mine['peak_memory_bytes'] / cn['peak_memory_bytes']:.0%} of ControlNet's (target <= 50%)"
+                             f"{mine['peak_memory_bytes'] / cn['peak_memory_bytes']:.1%} of ControlNet's (target <= 50%)"
                              + (f"; {mine['step_s'] / floor['step_s'] - 1:+.1%} above the floor" if floor else ""))
     return lines
 

@@ -42,6 +42,24 @@ def unet_skip_shapes(unet, latents, t, text):
     return shapes, mid[0]
 
 
+def skips_around_feedback(module, unet, cond, latents, t, text):
+    """What each up block of `unet` receives as skips before and after `module`'s feedback
+    corrects them: one (before, after) pair of tuples per up block, in the UNet's order."""
+    got = []
+
+    def record(m, args, kwargs):
+        got.append(kwargs["res_hidden_states_tuple"])
+
+    hooks = [b.register_forward_pre_hook(record, with_kwargs=True) for b in unet.up_blocks]  # before the module's
+    with torch.no_grad(), module.feedback(unet, module(cond).features):
+        hooks += [b.register_forward_pre_hook(record, with_kwargs=True) for b in unet.up_blocks]  # after
+        unet(latents, t, encoder_hidden_states=text)
+    for h in hooks:
+        h.remove()
+    assert len(got) == 2 * len(unet.up_blocks)
+    return list(zip(got[0::2], got[1::2]))
+
+
 @pytest.mark.parametrize("kind", ["lite", "lite-static", "lite-seed"])
 def test_zero_initialised_module_leaves_unet_output_unchanged(kind, tiny_base):
     lite = build_control(kind, tiny_base.unet)
@@ -399,20 +417,9 @@ def test_relative_corrections_follow_the_size_of_the_feature_they_correct(tiny_b
     plain = randomize_(build_control("lite", unet, feedback_decoder=False), std=0.05).eval()
     relative = build_control("lite", unet, feedback_decoder=False, feedback_relative=True).eval()
     relative.load_state_dict(plain.state_dict())  # the same weights
-    consumed = {}
-    for name, module in (("plain", plain), ("relative", relative)):
-        got = []
-        hooks = [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                             with_kwargs=True) for b in unet.up_blocks]  # before the module's
-        with torch.no_grad(), module.feedback(unet, module(cond).features):
-            hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                                  with_kwargs=True) for b in unet.up_blocks]  # after
-            unet(latents, t, encoder_hidden_states=text)
-        for h in hooks:
-            h.remove()
-        blocks = len(unet.up_blocks)  # per up block: its skips before, then after the correction
-        consumed[name] = [(before, after) for pair in zip(got[0::2], got[1::2]) for before, after in zip(*pair)]
-        assert len(got) == 2 * blocks
+    consumed = {name: [pair for block in skips_around_feedback(module, unet, cond, latents, t, text)
+                       for pair in zip(*block)]
+                for name, module in (("plain", plain), ("relative", relative))}
     fed = 0
     for (before, plain_after), (_, relative_after) in zip(consumed["plain"], consumed["relative"]):
         plain_correction, relative_correction = plain_after - before, relative_after - before
@@ -447,19 +454,14 @@ def test_gated_corrections_start_as_the_plain_ones_and_then_scale_the_feature(ti
             torch.nn.init.normal_(p, std=0.5)
     assert (out(gated) - out(plain)).abs().max() > 1e-4
     # each feedback skip's correction is zero_conv(hidden) + h * gate(hidden), h the UNet's skip
-    hidden, got = {}, []
+    hidden = {}
     hooks = [layer.register_forward_hook(lambda m, a, o, k=k: hidden.__setitem__(k, o))
              for k, layer in gated.feedback_skips.items()]
-    hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]), with_kwargs=True)
-              for b in unet.up_blocks]  # before the module's hooks
-    with torch.no_grad(), gated.feedback(unet, gated(cond).features):
-        hooks += [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                              with_kwargs=True) for b in unet.up_blocks]  # after
-        unet(latents, t, encoder_hidden_states=text)
+    skips = skips_around_feedback(gated, unet, cond, latents, t, text)
     for h in hooks:
         h.remove()
     checked, left = 0, len(gated.config.residual_levels)
-    for block, before, after in zip(unet.up_blocks, got[0::2], got[1::2]):
+    for block, (before, after) in zip(unet.up_blocks, skips):
         indices = range(left - len(block.resnets), left)
         left = indices.start
         for k, h, corrected in zip(indices, before, after):
@@ -488,17 +490,8 @@ def test_decoder_reading_feedback_follows_what_the_coarser_corrections_changed(t
     assert tuple(reading.config.decoder_channels) == widths[1:] + widths[-1:]
 
     def finest_corrections(module):
-        got = []
-        last = unet.up_blocks[-1]
-        hooks = [last.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                                with_kwargs=True)]
-        with torch.no_grad(), module.feedback(unet, module(cond).features):
-            hooks.append(last.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                                        with_kwargs=True))
-            unet(latents, t, encoder_hidden_states=text)
-        for h in hooks:
-            h.remove()
-        return torch.cat([after - before for before, after in zip(*got)], dim=1)
+        before, after = skips_around_feedback(module, unet, cond, latents, t, text)[-1]
+        return torch.cat([a - b for b, a in zip(before, after)], dim=1)
 
     for name, p in reading.named_parameters():
         if ".read_decoder." in name:
