@@ -93,7 +93,6 @@ equal wall-clock:
   of ControlNeXt's cross normalisation). No better.
 - `feedback_gate`: each correction also scales the feature it corrects (as SPADE modulates).
   Faster at first (level with ControlNet at step 200), no better from step 800 on.
-
 """
 
 from __future__ import annotations
