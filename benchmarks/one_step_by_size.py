@@ -4,8 +4,8 @@
     python benchmarks/one_step_by_size.py --run "Lite (previous default)=outputs/previous/run-lite-lr0.003-cubic"
 
 For the fidelity study's default Lite module and its best ControlNet (cubic timesteps), each
-seed's module at the end of training, scores the 64 held-out pairs one by one exactly as the
-study's one-step score does (so the means are the study's), then groups the pairs into four
+seed's module at the end of training, scores the 64 held-out pairs one by one with the study's
+one-step score (`evaluate.one_step_pair_scores`, so the means are the study's), then groups the pairs into four
 equal groups by the circle's radius. `--run NAME=FOLDER` adds the runs of another study (the
 folder of seed 0; `FOLDER-seedN` for the others). Writes
 benchmarks/results/one-step-by-size-proxy-base.json.
@@ -22,28 +22,12 @@ from fill50k_splits import fill50k_splits
 
 from lite_controlnet import load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.evaluate import one_step_predictions, to_pil
+from lite_controlnet.evaluate import one_step_pair_scores
 from lite_controlnet.fidelity import ScoreSettings
-from lite_controlnet.metrics import fill50k_scores
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"Lite (default)": "run-lite-lr0.003-cubic", "ControlNet, cubic timesteps": "run-controlnet-lr0.001-cubic"}
 GROUPS = 4
-
-
-def pair_ious(base, module, heldout, count: int, timestep: int) -> list[float]:
-    """Each pair's one-step disk IoU, in the batches and seeds of `evaluate.one_step_scores`."""
-    ious = []
-    for start in range(0, count, 32):
-        items = [heldout[i] for i in range(start, min(start + 32, count))]
-        targets = torch.stack([it["pixel_values"] for it in items])
-        controls = torch.stack([it["conditioning_pixel_values"] for it in items])
-        prompts = [it["prompt"] for it in items]
-        with torch.no_grad():
-            images = to_pil(one_step_predictions(base, module, targets, controls, prompts, timestep, 1 + start))
-        ious += [fill50k_scores(image, control, prompt)["disk_iou"]
-                 for image, control, prompt in zip(images, to_pil(controls * 2 - 1), prompts)]
-    return ious
 
 
 def main() -> None:
@@ -68,7 +52,7 @@ def main() -> None:
     radii = [spec.radius for spec in heldout.specs][: scoring.heldout]
     order = sorted(range(len(radii)), key=radii.__getitem__)
     groups = [order[g * len(order) // GROUPS : (g + 1) * len(order) // GROUPS] for g in range(GROUPS)]
-    result = {"timestep": scoring.timestep, "pairs": len(radii), "seeds": args.seeds,
+    result = {"timestep": scoring.timestep, "pairs": len(radii), "resolution": heldout.resolution, "seeds": args.seeds,
               "groups": [{"radius_min": round(min(radii[i] for i in g), 1), "radius_max": round(max(radii[i] for i in g), 1),
                           "pairs": len(g)} for g in groups],
               "modules": {}}
@@ -76,7 +60,10 @@ def main() -> None:
         per_seed = []
         for seed in args.seeds:
             folder = Path(run if seed == 0 else f"{run}-seed{seed}") / "final"
-            per_seed.append(pair_ious(base, load_control(folder).eval(), heldout, len(radii), scoring.timestep))
+            # the arguments of the study's one-step score (`fidelity.score_module`), pair by pair
+            scores = one_step_pair_scores(base, load_control(folder).eval(), heldout, list(range(len(radii))),
+                                          scoring.timestep, seed=1)
+            per_seed.append([s["disk_iou"] for s in scores])
         mean = [sum(s[i] for s in per_seed) / len(per_seed) for i in range(len(radii))]
         result["modules"][name] = {"mean": sum(mean) / len(mean),
                                    "by_size": [sum(mean[i] for i in g) / len(g) for g in groups]}

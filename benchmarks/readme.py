@@ -257,7 +257,7 @@ def by_size_block() -> str:
     r = json.loads(path.read_text())
     modules = r["modules"]
     lines = [f"One-step disk IoU (t={r['timestep']}) of the {r['pairs']} held-out pairs by the circle's radius "
-             f"(pixels of 32), mean of seeds {', '.join(map(str, r['seeds']))}, each module at the end of the "
+             f"(pixels of {r['resolution']}), mean of seeds {', '.join(map(str, r['seeds']))}, each module at the end of the "
              "fidelity study (`python benchmarks/one_step_by_size.py`):", "",
              "| circle radius | pairs | " + " | ".join(modules) + " |", "|---|---:|" + "---:|" * len(modules)]
     for g, group in enumerate(r["groups"]):

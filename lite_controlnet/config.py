@@ -322,7 +322,7 @@ def config_from_args(args: Any) -> TrainConfig:
     path = getattr(args, "config", None)
     values = {**(_renamed(TrainConfig.read_file(path), str(path)) if path else {}), **given}
     if getattr(args, "preset", None):
-        kind = values.get("control_kind", values.get("control", "lite"))
+        kind = values.get("control_kind", "lite")  # old names are renamed above
         values = {**get_preset(args.preset).train_settings(kind if isinstance(kind, str) else "lite"), **values}
     if path:
         return TrainConfig.from_dict(values, source=str(path))

@@ -102,6 +102,23 @@ def one_step_scores(
     With `shuffle=True` the module sees the next sample's control, while the score is still
     taken against each sample's own control. `empty_prompt=True` predicts without the prompts.
     """
+    return aggregate_scores(one_step_pair_scores(base, control_model, dataset, indices, timestep, seed, shuffle,
+                                                 batch_size, empty_prompt))
+
+
+def one_step_pair_scores(
+    base: BaseModels,
+    control_model: torch.nn.Module | None,
+    dataset: PairedDataset,
+    indices: list[int],
+    timestep: int = 800,
+    seed: int = 0,
+    shuffle: bool = False,
+    batch_size: int = 32,
+    empty_prompt: bool = False,
+) -> list[dict[str, Any]]:
+    """`fill50k_scores` of the one-step prediction of each of `indices`, in their order (the
+    pairs `one_step_scores` averages, with the same arguments)."""
     scores = []
     for start in range(0, len(indices), batch_size):
         items = [dataset[i] for i in indices[start : start + batch_size]]
@@ -113,7 +130,7 @@ def one_step_scores(
         for pred, item in zip(to_pil(preds), items):
             control_image = to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0]
             scores.append(fill50k_scores(pred, control_image, None if empty_prompt else item["prompt"]))
-    return aggregate_scores(scores)
+    return scores
 
 
 @dataclass

@@ -196,6 +196,13 @@ def unet_residual_layout(unet_config: Mapping[str, Any]) -> tuple[tuple[int, ...
     return tuple(channels), tuple(levels), block_out_channels[-1]
 
 
+def unet_decoder_channels(unet_config: Mapping[str, Any]) -> tuple[int, ...]:
+    """Channels of what a `UNet2DConditionModel`'s decoder brings into each resolution level: the
+    up block of level l takes what the block below it made (the mid block's, at the coarsest)."""
+    widths = tuple(unet_config["block_out_channels"])
+    return tuple(widths[min(level + 1, len(widths) - 1)] for level in range(len(widths)))
+
+
 def _pointwise_mlp(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in widths:
@@ -230,8 +237,7 @@ class _FeedbackSkip(nn.Module):
         super().__init__()
         self.groups = _norm_groups(skip_channels)
         self.read = nn.Conv2d(skip_channels, feature_channels, kernel_size=1)
-        # with decoder_channels: what the UNet's decoder brings into this level, read as well
-        self.decoder_groups = _norm_groups(decoder_channels)
+        # with decoder_channels: what the UNet's decoder brings into this level (normalised), read as well
         self.read_decoder = nn.Conv2d(decoder_channels, feature_channels, kernel_size=1) if decoder_channels else None
         self.mix = nn.Conv2d(feature_channels, width, kernel_size=3, padding=1)
         self.norm = nn.GroupNorm(_norm_groups(width), width) if norm else nn.Identity()
@@ -243,11 +249,10 @@ class _FeedbackSkip(nn.Module):
         self.gate = zero_module(nn.Conv2d(width, skip_channels, kernel_size=1)) if gate else None
 
     def forward(self, skip: torch.Tensor, features: torch.Tensor, time: torch.Tensor | None = None,
-                previous: torch.Tensor | None = None, decoder: torch.Tensor | None = None) -> torch.Tensor:
+                previous: torch.Tensor | None = None, decoded: torch.Tensor | None = None) -> torch.Tensor:
         # the UNet's features differ in scale by level and timestep: normalise before reading
         seen = self.read(F.group_norm(skip.to(features.dtype), self.groups))
-        if self.read_decoder is not None and decoder is not None:
-            decoded = F.group_norm(decoder.to(features.dtype), self.decoder_groups)
+        if self.read_decoder is not None and decoded is not None:
             seen = seen + _resize(self.read_decoder(decoded), seen.shape[-2:])
         if self.carry is not None and previous is not None:
             seen = seen + self.carry(_resize(previous, features.shape[-2:]))
@@ -411,10 +416,8 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         """
         config = getattr(unet, "config", unet)
         channels, levels, mid = unet_residual_layout(config)
-        widths = tuple(config["block_out_channels"])
-        # the up block of level l takes what the block below it (or the mid block) made
-        decoder = tuple(widths[min(level + 1, len(widths) - 1)] for level in range(len(widths)))
-        settings = {"decoder_channels": decoder, **lite_design(design, max(levels) + 1), **overrides}
+        settings = {"decoder_channels": unet_decoder_channels(config), **lite_design(design, max(levels) + 1),
+                    **overrides}
         if settings.get("feedback_time_channels"):
             settings.setdefault("time_embedding_channels", _time_embedding_channels(config))
         return cls(
@@ -553,15 +556,16 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             step["time"] = self.feedback_time(out.to(features[0].dtype))
 
         chain, relative = self.config.feedback_chain, self.config.feedback_relative
+        reads_decoder = self.config.feedback_decoder
 
-        def correction(index: int | None, feature: torch.Tensor, decoder: torch.Tensor | None = None) -> torch.Tensor:
+        def correction(index: int | None, feature: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
             if index is not None and str(index) not in self.feedback_skips:
                 # a level without feedback: the residual of the control features alone
                 out = self.zero_convs[index](features[levels[index]])
                 return (out * conditioning_scale).to(feature.dtype)
             layer, zero_conv, own = ((self.feedback_mid, self.mid_zero_conv, features[-1]) if index is None else
                                      (self.feedback_skips[str(index)], self.zero_convs[index], features[levels[index]]))
-            hidden = layer(feature, own, step.get("time"), step.get("previous"), decoder)
+            hidden = layer(feature, own, step.get("time"), step.get("previous"), decoded)
             if chain:
                 step["previous"] = hidden
             out = zero_conv(hidden)
@@ -587,10 +591,12 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
 
         def up_hook(indices: range) -> Any:
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                skips = kwargs["res_hidden_states_tuple"]
-                decoder = kwargs.get("hidden_states", args[0] if args else None)  # what the decoder brings in
+                skips, decoded = kwargs["res_hidden_states_tuple"], None
+                if reads_decoder:  # what the decoder brings in, normalised once for all the block's skips
+                    decoder = kwargs.get("hidden_states", args[0] if args else None)
+                    decoded = F.group_norm(decoder.to(features[0].dtype), _norm_groups(decoder.shape[1]))
                 kwargs["res_hidden_states_tuple"] = tuple(
-                    s if i in in_encoder else s + correction(i, s, decoder) for i, s in zip(indices, skips))
+                    s if i in in_encoder else s + correction(i, s, decoded) for i, s in zip(indices, skips))
                 return args, kwargs
 
             return hook
