@@ -21,7 +21,7 @@ from pathlib import Path
 
 from machine import cpu_model
 
-from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.data.fill50k import make_fill50k
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "fill50k_generation.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lite_controlnet import make_fill50k
-from lite_controlnet.heldout import HELD_OUT_SEED, HeldOutPairs, held_out_pairs
+from lite_controlnet.data.heldout import HELD_OUT_SEED, HeldOutPairs, held_out_pairs
 
 
 def fill50k_splits(work: Path, train_num: int, heldout_num: int, resolution: int) -> tuple[Path, HeldOutPairs]:

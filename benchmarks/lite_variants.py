@@ -23,8 +23,8 @@ from machine import machine_description
 
 from lite_controlnet import TrainConfig, load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.compare import train_measured
-from lite_controlnet.fidelity import ScoreSettings, sample_scores, score_module
+from lite_controlnet.evaluation.compare import train_measured
+from lite_controlnet.evaluation.fidelity import ScoreSettings, sample_scores, score_module
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,8 +22,8 @@ from fill50k_splits import fill50k_splits
 
 from lite_controlnet import load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.evaluate import one_step_pair_scores
-from lite_controlnet.fidelity import ScoreSettings
+from lite_controlnet.evaluation.evaluate import one_step_pair_scores
+from lite_controlnet.evaluation.fidelity import ScoreSettings
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"Lite (default)": "run-lite-lr0.003-cubic", "ControlNet, cubic timesteps": "run-controlnet-lr0.001-cubic"}

@@ -15,7 +15,7 @@ from accelerate import init_empty_weights
 from diffusers import T2IAdapter
 
 from lite_controlnet import LiteControlNetModel, build_control
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG, empty_unet
+from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG, empty_unet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "params.json"

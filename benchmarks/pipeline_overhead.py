@@ -23,7 +23,7 @@ from sd15 import sd15_scheduler
 
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, load_base
 from lite_controlnet.bases.tiny import make_tiny_base
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG
+from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,5 +1,5 @@
 """Does the proxy base draw what its prompt says? Samples held-out Fill50k prompts without
-control and scores the images with `lite_controlnet.metrics`.
+control and scores the images with `lite_controlnet.evaluation.metrics`.
 
     python benchmarks/proxy_base_eval.py                      # the shipped base
     python benchmarks/proxy_base_eval.py /work/proxy-base-run/final --num 64 --guidance 3
@@ -30,8 +30,8 @@ import torch
 from machine import cpu_model
 
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
-from lite_controlnet.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
+from lite_controlnet.data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
+from lite_controlnet.evaluation.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
 from lite_controlnet.pipeline import LiteControlNetPipeline
 
 RESULTS = Path(__file__).resolve().parent / "results" / "proxy_base.json"

@@ -25,7 +25,7 @@ from machine import machine_description
 
 from lite_controlnet import TrainConfig, train
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.logs import LossLog
+from lite_controlnet.training.logs import LossLog
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet")

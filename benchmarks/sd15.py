@@ -18,9 +18,9 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from lite_controlnet.bases.tiny import tiny_vocabulary, write_tokenizer_files
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG
+from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG
 
-# SD1.5's VAE and text encoder, written out (the UNet's is in lite_controlnet.sd_configs: the tests use it too).
+# SD1.5's VAE and text encoder, written out (the UNet's is in lite_controlnet.bases.sd_configs: the tests use it too).
 SD15_VAE_CONFIG = {
     "act_fn": "silu",
     "block_out_channels": [128, 256, 512, 512],

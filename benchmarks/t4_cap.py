@@ -35,8 +35,8 @@ RESULTS = HERE / "results"
 def child(args: argparse.Namespace) -> None:
     """Train one control kind under the cap and print one JSON line."""
     from lite_controlnet import TrainConfig
-    from lite_controlnet.logs import LossLog
-    from lite_controlnet.trainer import Trainer
+    from lite_controlnet.training.logs import LossLog
+    from lite_controlnet.training.trainer import Trainer
 
     cuda = torch.cuda.is_available()
     shutil.rmtree(args.work / f"run-{args.child}", ignore_errors=True)  # a fresh run: never mixed with an earlier one
@@ -93,7 +93,7 @@ def main() -> None:
     args.work = args.work or Path(tempfile.mkdtemp(prefix="t4cap-"))
     from sd15 import write_random_sd15
 
-    from lite_controlnet.fill50k import make_fill50k
+    from lite_controlnet.data.fill50k import make_fill50k
 
     t0 = time.perf_counter()
     if not (args.work / "base" / "model_index.json").is_file():

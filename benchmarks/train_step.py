@@ -24,10 +24,10 @@ from diffusers import UNet2DConditionModel
 from sd15 import random_model
 
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.memory import PeakMemory
+from lite_controlnet.evaluation.memory import PeakMemory
 from lite_controlnet.controls import CONTROL_KINDS, build_control, controlled_unet, prepare_control
 from lite_controlnet.model import unet_residual_layout
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG
+from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG
 
 
 def sync(device: torch.device) -> None:

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .base import DEFAULT_BASE, BaseModelError, BaseModels, load_base
-from .config import TrainConfig
+from .bases.loading import DEFAULT_BASE, BaseModelError, BaseModels, load_base
+from .training.config import TrainConfig
 from .controls import (
     CONTROL_KINDS,
     ControlResiduals,
@@ -13,11 +13,11 @@ from .controls import (
     load_control,
     prepare_control,
 )
-from .data import DatasetError, PairedDataset
-from .fill50k import make_fill50k
+from .data.paired import DatasetError, PairedDataset
+from .data.fill50k import make_fill50k
 from .model import LITE_DESIGNS, LiteControlNetFeatures, LiteControlNetModel, LiteControlNetOutput
 from .pipeline import LiteControlNetPipeline
-from .trainer import EpochEnd, train
+from .training.trainer import EpochEnd, train
 
 __all__ = [
     "CONTROL_KINDS",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .base import DEFAULT_BASE
+from .bases.loading import DEFAULT_BASE
 from .errors import USAGE, UsageError, run_command
 from .presets import PRESETS, Preset
 
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _make_fill50k(args: argparse.Namespace) -> None:
-    from .fill50k import make_fill50k
+    from .data.fill50k import make_fill50k
 
     out = make_fill50k(args.out_dir, num=args.num, size=args.size, seed=args.seed, workers=args.workers,
                        overwrite=args.overwrite)
@@ -75,7 +75,7 @@ def _check_seed(seed: int) -> None:
 def _device(args: argparse.Namespace) -> tuple[str, Any]:
     """`--device`, checked (a device this machine has; default: cuda when available, else cpu), and
     the dtype to sample in there."""
-    from .hardware import inference_device
+    from .training.hardware import inference_device
 
     return inference_device(args.device, what="--device")
 
@@ -134,15 +134,15 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import config_from_args
-    from .trainer import train
+    from .training.config import config_from_args
+    from .training.trainer import train
 
     train(config_from_args(args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .data import PairedDataset
-    from .evaluate import evaluate, native_resolution, one_step_scores, write_report
+    from .data.paired import PairedDataset
+    from .evaluation.evaluate import evaluate, native_resolution, one_step_scores, write_report
     from .pipeline import check_sampling_args
 
     check_sampling_args(args.steps, args.guidance, args.scale)
@@ -192,7 +192,7 @@ def _preset_flags(preset: Preset) -> dict[str, dict[str, Any]]:
 
 def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     """The command-line parser; with `preset`, the flags it sets default to its values."""
-    from .config import add_config_arguments, parse_bool
+    from .training.config import add_config_arguments, parse_bool
 
     def add_preset(p: argparse.ArgumentParser, sets: str) -> None:
         p.add_argument("--preset", choices=list(PRESETS), default=None,

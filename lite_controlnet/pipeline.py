@@ -20,10 +20,10 @@ from diffusers import ControlNetModel, DDIMScheduler, DiffusionPipeline, ImagePi
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from .base import DEFAULT_BASE, BaseModels, load_base
-from .checkpoint import verify_module_folder
+from .bases.loading import DEFAULT_BASE, BaseModels, load_base
+from .training.checkpoint import verify_module_folder
 from .controls import controlled_unet, load_control, prepare_control
-from .latents import decode_latents, encode_text
+from .bases.latents import decode_latents, encode_text
 from .model import LiteControlNetModel, unet_residual_layout
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class LiteControlNetPipeline(DiffusionPipeline):
 
         Returns whether xformers is now in use; the reason it is not is logged.
         """
-        from .attention import xformers_status
+        from .training.attention import xformers_status
 
         usable, reason = xformers_status()
         if not usable:

@@ -36,7 +36,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from lite_controlnet.config import TrainConfig
+from lite_controlnet.training.config import TrainConfig
 from lite_controlnet.presets import DEMO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +70,8 @@ def load_driver():
 
 def train_run(work: Path) -> tuple[Path, Path, float]:
     """The QUICK run (the demo's), made or resumed with the library; returns data, run folder, seconds."""
-    from lite_controlnet.colab import prepare_fill50k
-    from lite_controlnet.trainer import train
+    from lite_controlnet.notebook.colab import prepare_fill50k
+    from lite_controlnet.training.trainer import train
 
     started = time.perf_counter()
     data = prepare_fill50k(work / "fill50k", num=RUN["num"], size=RUN["resolution"])
@@ -95,8 +95,8 @@ def tiles(png: bytes, columns: int, rows: int) -> list[list]:
 
 
 def disk_iou(image, control) -> float:
-    """The project's placement score (lite_controlnet.metrics): the image's disk against the control's."""
-    from lite_controlnet.metrics import fill50k_scores
+    """The project's placement score (lite_controlnet.evaluation.metrics): the image's disk against the control's."""
+    from lite_controlnet.evaluation.metrics import fill50k_scores
 
     return round(fill50k_scores(image, control, None)["disk_iou"], 2)
 

@@ -24,9 +24,9 @@ import torch
 
 from conftest import rewrite_manifest_entry
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline, cli
-from lite_controlnet.config import TrainConfig
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.trainer import train
+from lite_controlnet.training.config import TrainConfig
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.trainer import train
 
 SMALL = dict(resolution=32, batch_size=2, num_workers=0, num_validation=1, validation_steps=1)
 SMALL_FLAGS = ["--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--num-validation", "1",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lite_controlnet import build_control
-from lite_controlnet.compare import (
+from lite_controlnet.evaluation.compare import (
     bar_plots,
     count_parameters,
     equal_budget_configs,
@@ -24,8 +24,8 @@ from lite_controlnet.compare import (
     train_measured,
 )
 from lite_controlnet.controls import load_control
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.logs import LossLog
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.logs import LossLog
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_step_seconds_is_the_median_step_of_the_cumulative_log(tmp_path):
 
 PEAK_MEMORY_RUNS = """
 import json, numpy as np
-from lite_controlnet.memory import PeakMemory
+from lite_controlnet.evaluation.memory import PeakMemory
 with PeakMemory() as big:
     block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
     del block
@@ -132,7 +132,7 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
 
 
 def test_held_out_samples_are_new_circles():
-    from lite_controlnet.fill50k import render_fill50k_sample
+    from lite_controlnet.data.fill50k import render_fill50k_sample
 
     samples = held_out_samples(3, 64)
     assert len(samples) == 3 and all(control.size == (64, 64) and " circle with " in prompt
@@ -162,9 +162,9 @@ class TargetPipe:
 
 
 def test_scores_come_from_the_metrics_module():
-    from lite_controlnet import metrics
-    from lite_controlnet.compare import HELD_OUT_START
-    from lite_controlnet.fill50k import render_fill50k_sample
+    from lite_controlnet.evaluation import metrics
+    from lite_controlnet.evaluation.compare import HELD_OUT_START
+    from lite_controlnet.data.fill50k import render_fill50k_sample
 
     samples = held_out_samples(3, 64)
     targets = [render_fill50k_sample(HELD_OUT_START + k, 64)[1] for k in range(3)]

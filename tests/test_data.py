@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lite_controlnet.data import DatasetError, PairedDataset
+from lite_controlnet.data.paired import DatasetError, PairedDataset
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from lite_controlnet import evaluate as evaluate_module
-from lite_controlnet.base import BaseModels
+from lite_controlnet.evaluation import evaluate as evaluate_module
+from lite_controlnet.bases.loading import BaseModels
 from lite_controlnet.cli import main as cli_main
-from lite_controlnet.data import PairedDataset
-from lite_controlnet.evaluate import evaluate, one_step_scores
-from lite_controlnet.fill50k import make_fill50k
+from lite_controlnet.data.paired import PairedDataset
+from lite_controlnet.evaluation.evaluate import evaluate, one_step_scores
+from lite_controlnet.data.fill50k import make_fill50k
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ class OraclePipe:
         self.calls = []
 
     def __call__(self, prompts, controls, generator=None, **kwargs):
-        from lite_controlnet.latents import to_pil
+        from lite_controlnet.bases.latents import to_pil
 
         self.calls.append([g.initial_seed() for g in generator])
         return type("Out", (), {"images": to_pil(torch.stack([self.by_prompt[p] for p in prompts]))})
@@ -96,9 +96,9 @@ def test_an_unknown_prediction_type_is_refused_by_name(tiny_base, heldout):
 def test_held_out_pairs_are_the_pairs_make_fill50k_writes(heldout):
     """The in-memory held-out pairs are, tensor for tensor, the dataset seed 1 folder read back;
     compare's held-out samples are samples 10,000,000... of seed 0."""
-    from lite_controlnet.compare import held_out_samples
-    from lite_controlnet.fill50k import render_fill50k_sample
-    from lite_controlnet.heldout import COMPARE_START, held_out_pairs
+    from lite_controlnet.evaluation.compare import held_out_samples
+    from lite_controlnet.data.fill50k import render_fill50k_sample
+    from lite_controlnet.data.heldout import COMPARE_START, held_out_pairs
 
     folder, pairs = PairedDataset(heldout, resolution=64), held_out_pairs(12, 64)
     assert len(pairs) == 12 and pairs.resolution == 64

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from lite_controlnet.data import PairedDataset
-from lite_controlnet.fidelity import (ProbeSettings, Variant, fidelity_curves, reached, summarize, training_stats,
+from lite_controlnet.data.paired import PairedDataset
+from lite_controlnet.evaluation.fidelity import (ProbeSettings, Variant, fidelity_curves, reached, summarize, training_stats,
                                       variant_configs)
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.logs import LossLog
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.logs import LossLog
 
 PROBE = ProbeSettings(heldout=2, sample_num=2, sample_steps=2, guidance=3.0)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from lite_controlnet.colours import COLOURS, colour_by_words, parse_fill50k_prompt
-from lite_controlnet.data import PairedDataset
-from lite_controlnet.fill50k import (
+from lite_controlnet.data.colours import COLOURS, colour_by_words, parse_fill50k_prompt
+from lite_controlnet.data.paired import PairedDataset
+from lite_controlnet.data.fill50k import (
     MIN_COLOUR_DISTANCE,
     RADIUS_FRACTION,
     fill50k_spec,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lite_controlnet.hardware import DeviceInfo, HardwarePlan, plan_hardware
+from lite_controlnet.training.hardware import DeviceInfo, HardwarePlan, plan_hardware
 
 GiB = 2**30
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * GiB, 14 * GiB, 12 * GiB)
@@ -11,7 +11,7 @@ CPU = DeviceInfo("cpu", "CPU (2 cores)", system_ram=24 * GiB)
 
 
 def test_inference_device_is_checked_and_brings_its_dtype():
-    from lite_controlnet.hardware import inference_device
+    from lite_controlnet.training.hardware import inference_device
 
     expected = ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
     assert inference_device() == expected
@@ -94,7 +94,7 @@ def test_plan_round_trips_and_keeps_the_effective_batch():
 
 
 def test_without_bitsandbytes_8bit_adam_is_not_probed(monkeypatch):
-    import lite_controlnet.hardware as hardware
+    import lite_controlnet.training.hardware as hardware
 
     monkeypatch.setattr(hardware, "bitsandbytes_available", lambda: False)
     probe = probe_from(100 * GiB)
@@ -112,7 +112,7 @@ def test_max_gpu_memory_caps_the_process_and_the_plan(monkeypatch):
     """A 15 GiB cap on an 80 GiB card: the allocator is capped and the plan sees 15 GiB."""
     from types import SimpleNamespace
 
-    import lite_controlnet.hardware as hardware
+    import lite_controlnet.training.hardware as hardware
 
     fractions = []
     cuda = torch.cuda
@@ -133,7 +133,7 @@ def test_max_gpu_memory_caps_the_process_and_the_plan(monkeypatch):
 @pytest.fixture
 def fresh_xformers_status():
     """`xformers_status` is cached for the process: each case detects afresh, and leaves no answer behind."""
-    from lite_controlnet.attention import xformers_status
+    from lite_controlnet.training.attention import xformers_status
 
     xformers_status.cache_clear()
     yield xformers_status

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lite_controlnet.fill50k import fill50k_spec, render_fill50k_sample
-from lite_controlnet.metrics import (
+from lite_controlnet.data.fill50k import fill50k_spec, render_fill50k_sample
+from lite_controlnet.evaluation.metrics import (
     aggregate_scores,
     ciede2000,
     colour_errors,
@@ -204,7 +204,7 @@ def test_aggregate_needs_scores():
 
 
 def test_the_disk_regions_are_found_once_per_image(monkeypatch):
-    import lite_controlnet.metrics as metrics
+    import lite_controlnet.evaluation.metrics as metrics
 
     calls = []
     real = metrics.connected_components

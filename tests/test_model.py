@@ -13,7 +13,7 @@ from lite_controlnet import (
 )
 from lite_controlnet.controls import ControlResiduals
 from lite_controlnet.model import SD15_RESIDUAL_CHANNELS, _average_pool, unet_residual_layout
-from lite_controlnet.sd_configs import SD15_UNET_CONFIG, SD21_UNET_CONFIG, empty_unet
+from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG, SD21_UNET_CONFIG, empty_unet
 
 
 def n_params(module):

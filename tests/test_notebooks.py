@@ -24,7 +24,7 @@ nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the d
 nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the dev extra: pip install -e '.[dev]'")
 pytest.importorskip("ipykernel", reason="the notebook tests need the dev extra: pip install -e '.[dev]'")
 
-from lite_controlnet.checkpoint import list_checkpoints
+from lite_controlnet.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

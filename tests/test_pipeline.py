@@ -117,8 +117,7 @@ def test_ddim_is_selectable_and_pipeline_round_trips(pipe, control_image, tmp_pa
 
 
 def test_xformers_is_enabled_only_where_it_works(pipe, monkeypatch):
-    from lite_controlnet import attention
-
+    from lite_controlnet.training import attention
     enabled = []
     monkeypatch.setattr(LiteControlNetPipeline, "enable_xformers_memory_efficient_attention",
                         lambda self: enabled.append(self))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lite_controlnet.cli import parse_args
-from lite_controlnet.config import config_from_args
+from lite_controlnet.training.config import config_from_args
 from lite_controlnet.presets import DEMO, PRESETS, QUICK, Preset, get_preset
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lite_controlnet import LiteControlNetPipeline, build_control, load_base
-from lite_controlnet.fill50k import render_fill50k_sample
-from lite_controlnet.metrics import colour_errors, count_disks, segment_disk
+from lite_controlnet.data.fill50k import render_fill50k_sample
+from lite_controlnet.evaluation.metrics import colour_errors, count_disks, segment_disk
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.bases.proxy import ProxyRecipe, make_scheduler
 from lite_controlnet.bases.proxy_training import make_proxy_base, min_snr_weight
-from lite_controlnet.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
+from lite_controlnet.data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 
 SMALL = ProxyRecipe(block_out_channels=(16, 16, 32, 32), text_width=32, warmup_steps=1)
 

@@ -24,10 +24,10 @@ import torch
 
 from conftest import randomize_
 from lite_controlnet import LiteControlNetModel, cli
-from lite_controlnet.checkpoint import RunLock, RunLockedError, latest_control, list_checkpoints
-from lite_controlnet.config import TrainConfig
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.trainer import train
+from lite_controlnet.training.checkpoint import RunLock, RunLockedError, latest_control, list_checkpoints
+from lite_controlnet.training.config import TrainConfig
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.trainer import train
 
 SMALL = dict(resolution=32, batch_size=2, num_workers=0, num_validation=1, validation_steps=1)
 SMALL_FLAGS = ["--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--num-validation", "1",

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lite_controlnet.checkpoint import CheckpointError, RunLock, RunLockedError, list_checkpoints, load_latest
-from lite_controlnet.config import TrainConfig
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.grids import COLUMNS
+from lite_controlnet.training.checkpoint import CheckpointError, RunLock, RunLockedError, list_checkpoints, load_latest
+from lite_controlnet.training.config import TrainConfig
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.grids import COLUMNS
 from conftest import rewrite_manifest_entry, with_scheduler_config
-from lite_controlnet import trainer as trainer_module
-from lite_controlnet.train_state import TrainState
-from lite_controlnet.trainer import Trainer, draw_timesteps, loss_target, train
+from lite_controlnet.training import trainer as trainer_module
+from lite_controlnet.training.train_state import TrainState
+from lite_controlnet.training.trainer import Trainer, draw_timesteps, loss_target, train
 
 QUICK = dict(resolution=64, epochs=2, batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
 
@@ -60,7 +60,8 @@ def rows(output):
 # begins optimizer step $KILL_AT_STEP (0-based), whatever the machine's speed.
 KILLED_AT = """
 import os, signal, sys
-from lite_controlnet import cli, trainer
+from lite_controlnet import cli
+from lite_controlnet.training import trainer
 
 original = trainer.Trainer._optimizer_step
 
@@ -313,7 +314,7 @@ def test_config_errors_name_the_value():
 
 def test_config_file_and_flags(tmp_path):
     from lite_controlnet.cli import build_parser
-    from lite_controlnet.config import config_from_args
+    from lite_controlnet.training.config import config_from_args
 
     (tmp_path / "run.json").write_text(json.dumps({"data": "d", "output": "o", "epochs": 3, "control": "controlnet"}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.json"), "--epochs", "5"])
@@ -328,7 +329,7 @@ def test_the_old_name_of_control_kind_still_works(tmp_path):
     """`control` was `control_kind`'s name: as a keyword, a key of a saved config and a flag it
     still sets the kind; given with a different kind under the new name, it is refused."""
     from lite_controlnet.cli import build_parser
-    from lite_controlnet.config import config_from_args
+    from lite_controlnet.training.config import config_from_args
 
     assert TrainConfig(data="d", output="o", control="controlnet").control_kind == "controlnet"
     assert TrainConfig(data="d", output="o", control_kind="t2i-adapter").control == "t2i-adapter"
@@ -349,7 +350,7 @@ def test_the_old_name_of_control_kind_still_works(tmp_path):
 def test_control_options_shape_the_module_from_flags_to_the_saved_model(tiny_base_dir, fill50k_small, tmp_path):
     from lite_controlnet import load_control
     from lite_controlnet.cli import build_parser
-    from lite_controlnet.config import config_from_args
+    from lite_controlnet.training.config import config_from_args
 
     args = build_parser().parse_args(["train", "--data", str(fill50k_small), "--output", str(tmp_path),
                                       "--control-options", '{"level_channels": 40, "pixel_mlp_channels": [24]}'])
@@ -410,7 +411,7 @@ def test_colab_helpers_fall_back_to_local_folders(tmp_path, fill50k_small):
     import shutil
     import zipfile
 
-    from lite_controlnet.colab import copy_to_local, in_colab, run_folder
+    from lite_controlnet.notebook.colab import copy_to_local, in_colab, run_folder
 
     assert not in_colab()
     assert run_folder("run1", local_root=tmp_path) == tmp_path / "run1"
@@ -439,8 +440,8 @@ def test_lock_heartbeat_keeps_a_long_phase_alive(tmp_path):
 
 
 def test_latest_control_and_prepare_fill50k(tiny_base_dir, fill50k_small, tmp_path):
-    from lite_controlnet.checkpoint import latest_control
-    from lite_controlnet.colab import prepare_fill50k
+    from lite_controlnet.training.checkpoint import latest_control
+    from lite_controlnet.notebook.colab import prepare_fill50k
 
     assert latest_control(tmp_path / "run") is None
     train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=2, checkpoint_every=1), progress=False)

@@ -12,11 +12,11 @@ import traitlets
 
 from conftest import randomize_
 from lite_controlnet import LiteControlNetModel, LiteControlNetPipeline
-from lite_controlnet.data import PairedDataset
-from lite_controlnet.fill50k import make_fill50k
-from lite_controlnet.logs import LossLog
-from lite_controlnet.trainer import EpochEnd
-from lite_controlnet.widgets import (
+from lite_controlnet.data.paired import PairedDataset
+from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.training.logs import LossLog
+from lite_controlnet.training.trainer import EpochEnd
+from lite_controlnet.notebook.widgets import (
     EpochViewer,
     SamplePanel,
     circle_control,

@@ -24,8 +24,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
-from ..fill50k import render_fill50k_sample
-from ..heldout import PROXY_HELD_OUT_SEED, held_out_pairs
+from ..data.fill50k import render_fill50k_sample
+from ..data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from .proxy import ProxyModels, ProxyRecipe, build_proxy_models, save_proxy_base
 
 __all__ = ["PROBE_DATA_SEED", "PROXY_HELD_OUT_SEED", "TRAIN_DATA_SEED", "colour_check", "colour_probe", "lr_factor",

@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..colours import COLOURS
+from ..data.colours import COLOURS
 
 # Words the tiny tokenizer knows as single tokens; anything else falls back to bytes.
 BASE_WORDS = ("a", "an", "the", "of", "and", "with", "circle", "background", "disk", "photo", "on", "in")

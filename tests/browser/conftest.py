@@ -42,10 +42,10 @@ def browser():
 def quick_run(tmp_path_factory):
     """A QUICK run's outputs, made with the library at test size: 32 pairs of 32 px on the
     proxy base the package ships, 2 epochs of 8 steps at QUICK mode's learning rate."""
-    from lite_controlnet.colab import prepare_fill50k
-    from lite_controlnet.config import TrainConfig
+    from lite_controlnet.notebook.colab import prepare_fill50k
+    from lite_controlnet.training.config import TrainConfig
     from lite_controlnet.presets import QUICK
-    from lite_controlnet.trainer import train
+    from lite_controlnet.training.trainer import train
 
     root = tmp_path_factory.mktemp("browser")
     data = prepare_fill50k(root / "data", num=32, size=QUICK.resolution)

@@ -19,7 +19,7 @@ import PIL.ImageOps
 import pytest
 
 from lite_controlnet.presets import QUICK
-from lite_controlnet.widgets import circle_control
+from lite_controlnet.notebook.widgets import circle_control
 
 from . import jupyter_driver as jd
 

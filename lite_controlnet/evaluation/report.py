@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 
-from .grids import table_grid
+from ..training.grids import table_grid
 
 if TYPE_CHECKING:
     from .compare import SamplingStats, TrainingStats

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .colours import COLOURS, NamedColour
 
 __all__ = [

@@ -29,8 +29,8 @@ import PIL.ImageOps
 import torch
 from PIL import ImageDraw
 
-from .grids import table_grid
-from .logs import LossLog
+from ..training.grids import table_grid
+from ..training.logs import LossLog
 
 __all__ = [
     "EpochViewer",

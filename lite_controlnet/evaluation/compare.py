@@ -26,16 +26,16 @@ from typing import Any
 import PIL.Image
 import torch
 
-from .base import BaseModels
-from .config import TrainConfig
-from .data import PairedDataset
+from ..bases.loading import BaseModels
+from ..training.config import TrainConfig
+from ..data.paired import PairedDataset
 from .evaluate import sample_pairs
-from .heldout import COMPARE_START, held_out_pairs
-from .logs import LossLog
-from .pipeline import LiteControlNetPipeline
+from ..data.heldout import COMPARE_START, held_out_pairs
+from ..training.logs import LossLog
+from ..pipeline import LiteControlNetPipeline
 from .memory import PeakMemory
 from .report import FIDELITY_COLUMNS, bar_plots, markdown_table, result_rows, sample_grid
-from .trainer import train
+from ..training.trainer import train
 
 __all__ = [  # the tables and pictures live in `report`, memory in `memory`: importable from here as before
     "FIDELITY_COLUMNS", "HELD_OUT_START", "PeakMemory", "SamplingStats", "TrainingStats", "bar_plots", "count_parameters",
@@ -153,7 +153,7 @@ def sample_and_score(pipe: LiteControlNetPipeline, kind: str, samples: Sequence[
                      steps: int = 20, guidance: float = 7.5, seed: int = 0, metrics: Any = None,
                      size: int | None = None) -> SamplingStats:
     """Generate one image per (control image, prompt), one at a time after an untimed warm-up,
-    timing each; score them with `metrics` (`lite_controlnet.metrics`; None: not scored).
+    timing each; score them with `metrics` (`lite_controlnet.evaluation.metrics`; None: not scored).
 
     Samples through `evaluate.sample_pairs`: the k-th image uses the seed `seed + k` for every
     module, so modules see the same noise. `size`: the height and width to sample (None: the

@@ -18,7 +18,7 @@ from __future__ import annotations
 import PIL.Image
 from torch.utils.data import Dataset
 
-from .data import _to_tensor
+from .paired import _to_tensor
 from .fill50k import Fill50kSpec, fill50k_spec, render_fill50k_sample
 
 __all__ = ["COMPARE_START", "HELD_OUT_SEED", "PROXY_HELD_OUT_SEED", "HeldOutPairs", "held_out_pairs"]

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
-from .checkpoint import list_checkpoints
+from ..atomic import write_atomic
+from ..training.checkpoint import list_checkpoints
 from .compare import TrainingStats, pipeline_for, train_measured
-from .config import TIMESTEP_SAMPLINGS, TrainConfig
-from .controls import CONTROL_KINDS, load_control
-from .data import PairedDataset
+from ..training.config import TIMESTEP_SAMPLINGS, TrainConfig
+from ..controls import CONTROL_KINDS, load_control
+from ..data.paired import PairedDataset
 from .evaluate import evaluate, one_step_scores
-from .logs import LossLog
+from ..training.logs import LossLog
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, write_atomic
-from .base import BaseModels
-from .data import DatasetError, PairedDataset
-from .errors import disk_full, require_space
-from .latents import encode_text
+from ..atomic import atomic_write, write_atomic
+from ..bases.loading import BaseModels
+from ..data.paired import DatasetError, PairedDataset
+from ..errors import disk_full, require_space
+from ..bases.latents import encode_text
 
 TEXT_CACHE_LIMIT = 4 * 2**30  # above this many bytes of embeddings, the text encoder runs per step
 FLUSH_EVERY = 64  # batches between progress saves

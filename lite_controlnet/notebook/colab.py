@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 DRIVE_MOUNT = Path("/content/drive")
 
@@ -74,7 +74,7 @@ def copy_to_local(source: str | Path, destination: str | Path) -> Path:
 
 def _dataset_root(folder: Path) -> Path:
     """The folder holding the manifest: the folder itself, or its single subfolder (zips often nest)."""
-    from .data import MANIFEST_NAMES
+    from ..data.paired import MANIFEST_NAMES
 
     if any((folder / name).is_file() for name in MANIFEST_NAMES):
         return folder
@@ -94,6 +94,6 @@ def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: i
     data_dir = Path(data_dir)
     if (data_dir / "prompt.json").is_file():
         return data_dir
-    from .fill50k import make_fill50k
+    from ..data.fill50k import make_fill50k
 
     return make_fill50k(data_dir, num=num, size=size, seed=seed)

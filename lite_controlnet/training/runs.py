@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import PROXY_BASE, TINY_BASE
+from ..bases.loading import PROXY_BASE, TINY_BASE
 from .config import TrainConfig
-from .data import PairedDataset
-from .errors import UsageError
+from ..data.paired import PairedDataset
+from ..errors import UsageError
 
 RUN_FILE = "run.json"
 # What a checkpoint written before run.json existed can still be checked against (train_config.json).

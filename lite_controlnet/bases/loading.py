@@ -75,14 +75,14 @@ def cache_dir() -> Path:
 def resolve_base(base: str | Path) -> str:
     """Turn the aliases ("tiny", "proxy") into a folder; pass hub ids and folders through."""
     if str(base) == PROXY_BASE:
-        from .bases import PROXY_BASE_DIR
+        from . import PROXY_BASE_DIR
 
         if not (PROXY_BASE_DIR / "model_index.json").is_file():
             raise BaseModelError(f"The proxy base is not in this install ({PROXY_BASE_DIR}); train one with "
                                  "`python -m lite_controlnet make-proxy-base DIR` and pass --base DIR.")
         return str(PROXY_BASE_DIR)
     if str(base) == TINY_BASE:
-        from .bases.tiny import make_tiny_base
+        from .tiny import make_tiny_base
 
         folder = cache_dir() / "tiny-sd"
         if not (folder / "model_index.json").is_file():

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import USAGE, ReportedError
+from ..errors import USAGE, ReportedError
 
 try:
     import fcntl

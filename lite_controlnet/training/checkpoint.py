@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import fsync_file, write_atomic
-from .errors import USAGE, ReportedError, disk_full, require_space
+from ..atomic import fsync_file, write_atomic
+from ..errors import USAGE, ReportedError, disk_full, require_space
 from .lock import RunLock, RunLockedError, pid_alive
 
 __all__ = ["MANIFEST", "Checkpoint", "CheckpointError", "RunLock", "RunLockedError", "checkpoint_root",

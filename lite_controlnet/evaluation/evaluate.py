@@ -29,11 +29,11 @@ import PIL.Image
 import torch
 from diffusers import DDPMScheduler
 
-from .base import BaseModels, check_prediction_type
-from .controls import controlled_unet, prepare_control
-from .data import PairedDataset
-from .grids import table_grid
-from .latents import decode_latents, encode_images, encode_text, to_pil
+from ..bases.loading import BaseModels, check_prediction_type
+from ..controls import controlled_unet, prepare_control
+from ..data.paired import PairedDataset
+from ..training.grids import table_grid
+from ..bases.latents import decode_latents, encode_images, encode_text, to_pil
 from .metrics import aggregate_scores, fill50k_scores
 
 SCORE_COLUMNS = ("Prompt", "Control", "Target", "Sample")

@@ -16,8 +16,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from .base import DEFAULT_BASE
-from .presets import get_preset
+from ..bases.loading import DEFAULT_BASE
+from ..presets import get_preset
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.

@@ -52,8 +52,8 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .base import PREDICTION_TYPES  # noqa: F401 (importable from here as before)
-from .base import check_prediction_type, load_base
+from ..bases.loading import PREDICTION_TYPES  # noqa: F401 (importable from here as before)
+from ..bases.loading import check_prediction_type, load_base
 from .cache import build_cache
 from .checkpoint import (
     Checkpoint,
@@ -66,9 +66,9 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TIMESTEP_SAMPLINGS, TrainConfig
-from .controls import build_control, controlled_unet, prepare_control
-from .data import PairedDataset
-from .errors import TrainingError
+from ..controls import build_control, controlled_unet, prepare_control
+from ..data.paired import PairedDataset
+from ..errors import TrainingError
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .logs import LossLog
 from .runs import RUN_FILE, check_same_run, refuse_mixing, run_identity, saved_identity

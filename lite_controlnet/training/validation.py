@@ -8,13 +8,13 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from .atomic import atomic_write
-from .base import BaseModels
+from ..atomic import atomic_write
+from ..bases.loading import BaseModels
 from .cache import TrainingCache
-from .data import PairedDataset
+from ..data.paired import PairedDataset
 from .grids import GridRow, make_grid
-from .latents import decode_latents, to_pil
-from .pipeline import LiteControlNetPipeline
+from ..bases.latents import decode_latents, to_pil
+from ..pipeline import LiteControlNetPipeline
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 import PIL.Image
 
-from .colours import parse_fill50k_prompt
+from ..data.colours import parse_fill50k_prompt
 
 __all__ = [
     "Circle",

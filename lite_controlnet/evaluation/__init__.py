@@ -1,0 +1,1 @@
+"""Evaluation: the fidelity metrics, one scoring path, the studies and their reports."""

@@ -1,0 +1,1 @@
+"""Notebook helpers: the widgets and the Colab setup."""
