@@ -28,7 +28,7 @@ from lite_controlnet.evaluation.fidelity import ScoreSettings, sample_scores, sc
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (learning rate, control_options); "default" is the seed's design (the kind lite-seed)
+# name -> (learning rate, control_options); "default" is the seed's design (the kind lite-mlp)
 VARIANTS = {
     "default, lr 1e-3": (1e-3, {}),
     "default, lr 3e-4": (3e-4, {}),
@@ -67,7 +67,7 @@ def main() -> None:
         "variants": {}, "windows": {},
     }
     for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
-        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control_kind="lite-seed",
+        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control_kind="lite-mlp",
                           control_options=options or None, resolution=args.resolution, batch_size=args.batch_size,
                           epochs=1000, max_steps=args.steps, learning_rate=lr, num_workers=0, num_validation=4,
                           validation_steps=10, checkpoint_every=args.steps)
