@@ -336,7 +336,7 @@ FORMAT_0 = ROOT / "tests" / "fixtures" / "lite-format-0"  # configs saved by the
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("seed", {"level_channels": 96, "level_layers": 1, "level_kernel_size": 1, "level_norm": False, "feedback": False}),
+    ("mlp", {"level_channels": 96, "level_layers": 1, "level_kernel_size": 1, "level_norm": False, "feedback": False}),
     ("static", {"level_channels": 64, "level_layers": 2, "level_kernel_size": [1, 3, 3], "level_norm": False,
                 "feedback": False}),
     ("feedback", {"level_channels": 64, "level_layers": 2, "level_kernel_size": [1, 3, 3], "level_norm": True,
@@ -347,8 +347,7 @@ def test_files_saved_before_formats_were_numbered_load_as_what_they_were(name, e
     weights, named as they were then (`level_mlps`), load into today's names."""
     config = LiteControlNetModel.load_config(FORMAT_0 / name)
     assert {k: config[k] for k in expected} == expected and config["lite_format"] == LITE_FORMAT
-    design = {"seed": "mlp"}.get(name, name)
-    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design=design), std=0.1).eval()
+    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design=name), std=0.1).eval()
     assert {k: v for k, v in reference.config.items() if k in expected} == {
         k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
     # the fixture's folder as the old code wrote it: its config, and its weights under the old names
@@ -375,7 +374,7 @@ def test_the_old_bare_constructor_was_the_papers_design():
     `LiteControlNetModel()`, or before a setting existed) still reads as that design."""
     bare = LiteControlNetModel.from_config(LiteControlNetModel.load_config(FORMAT_0 / "bare"))
     assert n_params(bare) == 1_084_736 and bare.step_invariant
-    older = {k: v for k, v in json.loads((FORMAT_0 / "seed" / "config.json").read_text()).items()
+    older = {k: v for k, v in json.loads((FORMAT_0 / "mlp" / "config.json").read_text()).items()
              if not k.startswith("feedback") and k not in ("level_norm", "level_top_down", "decoder_channels")}
     assert not LiteControlNetModel.from_config(older).config.feedback  # saved before feedback existed
 
