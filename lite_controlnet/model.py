@@ -95,8 +95,8 @@ def lite_design(name: str, num_levels: int) -> dict[str, Any]:
 # The saved config's format (`config.json`'s "lite_format"). A file without one was written before
 # formats were numbered (format 0, up to commit 8ce729c): `_upgrade_config` reads it as it was.
 LITE_FORMAT = 1
-# Format 0: the constructor's defaults then (the paper's design), which a file left out when it
-# was saved before the setting existed.
+# Format 0's constructor defaults (the paper's design): what a format-0 file means by a setting it
+# lacks (one saved before the setting existed).
 _FORMAT_0_DEFAULTS = {
     "conditioning_channels": 3, "pixel_mlp_channels": [64, 64], "level_channels": 96, "level_mlp_layers": 1,
     "level_kernel_size": 1, "level_top_down": False, "level_norm": False, "feedback_levels": [],
@@ -124,6 +124,10 @@ def _upgrade_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
     config = dict(config)
     version = config.pop("lite_format", 0)
     if version == LITE_FORMAT:
+        stale = [k for k in (*_FORMAT_0_REMOVED, "feedback_levels", "feedback_decoder", "level_mlp_layers") if k in config]
+        if stale:  # diffusers would ignore it: the file would load as another design
+            raise UsageError(f"{source} has lite_format={LITE_FORMAT} but format 0's setting {stale[0]}: remove it, or "
+                             f"remove lite_format to read the file as format 0.")
         return {**config, "lite_format": LITE_FORMAT}
     if version != 0:
         raise UsageError(f"{source} has lite_format={version!r}: this version of lite-controlnet reads formats 0 to "
@@ -464,16 +468,18 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             return_dict: return a `LiteControlNetOutput` (`LiteControlNetFeatures` with
                 feedback) rather than a tuple.
         """
-        if not self.step_invariant:
-            if isinstance(conditioning_scale, torch.Tensor) or conditioning_scale != 1:
-                raise ValueError("this module's residuals come from feedback at each step, where the control "
-                                 "strength applies: pass conditioning_scale to feedback() or controlled_unet(), "
-                                 "not to forward().")
-            features = self.control_features(controlnet_cond)
-            return LiteControlNetFeatures(features=features) if return_dict else (features,)
-        features = self.control_features(controlnet_cond)
+        # 1. with feedback, the residuals are made at each step (`feedback`), where the scale applies
+        if not self.step_invariant and (isinstance(conditioning_scale, torch.Tensor) or conditioning_scale != 1):
+            raise ValueError("this module's residuals come from feedback at each step, where the control "
+                             "strength applies: pass conditioning_scale to feedback() or controlled_unet(), "
+                             "not to forward().")
 
-        # 4. zero projections into the UNet's skip connections
+        # 2. the control image's features at each level
+        features = self.control_features(controlnet_cond)
+        if not self.step_invariant:
+            return LiteControlNetFeatures(features=features) if return_dict else (features,)
+
+        # 3. zero projections into the UNet's skip connections and mid block
         if isinstance(conditioning_scale, torch.Tensor):  # per sample, (B,) or (B, 1, 1, 1): in the module's dtype
             scale = conditioning_scale.to(features[0].device, features[0].dtype)
             conditioning_scale = scale.reshape(-1, 1, 1, 1) if scale.ndim == 1 else scale

@@ -393,6 +393,9 @@ def test_a_file_of_a_removed_design_is_refused_in_one_line(name, option, tmp_pat
             LiteControlNetModel.from_config({**config, removed: True})
     with pytest.raises(UsageError, match="feedback_decoder=False"):
         LiteControlNetModel.from_config({**config, "feedback_decoder": False})
+    # today's format holds none of them: one written in would be ignored, so it is refused too
+    with pytest.raises(UsageError, match="lite_format=1 but format 0's setting feedback_gate"):
+        LiteControlNetModel.from_config({**dict(LiteControlNetModel().config), "feedback_gate": True})
     (tmp_path / "newer").mkdir()
     (tmp_path / "newer" / "config.json").write_text(json.dumps({**dict(LiteControlNetModel().config),
                                                                 "lite_format": LITE_FORMAT + 1}))
