@@ -2,14 +2,14 @@
 
     python benchmarks/fidelity.py                        # the committed proxy base, CPU, seed 0
     python benchmarks/fidelity.py --variants lite:1e-3 controlnet:1e-4 controlnet:1e-3
-    python benchmarks/fidelity.py --steps 1200 --variants lite:3e-3 controlnet:1e-3:cubic lite-seed:1e-3@1000
+    python benchmarks/fidelity.py --steps 1200 --variants lite:3e-3 controlnet:1e-3:cubic lite-mlp:1e-3@1000
     python benchmarks/fidelity.py --seed 1 ...           # one seed per call (run seeds in parallel)
     python benchmarks/fidelity.py --combine              # all seeds: mean, spread, plateau, shares
     python benchmarks/fidelity.py --base stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 ...
 
 A variant is a control kind with an optional learning rate and timestep sampling
 (`kind:lr:cubic`; without them, the kind's defaults): a sweep is part of a fair comparison;
-`@steps` ends a variant sooner than the study (`lite-seed:1e-3@1000`). The seconds axis of
+`@steps` ends a variant sooner than the study (`lite-mlp:1e-3@1000`). The seconds axis of
 `--combine` is steps times each kind's step measured alone (`benchmarks/proxy_step_time.py`).
 
 The variants train on the same base and data with the same trainer, taking turns in chunks
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--timestep", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", nargs="+",
-                        default=["lite:3e-3:cubic", "lite-static:3e-3@1000", "lite-seed:1e-3@1000",
+                        default=["lite:3e-3:cubic", "lite-static:3e-3@1000", "lite-mlp:1e-3@1000",
                                  "t2i-adapter:1e-3@1000", "controlnet:1e-3:cubic", "controlnet:1e-3:uniform@1000"],
                         help="kind or kind:learning_rate, e.g. lite:1e-3 controlnet:1e-4 (default rates: TrainConfig's); "
                              "the defaults: each kind at its best rate of those tried on the proxy base; "

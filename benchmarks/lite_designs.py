@@ -1,7 +1,12 @@
 """Lite designs against each other on the proxy base: which settings buy control, one seed.
 
-    python benchmarks/lite_designs.py --only time          # one candidate per call (run two side by side)
+    python benchmarks/lite_designs.py --only 'ControlNet, cubic timesteps'   # one candidate per call
     python benchmarks/lite_designs.py --report             # the table of all candidates scored so far
+
+Most rows of the results ran designs whose options have since left the library (what won and
+why: benchmarks/DESIGN.md); each names the commit that re-runs it, and this script refuses those
+names with the command that does (`git checkout 8ce729c && python benchmarks/lite_designs.py
+--only NAME`).
 
 Each candidate is a control kind (mostly `lite`) with its own module settings
 (`control_options` over the kind's design), learning rate and trainer settings, trained like the
@@ -18,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -33,53 +39,22 @@ from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "lite-designs-proxy-base.json"
 
-ALL_LEVELS = {"feedback_levels": [0, 1, 2, 3], "level_kernel_size": 3}
-CUBIC, UNIFORM = {"timestep_sampling": "cubic"}, {"timestep_sampling": "uniform"}
-# the default design before its feedback layers read the decoder, at the coarse levels only: every
-# candidate run before then
-CORRECTING = {"feedback_levels": [1, 2, 3], "feedback_decoder": False}
-# ... and before its level layers were normalised
-PLAIN = {**CORRECTING, "level_norm": False}
-ONE = {**PLAIN, "level_mlp_layers": 1}  # the feedback design's first version: one layer per level
-NORM = {**CORRECTING, "level_norm": True}
-# name -> (kind, learning rate, module settings over the kind's design, trainer settings); the
-# ControlNet rows ask whether a training recipe that helps Lite helps ControlNet as much. A
-# note in parentheses is not part of the run's folder name.
+CUBIC = {"timestep_sampling": "cubic"}
+# name -> (kind, learning rate, module settings over the kind's design, trainer settings): the
+# candidates today's code can run. A note in parentheses is not part of the run's folder name.
 CANDIDATES = {
-    "uniform timesteps": ("lite", 3e-3, ONE, UNIFORM),
-    "time": ("lite", 3e-3, {**ONE, "feedback_time_channels": 64}, UNIFORM),
-    "all levels + time": ("lite", 3e-3, {**ONE, **ALL_LEVELS, "feedback_time_channels": 64}, UNIFORM),
-    "lr 6e-3": ("lite", 6e-3, ONE, UNIFORM),
-    "cubic timesteps": ("lite", 3e-3, ONE, CUBIC),
-    "cubic timesteps, all levels": ("lite", 3e-3, {**ONE, **ALL_LEVELS}, CUBIC),
-    "cubic timesteps, wide": ("lite", 3e-3, {**ONE, "level_channels": 96, "feedback_channels": 64}, CUBIC),
-    "cubic timesteps, two level layers (the previous default)": ("lite", 3e-3, PLAIN, CUBIC),
     "ControlNet, cubic timesteps": ("controlnet", 1e-3, {}, CUBIC),
-    "3x3 at every level": ("lite", 3e-3, {**PLAIN, "level_kernel_size": 3}, CUBIC),
-    "into the encoder": ("lite", 3e-3, {**PLAIN, "feedback_into_encoder": True}, CUBIC),
-    "top-down": ("lite", 3e-3, {**PLAIN, "level_top_down": True}, CUBIC),
-    "chain, into the encoder": ("lite", 3e-3, {**PLAIN, "feedback_chain": True, "feedback_into_encoder": True}, CUBIC),
-    "chain": ("lite", 3e-3, {**PLAIN, "feedback_chain": True}, CUBIC),
-    "into the encoder at levels 2 and 3": ("lite", 3e-3, {**PLAIN, "feedback_into_encoder": [2, 3]}, CUBIC),
-    "lr 2e-3": ("lite", 2e-3, PLAIN, CUBIC),
-    "lr 1.5e-3": ("lite", 1.5e-3, PLAIN, CUBIC),
-    "four level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 4}, CUBIC),
-    "six level layers": ("lite", 3e-3, {**PLAIN, "level_mlp_layers": 6}, CUBIC),
-    "normalised level layers (the previous default)": ("lite", 3e-3, NORM, CUBIC),
-    "four normalised level layers": ("lite", 3e-3, {**NORM, "level_mlp_layers": 4}, CUBIC),
-    "normalised level and feedback layers": ("lite", 3e-3, {**NORM, "feedback_norm": True}, CUBIC),
-    "normalised, lr 5e-3": ("lite", 5e-3, NORM, CUBIC),
-    "normalised, lr 2e-3": ("lite", 2e-3, NORM, CUBIC),
-    "normalised, feedback at every level": ("lite", 3e-3, {**NORM, **ALL_LEVELS}, CUBIC),
-    "normalised, 3x3 at every level": ("lite", 3e-3, {**NORM, "level_kernel_size": 3}, CUBIC),
-    "normalised, top-down": ("lite", 3e-3, {**NORM, "level_top_down": True}, CUBIC),
-    "normalised, relative corrections": ("lite", 3e-3, {**NORM, "feedback_relative": True}, CUBIC),
-    "normalised, into the encoder": ("lite", 3e-3, {**NORM, "feedback_into_encoder": True}, CUBIC),
-    "normalised, gated corrections": ("lite", 3e-3, {**NORM, "feedback_gate": True}, CUBIC),
-    "normalised, wide": ("lite", 3e-3, {**NORM, "level_channels": 96, "feedback_channels": 64}, CUBIC),
-    "normalised, reading the decoder": ("lite", 3e-3, {**NORM, "feedback_decoder": True}, CUBIC),
     "normalised, reading the decoder at every level (default)": ("lite", 3e-3, {}, CUBIC),
 }
+# The other rows of the results ran designs whose options have left the library: each row names
+# the commit ("commit") whose code re-runs it (benchmarks/DESIGN.md).
+
+
+def rerun_command(name: str, row: dict) -> str:
+    """The command that re-runs the results row `name` at the commit that has its options."""
+    seed = f" --seed {row['seed']}" if row.get("seed") else ""
+    only = re.sub(r", seed \d+$", "", name)
+    return f"git checkout {row['commit']} && python benchmarks/lite_designs.py --only '{only}'{seed}"
 
 
 def parameters(options: dict, unet_config: dict) -> int:
@@ -89,20 +64,20 @@ def parameters(options: dict, unet_config: dict) -> int:
 
 def report() -> dict:
     result = json.loads(OUT.read_text()) if OUT.is_file() else {"candidates": {}}
-    print("| design | lr | parameters (SD1.5) | step | one-step IoU (shuffled) | sampled disk IoU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| design | code | lr | parameters (SD1.5) | step | one-step IoU (shuffled) | sampled disk IoU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, c in result["candidates"].items():
         for point in c["curve"]:
             sampled = f"{point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""
             params = f"{c['parameters_sd15']:,}" if c["parameters_sd15"] else ""
-            print(f"| {name} | {c['learning_rate']:g} | {params} | {point['step']} | "
+            print(f"| {name} | {c.get('commit', 'this one')} | {c['learning_rate']:g} | {params} | {point['step']} | "
                   f"{point['one_step_iou']:.3f} ({point['one_step_shuffled_iou']:.3f}) | {sampled} |")
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=list(CANDIDATES), help="the candidate to train and score")
+    parser.add_argument("--only", help=f"the candidate to train and score: one of {list(CANDIDATES)}")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--work", default="outputs/fidelity", help="the fidelity study's data (shared) and these runs")
     parser.add_argument("--steps", type=int, default=1000)
@@ -113,6 +88,13 @@ def main() -> None:
     if args.report or not args.only:
         report()
         return
+    if args.only not in CANDIDATES:
+        rows = json.loads(OUT.read_text())["candidates"] if OUT.is_file() else {}
+        key = args.only if args.seed == 0 else f"{args.only}, seed {args.seed}"
+        if "commit" in rows.get(key, {}):
+            sys.exit(f"error: {args.only!r} needs design options this version no longer has; re-run it with: "
+                     f"{rerun_command(key, rows[key])}")
+        parser.error(f"unknown candidate {args.only!r}: use one of {list(CANDIDATES)}")
     torch.set_num_threads(1)
     kind, lr, options, training = CANDIDATES[args.only]
     work = Path(args.work)

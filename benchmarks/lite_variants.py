@@ -1,5 +1,6 @@
-"""What the seed's design allows, measured: Lite's widths, depth and learning rate, and the part
-of the schedule where control applies, on the proxy base at equal steps.
+"""What the pixel-MLP design (the kind lite-mlp, the design of "A Lightweight ControlNet for
+Fine-Tuning Stable Diffusion on Colab GPU") allows, measured: its widths, depth and learning
+rate, and the part of the schedule where control applies, on the proxy base at equal steps.
 
     python benchmarks/lite_variants.py                  # about 10 minutes on one CPU thread
 
@@ -28,14 +29,14 @@ from lite_controlnet.evaluation.fidelity import ScoreSettings, sample_scores, sc
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (learning rate, control_options); "default" is the seed's design (the kind lite-seed)
+# name -> (learning rate, control_options over the kind lite-mlp's design); "default": the design as published
 VARIANTS = {
     "default, lr 1e-3": (1e-3, {}),
     "default, lr 3e-4": (3e-4, {}),
     "default, lr 3e-3": (3e-3, {}),
     "narrow (pixel 32, level 48)": (1e-3, {"pixel_mlp_channels": [32], "level_channels": 48}),
     "wide (pixel 128x2, level 192)": (1e-3, {"pixel_mlp_channels": [128, 128], "level_channels": 192}),
-    "deeper level MLP (2 layers)": (1e-3, {"level_mlp_layers": 2}),
+    "deeper level MLP (2 layers)": (1e-3, {"level_layers": 2}),
 }
 WINDOWS = {"whole schedule": (0.0, 1.0), "first half only": (0.0, 0.5), "last half only": (0.5, 1.0)}
 
@@ -67,7 +68,7 @@ def main() -> None:
         "variants": {}, "windows": {},
     }
     for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
-        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control_kind="lite-seed",
+        cfg = TrainConfig(data=str(train_dir), output=str(work / f"run-{k}"), base=args.base, control_kind="lite-mlp",
                           control_options=options or None, resolution=args.resolution, batch_size=args.batch_size,
                           epochs=1000, max_steps=args.steps, learning_rate=lr, num_workers=0, num_validation=4,
                           validation_steps=10, checkpoint_every=args.steps)

@@ -22,10 +22,11 @@ RESULTS = ROOT / "benchmarks" / "results" / "params.json"
 LITE_VARIANTS = {  # name -> (design, overrides)
     "Lite (default: feedback)": ("feedback", {}),
     "Lite static (best step-invariant)": ("static", {}),
-    "Lite, the seed's design": ("seed", {}),
-    "Lite, the seed's design, level_channels=64": ("seed", {"level_channels": 64}),
-    "Lite, the seed's design, level_channels=256, 2 level layers": ("seed", {"level_channels": 256,
-                                                                            "level_mlp_layers": 2}),
+    # the pixel-MLP design of "A Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU"
+    "Lite, the pixel-MLP design": ("mlp", {}),
+    "Lite, the pixel-MLP design, level_channels=64": ("mlp", {"level_channels": 64}),
+    "Lite, the pixel-MLP design, level_channels=256, 2 level layers": ("mlp", {"level_channels": 256,
+                                                                               "level_layers": 2}),
 }
 
 

@@ -35,9 +35,9 @@ def main() -> None:
         unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "cross_attention_dim": tiny.text_encoder.config.hidden_size})
     unet = unet.to_empty(device="cpu")  # memory is reserved, not touched: the weights are never read
     unet.forward = lambda sample, *args, **kwargs: (torch.zeros_like(sample),)
-    # the seed's design: with the UNet's forward stubbed, the default's per-step layers (hooks in
+    # the pixel-MLP design: with the UNet's forward stubbed, the default's per-step layers (hooks in
     # the UNet's forward) would not run; what this measures is the loop's host-side cost
-    lite = LiteControlNetModel.from_unet(unet, design="seed").eval()
+    lite = LiteControlNetModel.from_unet(unet, design="mlp").eval()
     parts = dict(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=unet,
                  scheduler=UniPCMultistepScheduler.from_config(sd15_scheduler().config))
     pipes = {"SD": LiteControlNetPipeline(**parts, controlnet=None),

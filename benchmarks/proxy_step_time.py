@@ -28,7 +28,7 @@ from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.training.logs import LossLog
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet")
+KINDS = ("lite", "lite-static", "lite-mlp", "t2i-adapter", "controlnet")
 WARMUP = 5  # steps left out of each run: first-call allocations
 
 

@@ -173,7 +173,7 @@ def designs_block() -> str:
 
 
 PARAMS_KEYS = {"lite": "Lite (default: feedback)", "lite-static": "Lite static (best step-invariant)",
-               "lite-seed": "Lite, the seed's design", "t2i-adapter": "T2I-Adapter full (2 res blocks per level)",
+               "lite-seed": "Lite, the pixel-MLP design", "t2i-adapter": "T2I-Adapter full (2 res blocks per level)",
                "controlnet": "ControlNet (diffusers ControlNetModel.from_unet)"}
 SAMPLING_KEYS = {"lite": "SD + Lite", "lite-static": "SD + Lite static", "lite-seed": "SD + Lite seed",
                  "t2i-adapter": "SD + T2I-Adapter", "controlnet": "SD + ControlNet"}

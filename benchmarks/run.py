@@ -31,9 +31,9 @@ from sd15 import sd15_components
 from lite_controlnet import LiteControlNetPipeline, build_control
 
 # pipeline name -> control kind, in the order of the tables
-PIPELINES = {"SD": None, "SD + Lite": "lite", "SD + Lite static": "lite-static", "SD + Lite seed": "lite-seed",
+PIPELINES = {"SD": None, "SD + Lite": "lite", "SD + Lite static": "lite-static", "SD + Lite seed": "lite-mlp",
              "SD + ControlNet": "controlnet", "SD + T2I-Adapter": "t2i-adapter"}
-TRAIN_VARIANTS = ("floor", "lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter")
+TRAIN_VARIANTS = ("floor", "lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -208,7 +208,7 @@ def summarize(data: dict) -> list[str]:
                                                           for name, value in over.items())]
     for batch in sorted({b for _, b in by}):
         cn, floor = by.get(("controlnet", batch)), by.get(("floor", batch))
-        for kind in ("lite", "lite-static", "lite-seed", "t2i-adapter"):
+        for kind in ("lite", "lite-static", "lite-mlp", "t2i-adapter"):
             mine = by.get((kind, batch))
             if mine and cn:
                 lines.append(f"training, batch {batch}: {kind} {cn['step_s'] / mine['step_s']:.2f}x faster than "

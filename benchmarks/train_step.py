@@ -5,7 +5,7 @@ process (peak memory is per process). Called by `benchmarks/run.py`; prints one 
     python benchmarks/train_step.py --variant lite --base proxy --batch 16 --resolution 32 --steps 20
 
 Variants:
-- a control kind (lite, lite-static, lite-seed, controlnet, t2i-adapter): its step (the module's
+- a control kind (lite, lite-static, lite-mlp, controlnet, t2i-adapter): its step (the module's
   forward, the UNet under its control, backward, AdamW), as the trainer runs it;
 - floor: what any module that injects into the skip connections must pay: the frozen UNet's
   forward with residuals that need a gradient, and the backward through the decoder to them.
@@ -48,7 +48,7 @@ def main() -> None:
                         help="sd15: the SD1.5 UNet with random weights; proxy: the committed proxy base's UNet "
                              "(pixel space), whose step the fidelity study times")
     parser.add_argument("--options", type=json.loads, default={}, help='the control module\'s settings, JSON, '
-                        'e.g. \'{"feedback_time_channels": 64}\'')
+                        'e.g. \'{"level_channels": 96}\'')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -9,13 +9,16 @@ these functions, so every kind trains and samples through the same code:
 
 The kinds differ in what they compute once and what at every step:
 
-| kind          | once per generation           | every step                                   |
-|---------------|-------------------------------|----------------------------------------------|
-| `lite`        | control features              | small layers reading the UNet's skip features |
-| `lite-static` | residuals (3x3 level layers)  | nothing                                      |
-| `lite-seed`   | residuals (the seed's design) | nothing                                      |
-| `t2i-adapter` | adapter features              | nothing (added inside the UNet's encoder)    |
-| `controlnet`  | nothing                       | a trainable copy of the UNet encoder         |
+| kind          | once per generation            | every step                                                 |
+|---------------|--------------------------------|------------------------------------------------------------|
+| `lite`        | control features               | small layers reading the UNet's skips and decoder          |
+| `lite-static` | residuals (3x3 level layers)   | nothing                                                    |
+| `lite-mlp`    | residuals (the paper's design) | nothing                                                    |
+| `t2i-adapter` | adapter features               | nothing (added inside the UNet's encoder)                  |
+| `controlnet`  | nothing                        | a trainable copy of the UNet encoder                       |
+
+(`lite-mlp` is the pixel-MLP design of "A Lightweight ControlNet for Fine-Tuning Stable Diffusion
+on Colab GPU", as published.)
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import torch
 from diffusers import ControlNetModel, T2IAdapter
 from safetensors import SafetensorError
 
+from .errors import UsageError
 from .model import LiteControlNetModel
 
-ControlKind = Literal["lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter"]
-CONTROL_KINDS = ("lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter")
-LITE_KINDS = {"lite": "feedback", "lite-static": "static", "lite-seed": "seed"}  # kind -> `lite_design` name
+ControlKind = Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"]
+CONTROL_KINDS = ("lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
+LITE_KINDS = {"lite": "feedback", "lite-static": "static", "lite-mlp": "mlp"}  # kind -> `lite_design` name
 CONTROL_CLASSES = {"lite": LiteControlNetModel, "controlnet": ControlNetModel, "t2i-adapter": T2IAdapter}
 
 
@@ -72,7 +76,8 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
 
     Args:
         kind: "lite" (`LiteControlNetModel` with feedback, the default), "lite-static" (its best
-            step-invariant design), "lite-seed" (the seed's design, as published), "controlnet"
+            step-invariant design), "lite-mlp" (the pixel-MLP design of "A Lightweight ControlNet
+            for Fine-Tuning Stable Diffusion on Colab GPU", as published), "controlnet"
             (`diffusers.ControlNetModel`, a trainable copy of the UNet encoder initialised from
             `unet`'s weights) or "t2i-adapter" (`diffusers.T2IAdapter`, the full adapter).
         unet: the base `UNet2DConditionModel`.
@@ -81,7 +86,7 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
     """
     if kind in LITE_KINDS:
         _check_options(LiteControlNetModel, kwargs, ("residual_channels", "residual_levels", "mid_channels",
-                                                     "vae_scale_factor", "design"))
+                                                     "decoder_channels", "vae_scale_factor"))
         return LiteControlNetModel.from_unet(unet, vae_scale_factor=vae_scale_factor, design=LITE_KINDS[kind], **kwargs)
     if kind == "controlnet":
         # ControlNet's condition encoder halves the image once per entry after the first;
@@ -124,6 +129,8 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
         if cls.__name__ == class_name:
             try:
                 return cls.from_pretrained(path, **kwargs)
+            except UsageError:  # a readable file this version refuses: its own message says why
+                raise
             except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a damaged or foreign folder
                 first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
                 raise OSError(f"Cannot load the control module in {path} ({first}): {expected}.") from error

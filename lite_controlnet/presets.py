@@ -77,7 +77,7 @@ QUICK = Preset(
     # the rates of README's fidelity study on this base (benchmarks/fidelity.py): the default Lite
     # module learned fastest at 3e-3 of 1e-3 and 3e-3, ControlNet at 1e-3 of 1e-4 and 1e-3; far
     # above SD1.5's defaults (1e-4, 1e-5)
-    learning_rates=MappingProxyType({"lite": 3e-3, "lite-static": 3e-3, "lite-seed": 1e-3, "t2i-adapter": 1e-3,
+    learning_rates=MappingProxyType({"lite": 3e-3, "lite-static": 3e-3, "lite-mlp": 1e-3, "t2i-adapter": 1e-3,
                                      "controlnet": 1e-3}),
     num_workers=0,  # the pairs are read in the training process
     guidance=3.0,  # cleaner images than 7.5 on this base (lite_controlnet/assets/proxy-base/README.md)

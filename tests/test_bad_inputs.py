@@ -471,7 +471,8 @@ def _(c):
 @case("control-model-for-another-base")
 def _(c):
     folder = c.tmp / "module"
-    LiteControlNetModel(residual_channels=(8, 8), residual_levels=(0, 1), mid_channels=8).save_pretrained(folder)
+    LiteControlNetModel(residual_channels=(8, 8), residual_levels=(0, 1), mid_channels=8, level_kernel_size=1,
+                        feedback=False).save_pretrained(folder)
     return sample_args(c, control=folder), ["made for another base", "channels [8, 8]"]
 
 

@@ -38,8 +38,8 @@ def test_variants_parse_and_name_their_runs():
     with pytest.raises(ValueError, match="each variant once"):
         variant_configs([Variant("lite"), Variant("lite")], "d", "w", 2)
     # a variant with its own number of steps: same label and folder, so a study's points stay its own
-    assert Variant.parse("lite-seed:1e-3@1000") == Variant("lite-seed", 1e-3, steps=1000)
-    assert Variant.parse("lite-seed:1e-3@1000").folder == Variant("lite-seed", 1e-3).folder
+    assert Variant.parse("lite-mlp:1e-3@1000") == Variant("lite-mlp", 1e-3, steps=1000)
+    assert Variant.parse("lite-mlp:1e-3@1000").folder == Variant("lite-mlp", 1e-3).folder
     configs = variant_configs([Variant("lite", 1e-3, steps=4), Variant("controlnet")], "d", "w", 6)
     assert [c.max_steps for c in configs.values()] == [4, 6]
     with pytest.raises(ValueError, match="'many' is not a number of steps"):

@@ -1,7 +1,11 @@
+import json
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from conftest import randomize_
+from conftest import ROOT, randomize_
 from lite_controlnet import (
     CONTROL_KINDS,
     LiteControlNetModel,
@@ -12,7 +16,8 @@ from lite_controlnet import (
     prepare_control,
 )
 from lite_controlnet.controls import ControlResiduals
-from lite_controlnet.model import SD15_RESIDUAL_CHANNELS, _average_pool, unet_residual_layout
+from lite_controlnet.errors import UsageError
+from lite_controlnet.model import LITE_FORMAT, SD15_RESIDUAL_CHANNELS, _average_pool, unet_residual_layout
 from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG, SD21_UNET_CONFIG, empty_unet
 
 
@@ -60,7 +65,7 @@ def skips_around_feedback(module, unet, cond, latents, t, text):
     return list(zip(got[0::2], got[1::2]))
 
 
-@pytest.mark.parametrize("kind", ["lite", "lite-static", "lite-seed"])
+@pytest.mark.parametrize("kind", ["lite", "lite-static", "lite-mlp"])
 def test_zero_initialised_module_leaves_unet_output_unchanged(kind, tiny_base):
     lite = build_control(kind, tiny_base.unet)
     latents, t, text = unet_inputs(tiny_base)
@@ -115,7 +120,8 @@ def test_sd15_parameter_count_is_under_one_percent_of_controlnet():
     assert 360e6 < n_params(controlnet) < 362e6
     for kind in ("lite", "lite-static"):
         assert n_params(build_control(kind, unet)) <= 0.01 * n_params(controlnet), kind
-    assert n_params(build_control("lite-seed", unet)) == 1_084_736  # the seed's design, as measured before
+    assert n_params(build_control("lite", unet)) == 2_392_480  # benchmarks/results/params.json
+    assert n_params(build_control("lite-mlp", unet)) == 1_084_736  # the paper's design
 
 
 def test_save_and_load_round_trip(tmp_path, tiny_base):
@@ -134,7 +140,7 @@ def test_save_and_load_round_trip(tmp_path, tiny_base):
 
 
 def test_earlier_layers_learn_once_the_zero_projection_moves():
-    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG, design="seed", level_channels=16, pixel_mlp_channels=(8,))
+    lite = LiteControlNetModel.from_unet(SD15_UNET_CONFIG, design="mlp", level_channels=16, pixel_mlp_channels=(8,))
     optimizer = torch.optim.SGD(lite.parameters(), lr=0.1)
     control = torch.rand(1, 3, 64, 64)
     for step in range(2):
@@ -158,9 +164,9 @@ def test_full_resolution_activations_are_recomputed_with_the_same_gradients(tiny
     lite.zero_grad()
     x = lite._pooled_pixel_mlp(control, lite.residual_sizes(64, 64)[0])  # the same, kept in memory
     features = []
-    for level_mlp, size in zip(lite.level_mlps, lite.residual_sizes(64, 64)):
+    for level_block, size in zip(lite.level_blocks, lite.residual_sizes(64, 64)):
         x = _average_pool(x, size)
-        features.append(level_mlp(x))
+        features.append(level_block(x))
     sum(f.square().sum() for f in features).backward()
     kept = [p.grad for p in lite.parameters() if p.grad is not None]
     assert len(kept) == len(checkpointed) > 0
@@ -190,11 +196,11 @@ def test_bad_control_input_is_refused(shape, message):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="one level per residual"):
         LiteControlNetModel(residual_channels=(32, 32), residual_levels=(0,))
-    with pytest.raises(ValueError, match="level_mlp_layers"):
-        LiteControlNetModel(level_mlp_layers=-1)
+    with pytest.raises(ValueError, match="level_layers"):
+        LiteControlNetModel(level_layers=-1)
 
 
-@pytest.mark.parametrize("kind", ["lite-seed", "lite-static", "controlnet"])
+@pytest.mark.parametrize("kind", ["lite-mlp", "lite-static", "controlnet"])
 def test_residual_kinds_give_residuals_of_the_unets_shapes(kind, tiny_base):
     control_module = randomize_(build_control(kind, tiny_base.unet), std=0.05)
     latents, t, text = unet_inputs(tiny_base)
@@ -258,148 +264,19 @@ def test_unknown_kind_and_missing_folder_are_explained(tmp_path):
         load_control(tmp_path / "nothing")
 
 
-def test_time_conditioned_feedback_starts_as_the_plain_one_and_reads_the_unets_time_embedding(tiny_base):
-    unet = tiny_base.unet
-    plain = randomize_(build_control("lite", unet), std=0.05).eval()
-    timed = build_control("lite", unet, feedback_time_channels=8).eval()
-    assert timed.config.time_embedding_channels == unet.time_embedding.linear_2.out_features
-    missing, unexpected = timed.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and all("time" in name or "film" in name for name in missing)
-    latents, t, text = unet_inputs(tiny_base)
-    cond = torch.rand(2, 3, 64, 64)
-
-    def effect(module, steps):
-        with torch.no_grad():
-            return controlled_unet(unet, latents, steps, text, prepare_control(module, cond, torch.float32))
-
-    # its scale and shift start at zero: the same output as without them
-    torch.testing.assert_close(effect(timed, t), effect(plain, t))
-    for name, p in timed.named_parameters():
-        if "film" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    # once trained, the correction depends on the timestep through the UNet's own embedding
-    early, late = torch.tensor([900, 900]), torch.tensor([100, 100])
-    assert (effect(timed, early) - effect(plain, early)).abs().max() > 1e-4
-    assert not torch.allclose(effect(timed, early) - effect(plain, early), effect(timed, late) - effect(plain, late))
-    assert not unet.time_embedding._forward_hooks  # no hook left behind
-    with pytest.raises(ValueError, match="feedback_time_channels must be >= 0"):
-        LiteControlNetModel(feedback_levels=(1,), feedback_time_channels=-1)
-
-
-def _stream_into(block, unet, run):
-    """The hidden states `block` receives while `run()` calls the UNet."""
-    seen = []
-    handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("hidden_states", args[0] if args else None)),
-                                             with_kwargs=True)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen[0]
-
-
-def test_feedback_into_encoder_changes_what_the_encoders_later_blocks_compute(tiny_base):
-    """By default the corrections reach only the skips the up blocks consume: the UNet's encoder
-    computes what it computes alone. With feedback_into_encoder the later down blocks and the mid
-    block compute on the corrected features; each correction is still added once. (Without the
-    decoder's reading, which differs when the encoder does: a correction made in the encoder
-    reads no decoder, which has not run yet.)"""
-    unet = tiny_base.unet
-    latents, t, text = unet_inputs(tiny_base)
-    cond = torch.rand(2, 3, 64, 64)
-    skips_only = randomize_(build_control("lite", unet, feedback_decoder=False), std=0.05).eval()
-    into = build_control("lite", unet, feedback_decoder=False, feedback_into_encoder=True).eval()
-    into.load_state_dict(skips_only.state_dict())  # the same weights, another wiring
-    last_down = unet.down_blocks[-1]
-
-    def stream(module):
-        prepared = prepare_control(module, cond, torch.float32) if module is not None else None
-        with torch.no_grad():
-            return _stream_into(last_down, unet, lambda: controlled_unet(unet, latents, t, text, prepared)
-                                if prepared else unet(latents, t, encoder_hidden_states=text))
-
-    plain = stream(None)
-    torch.testing.assert_close(stream(skips_only), plain)
-    assert (stream(into) - plain).abs().max() > 1e-4
-    # the correction of the skip that the first corrected block makes is the same either way: added once
-    first = min(int(k) for k in into.feedback_skips)
-    consumed = {}
-    for name, module in (("skips", skips_only), ("into", into)):
-        got = []
-        with torch.no_grad(), module.feedback(unet, module(cond).features):
-            # after the module's own hooks: what the up blocks consume
-            hooks = [b.register_forward_pre_hook(lambda m, a, kw: got.append(kw["res_hidden_states_tuple"]),
-                                                 with_kwargs=True) for b in unet.up_blocks]
-            unet(latents, t, encoder_hidden_states=text)
-        for h in hooks:
-            h.remove()
-        # the up blocks take the skips from the last, each its own in the UNet's order
-        consumed[name] = [skip for skips in reversed(got) for skip in skips]
-    torch.testing.assert_close(consumed["skips"][first], consumed["into"][first])
-    assert (consumed["skips"][-1] - consumed["into"][-1]).abs().max() > 1e-4
-    assert not any(b._forward_hooks for b in unet.down_blocks)  # no hook left behind
-    # only some levels into the encoder: the levels must be feedback levels to matter
-    some = build_control("lite", unet, feedback_decoder=False,
-                         feedback_into_encoder=[max(into.config.feedback_levels)]).eval()
-    some.load_state_dict(skips_only.state_dict())
-    assert (stream(some) - plain).abs().max() > 1e-4
-
-
-def test_chained_feedback_starts_as_the_plain_one_and_starts_again_each_forward(tiny_base):
-    unet = tiny_base.unet
-    plain = randomize_(build_control("lite", unet), std=0.05).eval()
-    chained = build_control("lite", unet, feedback_chain=True).eval()
-    missing, unexpected = chained.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(".carry." in name for name in missing)
-    latents, t, text = unet_inputs(tiny_base)
-    cond = torch.rand(2, 3, 64, 64)
-
-    def out(module):
-        with torch.no_grad():
-            return controlled_unet(unet, latents, t, text, prepare_control(module, cond, torch.float32))
-
-    for name, p in chained.named_parameters():
-        if ".carry." in name:
-            torch.nn.init.zeros_(p)
-    torch.testing.assert_close(out(chained), out(plain))  # a zero carry: the plain feedback
-    for name, p in chained.named_parameters():
-        if ".carry." in name:
-            torch.nn.init.normal_(p, std=0.5)
-    first = out(chained)
-    assert (first - out(plain)).abs().max() > 1e-4
-    torch.testing.assert_close(out(chained), first)  # the second forward does not read the first's chain
-
-
-def test_top_down_features_let_each_fine_position_see_the_whole_layout():
-    """Without the top-down path a 1x1 level sees only its own pooled patch; with it, a change of
-    the control image far away reaches every position of the finest level."""
-    config = dict(residual_channels=(8, 8, 16, 16), residual_levels=(0, 0, 1, 2), mid_channels=16, vae_scale_factor=4,
-                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3))
-    cond = torch.rand(1, 3, 32, 32)
-    moved = cond.clone()
-    moved[..., 24:, 24:] = 1 - moved[..., 24:, 24:]  # the bottom-right corner only
-    for top_down in (False, True):
-        module = randomize_(LiteControlNetModel(**config, level_top_down=top_down), std=0.3).eval()
-        with torch.no_grad():
-            before, after = module.control_features(cond)[0], module.control_features(moved)[0]
-        far = (before - after)[..., :4, :4].abs().max()  # the top-left corner of the finest level
-        assert (far > 1e-4) == top_down
-        assert before.shape[-2:] == (8, 8)
-
-
 def test_normalised_level_layers_do_not_depend_on_the_scale_of_their_weights():
     """A GroupNorm after each level layer: scaling a level conv's weights and bias leaves the
     features as they were (without the norm they scale)."""
     config = dict(residual_channels=(8, 8, 16, 16), residual_levels=(0, 0, 1, 2), mid_channels=16, vae_scale_factor=4,
-                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3), level_mlp_layers=2)
+                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3), level_layers=2, feedback=False)
     cond = torch.zeros(2, 3, 32, 32)
     cond[..., :, :12] = 1  # features that vary across the image, far above the norm's epsilon
     for norm in (False, True):
         module = randomize_(LiteControlNetModel(**config, level_norm=norm), std=0.3).eval()
-        assert any(isinstance(m, torch.nn.GroupNorm) for m in module.level_mlps.modules()) == norm
+        assert any(isinstance(m, torch.nn.GroupNorm) for m in module.level_blocks.modules()) == norm
         with torch.no_grad():
             before = module.control_features(cond)
-            for level in module.level_mlps:
+            for level in module.level_blocks:
                 level[0].weight.mul_(10)
                 level[0].bias.mul_(10)
             after = module.control_features(cond)
@@ -407,103 +284,120 @@ def test_normalised_level_layers_do_not_depend_on_the_scale_of_their_weights():
         assert same == norm
 
 
-def test_relative_corrections_follow_the_size_of_the_feature_they_correct(tiny_base):
-    """With feedback_relative each feedback correction is the plain one times the standard
-    deviation (per sample) of the UNet feature it is added to."""
-    unet = tiny_base.unet
-    latents, t, text = unet_inputs(tiny_base)
-    cond = torch.rand(2, 3, 64, 64)
-    # without the decoder's reading, through which a correction would also change the finer ones
-    plain = randomize_(build_control("lite", unet, feedback_decoder=False), std=0.05).eval()
-    relative = build_control("lite", unet, feedback_decoder=False, feedback_relative=True).eval()
-    relative.load_state_dict(plain.state_dict())  # the same weights
-    consumed = {name: [pair for block in skips_around_feedback(module, unet, cond, latents, t, text)
-                       for pair in zip(*block)]
-                for name, module in (("plain", plain), ("relative", relative))}
-    fed = 0
-    for (before, plain_after), (_, relative_after) in zip(consumed["plain"], consumed["relative"]):
-        plain_correction, relative_correction = plain_after - before, relative_after - before
-        if plain_correction.abs().max() == 0:
-            continue
-        std = before.std(dim=(1, 2, 3), keepdim=True)
-        if torch.allclose(relative_correction, plain_correction):  # a level without feedback: unchanged
-            continue
-        torch.testing.assert_close(relative_correction, plain_correction * std, rtol=1e-4, atol=1e-6)
-        fed += 1
-    assert fed == len(relative.feedback_skips)
-
-
-def test_gated_corrections_start_as_the_plain_ones_and_then_scale_the_feature(tiny_base):
-    """feedback_gate adds `h * g` to each feedback correction, g zero at first: the module starts
-    as the plain one; once g moves, the correction grows with the UNet feature it corrects."""
-    unet = tiny_base.unet
-    latents, t, text = unet_inputs(tiny_base)
-    cond = torch.rand(2, 3, 64, 64)
-    plain = randomize_(build_control("lite", unet), std=0.05).eval()
-    gated = build_control("lite", unet, feedback_gate=True).eval()
-    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(".gate." in name for name in missing)
-
-    def out(module, x=latents):
-        with torch.no_grad():
-            return controlled_unet(unet, x, t, text, prepare_control(module, cond, torch.float32))
-
-    torch.testing.assert_close(out(gated), out(plain))  # a zero gate: the plain feedback
-    for name, p in gated.named_parameters():
-        if ".gate." in name:
-            torch.nn.init.normal_(p, std=0.5)
-    assert (out(gated) - out(plain)).abs().max() > 1e-4
-    # each feedback skip's correction is zero_conv(hidden) + h * gate(hidden), h the UNet's skip
-    hidden = {}
-    hooks = [layer.register_forward_hook(lambda m, a, o, k=k: hidden.__setitem__(k, o))
-             for k, layer in gated.feedback_skips.items()]
-    skips = skips_around_feedback(gated, unet, cond, latents, t, text)
-    for h in hooks:
-        h.remove()
-    checked, left = 0, len(gated.config.residual_levels)
-    for block, (before, after) in zip(unet.up_blocks, skips):
-        indices = range(left - len(block.resnets), left)
-        left = indices.start
-        for k, h, corrected in zip(indices, before, after):
-            if str(k) in gated.feedback_skips:
-                with torch.no_grad():
-                    layer, zero_conv = gated.feedback_skips[str(k)], gated.zero_convs[k]
-                    expected = h + zero_conv(hidden[str(k)]) + h * layer.gate(hidden[str(k)])
-                torch.testing.assert_close(corrected, expected)
-                checked += 1
-    assert checked == len(gated.feedback_skips)
-
-
 def test_decoder_reading_feedback_follows_what_the_coarser_corrections_changed(tiny_base):
-    """With feedback_decoder each feedback layer also reads the up block's input: a zero read is
-    the plain feedback; a change of the mid block's correction alone then changes the corrections
-    of the finest skips, which the plain feedback computes from the encoder's features only."""
+    """Each feedback layer also reads the up block's input: with those reads at zero, a change of
+    the mid block's correction alone leaves the corrections of the finest skips as they were
+    (computed from the encoder's features only); with them, it changes them."""
     unet = tiny_base.unet
     latents, t, text = unet_inputs(tiny_base)
     cond = torch.rand(2, 3, 64, 64)
-    every = {"feedback_levels": list(range(len(unet.config.block_out_channels)))}
-    plain = randomize_(build_control("lite", unet, feedback_decoder=False, **every), std=0.05).eval()
-    reading = build_control("lite", unet, feedback_decoder=True, **every).eval()
-    missing, unexpected = reading.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(".read_decoder." in name for name in missing)
+    module = randomize_(build_control("lite", unet), std=0.05).eval()
     widths = tuple(unet.config.block_out_channels)
-    assert tuple(reading.config.decoder_channels) == widths[1:] + widths[-1:]
+    assert tuple(module.config.decoder_channels) == widths[1:] + widths[-1:]
 
-    def finest_corrections(module):
+    def finest_corrections():
         before, after = skips_around_feedback(module, unet, cond, latents, t, text)[-1]
         return torch.cat([a - b for b, a in zip(before, after)], dim=1)
 
-    for name, p in reading.named_parameters():
-        if ".read_decoder." in name:
-            torch.nn.init.zeros_(p)
-    torch.testing.assert_close(finest_corrections(reading), finest_corrections(plain))  # a zero read: the plain
-    for name, p in reading.named_parameters():
-        if ".read_decoder." in name:
-            torch.nn.init.normal_(p, std=0.5)
     changed = {}
-    for name, module in (("plain", plain), ("reading", reading)):
-        first = finest_corrections(module)
+    for reads in ("zero", "random"):
+        for name, p in module.named_parameters():
+            if ".read_decoder." in name:
+                torch.nn.init.zeros_(p) if reads == "zero" else torch.nn.init.normal_(p, std=0.5)
+        first = finest_corrections()
         with torch.no_grad():
             module.mid_zero_conv.weight.add_(0.5)
-        changed[name] = (finest_corrections(module) - first).abs().max().item()
-    assert changed["plain"] == 0 and changed["reading"] > 1e-4
+        changed[reads] = (finest_corrections() - first).abs().max().item()
+    assert changed["zero"] == 0 and changed["random"] > 1e-4
+
+
+def test_the_constructors_defaults_are_the_default_design_at_sd15():
+    torch.manual_seed(0)
+    bare = LiteControlNetModel()
+    torch.manual_seed(0)
+    derived = LiteControlNetModel.from_unet(empty_unet(SD15_UNET_CONFIG))
+    settings = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
+    assert settings(bare) == settings(derived) and settings(bare)["lite_format"] == LITE_FORMAT
+    assert n_params(bare) == 2_392_480 and not bare.step_invariant
+    a, b = bare.state_dict(), derived.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_feedback_module_refuses_a_scale_it_cannot_apply(tiny_base):
+    lite = build_control("lite", tiny_base.unet)
+    control = torch.rand(1, 3, 64, 64)
+    assert len(lite(control, conditioning_scale=1.0).features) == len(tiny_base.unet.config.block_out_channels)
+    for scale in (0.0, 0.5, torch.tensor([0.5])):
+        with pytest.raises(ValueError, match=r"pass conditioning_scale to feedback\(\) or controlled_unet\(\)"):
+            lite(control, conditioning_scale=scale)
+
+
+FORMAT_0 = ROOT / "tests" / "fixtures" / "lite-format-0"  # configs saved by the code at commit 8ce729c
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mlp", {"level_channels": 96, "level_layers": 1, "level_kernel_size": 1, "level_norm": False, "feedback": False}),
+    ("static", {"level_channels": 64, "level_layers": 2, "level_kernel_size": [1, 3, 3], "level_norm": False,
+                "feedback": False}),
+    ("feedback", {"level_channels": 64, "level_layers": 2, "level_kernel_size": [1, 3, 3], "level_norm": True,
+                  "feedback": True, "feedback_channels": 32}),
+])
+def test_files_saved_before_formats_were_numbered_load_as_what_they_were(name, expected, tiny_base, tmp_path):
+    """A format-0 config (no lite_format) reads as its design, whatever today's defaults are; its
+    weights, named as they were then (`level_mlps`), load into today's names."""
+    config = LiteControlNetModel.load_config(FORMAT_0 / name)
+    assert {k: config[k] for k in expected} == expected and config["lite_format"] == LITE_FORMAT
+    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design=name), std=0.1).eval()
+    assert {k: v for k, v in reference.config.items() if k in expected} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
+    # the fixture's folder as the old code wrote it: its config, and its weights under the old names
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy(FORMAT_0 / name / "config.json", folder / "config.json")
+    save_file({k.replace("level_blocks.", "level_mlps."): v.contiguous() for k, v in reference.state_dict().items()},
+              folder / "diffusion_pytorch_model.safetensors")
+    loaded = load_control(folder).eval()
+    assert loaded.config.lite_format == LITE_FORMAT
+    cond = torch.rand(2, 3, 64, 64)
+    latents, t, text = unet_inputs(tiny_base)
+    with torch.no_grad():
+        outputs = [controlled_unet(tiny_base.unet, latents, t, text, prepare_control(m, cond, torch.float32))
+                   for m in (reference, loaded)]
+    assert torch.equal(*outputs)
+    loaded.save_pretrained(tmp_path / "again")  # saved again: in today's format, with the same design
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["lite_format"] == LITE_FORMAT
+    assert dict(load_control(tmp_path / "again").config) == {**dict(loaded.config), "_name_or_path": tmp_path / "again"}
+
+
+def test_the_old_bare_constructor_was_the_papers_design():
+    """Format 0's defaults were the paper's design: a file that relied on them (saved by
+    `LiteControlNetModel()`, or before a setting existed) still reads as that design."""
+    bare = LiteControlNetModel.from_config(LiteControlNetModel.load_config(FORMAT_0 / "bare"))
+    assert n_params(bare) == 1_084_736 and bare.step_invariant
+    older = {k: v for k, v in json.loads((FORMAT_0 / "mlp" / "config.json").read_text()).items()
+             if not k.startswith("feedback") and k not in ("level_norm", "level_top_down", "decoder_channels")}
+    assert not LiteControlNetModel.from_config(older).config.feedback  # saved before feedback existed
+
+
+@pytest.mark.parametrize("name, option", [("gate", "feedback_gate=True"), ("time", "feedback_time_channels=8"),
+                                          ("previous-default", "feedback_levels=[1, 2]")])
+def test_a_file_of_a_removed_design_is_refused_in_one_line(name, option, tmp_path):
+    with pytest.raises(UsageError) as info:
+        load_control(FORMAT_0 / name)
+    message = str(info.value)
+    assert option in message and str(FORMAT_0 / name / "config.json") in message and "8ce729c" in message
+    assert "\n" not in message
+    config = json.loads((FORMAT_0 / "feedback" / "config.json").read_text())
+    for removed in ("feedback_into_encoder", "feedback_chain", "level_top_down", "feedback_relative", "feedback_norm"):
+        with pytest.raises(UsageError, match=f"the config given uses {removed}=True"):
+            LiteControlNetModel.from_config({**config, removed: True})
+    with pytest.raises(UsageError, match="feedback_decoder=False"):
+        LiteControlNetModel.from_config({**config, "feedback_decoder": False})
+    # today's format holds none of them: one written in would be ignored, so it is refused too
+    with pytest.raises(UsageError, match="lite_format=1 but format 0's setting feedback_gate"):
+        LiteControlNetModel.from_config({**dict(LiteControlNetModel().config), "feedback_gate": True})
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / "config.json").write_text(json.dumps({**dict(LiteControlNetModel().config),
+                                                                "lite_format": LITE_FORMAT + 1}))
+    with pytest.raises(UsageError, match=f"lite_format={LITE_FORMAT + 1}.*newer one wrote it"):
+        LiteControlNetModel.from_pretrained(tmp_path / "newer")

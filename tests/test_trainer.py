@@ -333,11 +333,11 @@ def test_the_old_name_of_control_kind_still_works(tmp_path):
 
     assert TrainConfig(data="d", output="o", control="controlnet").control_kind == "controlnet"
     assert TrainConfig(data="d", output="o", control_kind="t2i-adapter").control == "t2i-adapter"
-    old = {**TrainConfig(data="d", output="o").to_dict(), "control": "lite-seed"}
+    old = {**TrainConfig(data="d", output="o").to_dict(), "control": "lite-mlp"}
     del old["control_kind"]  # a train_config.json written before the rename
-    assert TrainConfig.from_dict(old).control_kind == "lite-seed"
-    assert TrainConfig.from_dict({**old, "control_kind": "lite-seed"}).lr == 1e-4
-    with pytest.raises(ValueError, match="control='lite-seed' and control_kind='controlnet'"):
+    assert TrainConfig.from_dict(old).control_kind == "lite-mlp"
+    assert TrainConfig.from_dict({**old, "control_kind": "lite-mlp"}).lr == 1e-4
+    with pytest.raises(ValueError, match="control='lite-mlp' and control_kind='controlnet'"):
         TrainConfig.from_dict({**old, "control_kind": "controlnet"})
     for flag in ("--control", "--control-kind"):
         args = build_parser().parse_args(["train", "--data", "d", "--output", "o", flag, "controlnet"])

@@ -21,7 +21,7 @@ from ..presets import get_preset
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
-DEFAULT_LEARNING_RATE = {"lite": 1e-4, "lite-static": 1e-4, "lite-seed": 1e-4, "controlnet": 1e-5, "t2i-adapter": 1e-5}
+DEFAULT_LEARNING_RATE = {"lite": 1e-4, "lite-static": 1e-4, "lite-mlp": 1e-4, "controlnet": 1e-5, "t2i-adapter": 1e-5}
 # The default Lite module trains on T2I-Adapter's cubic draw of timesteps: on the proxy base it
 # gets most of its sampled disk IoU from it (benchmarks/lite_designs.py); the other kinds keep
 # their published recipes (uniform).
@@ -37,7 +37,7 @@ class TrainConfig:
     output: str  # run folder: checkpoints, grids, logs, final model (on Drive in Colab)
     base: str = DEFAULT_BASE  # hub id, local diffusers folder, or "tiny"
     # which control module trains (`--control-kind`; `control` is its old name, still accepted)
-    control_kind: Literal["lite", "lite-static", "lite-seed", "controlnet", "t2i-adapter"] = "lite"
+    control_kind: Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"] = "lite"
     control_options: dict | None = None  # the module's own settings, e.g. {"level_channels": 192} (lite)
     resolution: int = 512
     epochs: int = 2  # the seed trained 2 epochs of Fill50k
