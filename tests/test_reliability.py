@@ -24,7 +24,8 @@ import torch
 
 from conftest import randomize_
 from lite_controlnet import LiteControlNetModel, cli
-from lite_controlnet.training.checkpoint import RunLock, RunLockedError, latest_control, list_checkpoints
+from lite_controlnet.training.checkpoint import latest_control, list_checkpoints
+from lite_controlnet.training.lock import RunLock, RunLockedError
 from lite_controlnet.training.config import TrainConfig
 from lite_controlnet.data.fill50k import make_fill50k
 from lite_controlnet.training.trainer import train
