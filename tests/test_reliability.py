@@ -399,6 +399,8 @@ MALFORMED = {
     "optimizer-as-list": lambda c: rewrite_state(c, lambda s: s.update(optimizer=[])),
     "run-identity-as-text": lambda c: rewrite_state(c, lambda s: s.update(run="x")),
     "weights-of-another-shape": weights_of_another_shape,
+    "optimizer-moment-of-another-shape": lambda c: rewrite_state(
+        c, lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 5))),
 }
 
 

@@ -216,7 +216,7 @@ def _is_whole(value: Any, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _kind_problem(value: Any, kind: Any) -> bool:
+def _wrong_type(value: Any, kind: Any) -> bool:
     if kind is int:
         return not _is_whole(value, low=-(1 << 63))
     return not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
@@ -249,14 +249,14 @@ def _problem(state: dict[str, Any], step: int) -> str | None:
         return "config is not a mapping of settings"
     plan = state["plan"]
     if not isinstance(plan, dict) or set(plan) != set(_PLAN_TYPES) or any(
-            _kind_problem(plan[k], kind) for k, kind in _PLAN_TYPES.items()):
+            _wrong_type(plan[k], kind) for k, kind in _PLAN_TYPES.items()):
         return f"plan is not a hardware plan (expected {sorted(_PLAN_TYPES)} of the right types)"
     if plan["precision"] not in ("fp32", "fp16", "bf16") or not (_is_whole(plan["micro_batch"], 1)
                                                                   and _is_whole(plan["accumulation"], 1)):
         return "plan's precision or batch is out of range"
     run = state["run"]
     if not isinstance(run, dict) or set(run) != set(RUN_KEYS) or any(
-            _kind_problem(run[k], kind) for k, kind in RUN_KEYS.items()):
+            _wrong_type(run[k], kind) for k, kind in RUN_KEYS.items()):
         return f"run is not a run identity (expected {sorted(RUN_KEYS)} of the right types)"
     return None
 
@@ -358,6 +358,7 @@ def restore(found: Resume, module: torch.nn.Module, optimizer: torch.optim.Optim
         try:
             module.load_state_dict(load_file(path / "control" / WEIGHTS))
             optimizer.load_state_dict(found.optimizer)
+            _check_moments(optimizer)
             if scaler is not None and found.scaler:
                 scaler.load_state_dict(found.scaler)
             return found
@@ -375,6 +376,16 @@ def restore(found: Resume, module: torch.nn.Module, optimizer: torch.optim.Optim
                           "a fresh start (none of its checkpoints can be resumed)")
         check_same_run(previous.run, found.run, previous.checkpoint.path)
         found = previous
+
+
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Raise `ValueError` unless AdamW's moments (loaded unchecked) have their parameters' shapes."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if name in ("exp_avg", "exp_avg_sq") and (not torch.is_tensor(value) or value.shape != param.shape):
+                    shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f"the optimizer's {name} is {shape} for a parameter of shape {tuple(param.shape)}")
 
 
 # -- the trained module, for sampling ----------------------------------------------------------
