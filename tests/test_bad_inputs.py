@@ -164,7 +164,7 @@ for flag, value, texts in [
     ("--resolution", "500", ["resolution=500", "multiple of 8"]),
     ("--micro-batch", "3", ["micro_batch=3", "divisor of batch_size=2"]),
     ("--epochs", "two", ["--epochs", "'two'", "int"]),
-    ("--control", "t2i", ["--control", "'t2i'", "lite"]),
+    ("--control-kind", "t2i", ["--control-kind", "'t2i'", "lite"]),
     ("--control-options", "level_channels=40", ["--control-options", "JSON object"]),
     ("--xformers", "maybe", ["--xformers", "true or false"]),
 ]:

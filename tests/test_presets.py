@@ -26,12 +26,12 @@ def test_train_preset_fills_what_flags_and_the_config_file_leave_out(tmp_path):
 
     cfg = config("--preset", "quick")
     assert (cfg.base, cfg.resolution, cfg.batch_size, cfg.epochs, cfg.lr, cfg.num_workers) == ("proxy", 32, 16, 1, 3e-3, 0)
-    assert config("--preset", "quick", "--control", "controlnet").lr == 1e-3  # the kind's own rate
+    assert config("--preset", "quick", "--control-kind", "controlnet").lr == 1e-3  # the kind's own rate
     flags_win = config("--preset", "demo", "--learning-rate", "1e-4", "--batch-size", "8")
     assert (flags_win.epochs, flags_win.lr, flags_win.batch_size) == (2, 1e-4, 8)
-    (tmp_path / "run.json").write_text(json.dumps({"control": "controlnet", "resolution": 64}))
+    (tmp_path / "run.json").write_text(json.dumps({"control_kind": "controlnet", "resolution": 64}))
     from_file = config("--preset", "quick", "--config", str(tmp_path / "run.json"))
-    assert (from_file.control, from_file.lr, from_file.resolution, from_file.base) == ("controlnet", 1e-3, 64, "proxy")
+    assert (from_file.control_kind, from_file.lr, from_file.resolution, from_file.base) == ("controlnet", 1e-3, 64, "proxy")
     assert config().base != "proxy" and config().resolution == 512  # no preset: TrainConfig's defaults
 
 

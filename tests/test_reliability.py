@@ -21,10 +21,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from conftest import randomize_
+from conftest import randomize_, rewrite_manifest_entry
 from lite_controlnet import LiteControlNetModel, cli
-from lite_controlnet.training.checkpoint import RunLock, RunLockedError, latest_control, list_checkpoints
+from lite_controlnet.training.checkpoint import latest_control, list_checkpoints
+from lite_controlnet.training.lock import RunLock, RunLockedError
 from lite_controlnet.training.config import TrainConfig
 from lite_controlnet.data.fill50k import make_fill50k
 from lite_controlnet.training.trainer import train
@@ -367,3 +369,96 @@ def test_staging_folders_of_killed_writers_are_removed_at_the_next_start(world, 
     finally:
         alive.kill()
         alive.wait()
+
+
+# -- 10. a checkpoint's content is checked, not only its hashes ------------------------------------
+
+
+def rewrite_state(checkpoint, change):
+    """Change a checkpoint's state.pt with `change(state)` and re-hash it: only the content is bad."""
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    change(state)
+    torch.save(state, checkpoint / "state.pt")
+    rewrite_manifest_entry(checkpoint, "state.pt")
+
+
+def weights_of_another_shape(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    path = checkpoint / "control" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    name = next(iter(weights))
+    save_file({**weights, name: torch.zeros(3, 5)}, path)
+    rewrite_manifest_entry(checkpoint, "control/diffusion_pytorch_model.safetensors")
+
+
+MALFORMED = {
+    "plan-as-empty-list": lambda c: rewrite_state(c, lambda s: s.update(plan=[])),
+    "plan-field-of-another-type": lambda c: rewrite_state(c, lambda s: s["plan"].update(micro_batch="2")),
+    "counter-as-text": lambda c: rewrite_state(c, lambda s: s.update(epoch="0")),
+    "optimizer-as-list": lambda c: rewrite_state(c, lambda s: s.update(optimizer=[])),
+    "run-identity-as-text": lambda c: rewrite_state(c, lambda s: s.update(run="x")),
+    "weights-of-another-shape": weights_of_another_shape,
+    "optimizer-moment-of-another-shape": lambda c: rewrite_state(
+        c, lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 5))),
+}
+
+
+@pytest.mark.parametrize("damage", list(MALFORMED))
+def test_a_checkpoint_with_matching_hashes_but_malformed_content_falls_back(damage, world, tmp_path, capsys):
+    run = Path(shutil.copytree(world.run, tmp_path / "run", ignore=shutil.ignore_patterns("cache")))
+    shutil.rmtree(run / "final")
+    MALFORMED[damage](run / "checkpoints" / "step-00000002")
+    previous = files(run / "checkpoints" / "step-00000001")
+    code, err = run_cli(train_cli(world, run, "--max-steps", "2", "--checkpoint-every", "1",
+                                  "--cache-dir", world.run / "cache"), capsys)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    skipped = [line for line in err.splitlines() if line.startswith("warning: Skipping")]
+    assert len(skipped) == 1 and "step-00000002" in skipped[0], err[-3000:]
+    assert files(run / "checkpoints" / "step-00000001") == previous
+    # resumed from step 1: the same weights as the run never damaged
+    a, b = (load_file(r / "final" / "diffusion_pytorch_model.safetensors") for r in (world.run, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def as_the_layout_before_format_numbers(checkpoint):
+    """The checkpoint as written before state.pt carried a format: its entries in files beside it."""
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    for name, key in (("train_config.json", "config"), ("plan.json", "plan"), ("run.json", "run")):
+        (checkpoint / name).write_text(json.dumps(state.pop(key)))
+        rewrite_manifest_entry(checkpoint, name)
+    del state["format"]
+    torch.save(state, checkpoint / "state.pt")
+    rewrite_manifest_entry(checkpoint, "state.pt")
+
+
+@pytest.mark.parametrize("layout", ["format-2", "layout-before-format-numbers"])
+@pytest.mark.parametrize("named", [False, True], ids=["auto", "--resume FOLDER"])
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(layout, named, world, tmp_path, capsys):
+    run = Path(shutil.copytree(world.run, tmp_path / "run", ignore=shutil.ignore_patterns("cache")))
+    newest = run / "checkpoints" / "step-00000002"
+    if layout == "format-2":
+        rewrite_state(newest, lambda s: s.update(format=2))
+    else:
+        as_the_layout_before_format_numbers(newest)
+    before = files(run)
+    extra = ["--resume", newest] if named else []
+    code, err = run_cli(train_cli(world, run, "--max-steps", "3", "--cache-dir", world.run / "cache", *extra), capsys)
+    line = error_line(err)
+    assert code == 2 and str(newest) in line and "format 1" in line, err[-3000:]
+    assert ("format 2" if layout == "format-2" else "layout before format numbers") in line
+    assert "--output" in line and f"--control-model {newest / 'control'}" in line  # what to do instead
+    assert "warning: Skipping" not in err
+    after = files(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of the run changed
+
+
+def test_a_named_checkpoint_with_malformed_content_is_one_line(world, tmp_path, capsys):
+    run = Path(shutil.copytree(world.run, tmp_path / "run", ignore=shutil.ignore_patterns("cache")))
+    newest = run / "checkpoints" / "step-00000002"
+    MALFORMED["plan-as-empty-list"](newest)
+    before = files(run)
+    code, err = run_cli(train_cli(world, run, "--max-steps", "3", "--resume", newest), capsys)
+    line = error_line(err)
+    assert code == 2 and "step-00000002" in line and "plan is not a hardware plan" in line
+    assert files(run) == before

@@ -1,62 +1,69 @@
-"""Checkpoints and the final module, published so that a Colab disconnect never leaves half of one.
+"""A training checkpoint: everything a run needs to go on exactly where it stood, in one folder.
 
-A checkpoint is a folder `<output>/checkpoints/step-00000500/` holding:
-- `control/`: the control module as a `save_pretrained` folder (usable alone for sampling);
-- `state.pt`: counters, optimizer and loss scaler (`train_state.py`; tensors and plain values
-  only, read back with `torch.load(weights_only=True)`, so a shared folder cannot run code);
-- `train_config.json`, `plan.json`, `run.json`: the run's settings, hardware plan and identity;
-- `MANIFEST.json`, written last: the size and SHA-256 of every file above.
+    <output>/checkpoints/step-00000500/
+        control/        the control module (`save_pretrained`), usable alone for sampling
+        state.pt        one dict: format, counters, optimizer, loss scaler, settings, hardware plan, run
+        MANIFEST.json   written last: the step, and the size and SHA-256 of each file above
 
-Writing is safe on Google Drive: the checkpoint is built on local disk, copied next to the
-others under a temporary name, flushed, checked against its hashes, renamed into place, and
-only then published by its manifest. A folder without a manifest, or whose files do not
-match it, is never loaded. `<output>/final/` is published the same way, its manifest inside
-before the rename, so it is either the whole new module or the previous one.
+`state.pt` is read with `torch.load(weights_only=True)` (tensors and plain values, never code)
+and checked field by field. A checkpoint whose files do not match their hashes, or match them
+but hold malformed content, is damaged: resuming passes over it, with one warning, to the
+previous one. A checkpoint of another format is refused in one line, naming both numbers.
 
-A full disk stops a write with one `OSError` (ENOSPC) that says how much is needed; what was
-published before stays as it was, and the staging copies of a killed writer are removed at
-the next start (`clean_stale_staging`).
+No random state is saved: every random draw of training comes from a generator seeded by
+(seed, epoch) or (seed, step) (see trainer.py), and the module's initial weights are in every
+checkpoint. The run identity (data, base, module, resolution, batch size, seed) is saved so
+that a resume that would continue another run is refused.
+
+Publishing (built on local disk, copied, checked, renamed; safe on Google Drive) is atomic.py's;
+`<output>/final/` is published the same way, with its manifest inside before the rename.
 """
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import hashlib
 import json
-import os
+import math
 import pickle
 import re
 import shutil
-import tempfile
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..atomic import fsync_file, write_atomic
-from ..errors import USAGE, ReportedError, disk_full, require_space
-from .lock import RunLock, RunLockedError, pid_alive
+from ..atomic import MANIFEST, DamagedFolderError, publish_folder, read_manifest, verify_files
+from ..bases.loading import PROXY_BASE, TINY_BASE
+from ..data.paired import PairedDataset
+from ..errors import UsageError
+from .config import TrainConfig
+from .hardware import HardwarePlan
 
-__all__ = ["MANIFEST", "Checkpoint", "CheckpointError", "RunLock", "RunLockedError", "checkpoint_root",
-           "clean_stale_staging", "latest_control", "list_checkpoints", "load_latest", "load_state",
-           "open_checkpoint", "publish_folder", "save_checkpoint", "verify_checkpoint", "verify_module_folder"]
-
-MANIFEST = "MANIFEST.json"
-STAGING_PREFIX = "lite-controlnet-ckpt-"  # local staging folders in the system temp folder
+FORMAT = 1  # of state.pt; another number is refused
+STATE = "state.pt"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 _NAME = re.compile(r"^step-(\d{8})$")
-_OWNED = re.compile(r"-(\d+)$")  # staging names end with their writer's pid
-_OLD_STAGING_AGE = 3600.0  # seconds: staging folders without a pid (older versions) are removed after this
+COUNTERS = ("global_step", "epoch", "step_in_epoch", "nonfinite_total")
+RUN_KEYS = {"data": str, "base": str, "control_kind": str, "control_options": dict, "resolution": int,
+            "batch_size": int, "seed": int}
+_PLAN_TYPES = {"device": str, "device_name": str, "precision": str, "micro_batch": int, "accumulation": int,
+               "gradient_checkpointing": bool, "use_8bit_adam": bool, "xformers": bool, "tf32": bool,
+               "peak_memory": (int, type(None)), "reasons": dict}
+_STATE_KEYS = {"format", *COUNTERS, "elapsed", "optimizer", "scaler", "config", "plan", "run"}
 
 
-class CheckpointError(ReportedError, RuntimeError):
-    """A checkpoint or module folder is incomplete or damaged."""
+@dataclass
+class TrainState:
+    """Where a run stands; the trainer keeps its counters here."""
 
-    exit_code = USAGE
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs done
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    nonfinite_total: int = 0  # updates skipped for a non-finite loss, over the whole run
+    elapsed: float = 0.0  # seconds of training: loading and stepping, not saving or sampling
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,18 @@ class Checkpoint:
     path: Path
     step: int
 
-    def read_manifest(self) -> dict[str, Any]:
-        """The manifest, checked for shape; raises `CheckpointError` when it is unreadable or malformed."""
-        return _read_manifest(self.path)
+
+@dataclass
+class Resume:
+    """A verified checkpoint, read and checked: what a resumed run restores."""
+
+    checkpoint: Checkpoint
+    state: TrainState
+    optimizer: dict[str, Any] = dataclasses.field(repr=False)
+    scaler: dict[str, Any] | None = dataclasses.field(repr=False)
+    config: dict[str, Any]  # the settings it was trained with
+    plan: HardwarePlan
+    run: dict[str, Any]  # its run identity (`run_identity`)
 
 
 def checkpoint_root(output: str | Path) -> Path:
@@ -86,224 +102,293 @@ def list_checkpoints(output: str | Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step, reverse=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# -- what defines a run ------------------------------------------------------------------------
+
+
+def base_id(base: str) -> str:
+    """The base as a run records it: a hub id or alias as given, a local folder by its full path."""
+    path = Path(base).expanduser()
+    if base in (TINY_BASE, PROXY_BASE) or not path.is_dir():
+        return base
+    return str(path.resolve())
+
+
+def run_identity(cfg: TrainConfig, dataset: PairedDataset) -> dict[str, Any]:
+    """What defines the run of `cfg` on `dataset`: its data (a hash of the manifest's content,
+    wherever the folder now lies), base, control module, resolution, batch size and seed."""
+    identity = {
+        "data": hashlib.sha256(Path(dataset.manifest).read_bytes()).hexdigest()[:16],
+        "base": base_id(cfg.base),
+        "control_kind": cfg.control_kind,
+        "control_options": cfg.control_options or {},
+        "resolution": cfg.resolution,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
+    return json.loads(json.dumps(identity))  # tuples as lists, as read back
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume `checkpoint` (identity `saved`) with settings that define another run."""
+    changed = [key for key in current if saved.get(key) != current[key]]
+    if not changed:
+        return
+    flags = {"data": "--data (the manifest's content differs)", "control_options": "--control-options"}
+    details = "; ".join(f"{flags.get(key, '--' + key.replace('_', '-'))}: {saved.get(key)!r} -> {current[key]!r}"
+                        for key in changed)
+    raise UsageError(f"{checkpoint} belongs to another run ({details}). Resume with that run's settings, or start "
+                     "a new run in another --output.")
+
+
+def refuse_mixing(output: Path, newest_step: int | None, has_final: bool, why: str) -> None:
+    """Refuse a start that would mix a new run with the one `output` holds."""
+    held = [f"checkpoints up to step {newest_step}"] if newest_step is not None else []
+    if has_final:
+        held.append("a final/ module")
+    raise UsageError(
+        f"{output} holds another run ({' and '.join(held)}); {why} would mix the two (its checkpoints outrank new "
+        f"ones, final/ and the loss log would be replaced). Use another --output, or move that run aside first "
+        f"(e.g. mv {output} {output}-old)."
+    )
 
 
 # -- writing -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _local_folder() -> Iterator[Path]:
-    """An empty folder on local disk, named with this process's pid so that a kill's leftovers
-    can be told apart (and removed) later."""
-    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def save_checkpoint(output: str | Path, module: torch.nn.Module, state: TrainState, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, cfg: TrainConfig, plan: HardwarePlan, run: dict[str, Any],
+                    keep: int = 2) -> Checkpoint:
+    """Publish the checkpoint of `state.global_step`, then remove all but the newest `keep`.
 
-
-def _write_local(write: Callable[[Path], None], local: Path, what: str) -> None:
-    """`write(local)`, with a full local disk reported as such (torch.save says only "write failed")."""
-    try:
-        write(local)
-    except Exception as error:
-        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or shutil.disk_usage(local).free < 1 << 20:
-            raise disk_full(f"{local.parent} (the system temp folder; set TMPDIR to move it)",
-                            what=f" to write {what}") from error
-        raise
-
-
-def _file_list(folder: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _stage(local: Path, files: dict[str, dict[str, Any]], staging: Path, what: str) -> None:
-    """Copy `local` to `staging`, flush and check it against `files`; on any failure remove the
-    copy and raise (a full disk as one `OSError` ENOSPC that says how much `what` needs)."""
-    # each file takes at least a block more than its bytes on most filesystems
-    needed = sum(entry["size"] for entry in files.values()) + 4096 * (len(files) + 1)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    require_space(staging.parent, needed, f" to write {what}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        for rel in files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local / rel, staging / rel)
-            fsync_file(staging / rel)
-        for rel, expected in files.items():
-            if _sha256(staging / rel) != expected["sha256"]:
-                raise CheckpointError(f"{staging / rel} differs from what was written: the disk at {staging.parent} "
-                                      "returns other bytes than it was given.")
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full(staging.parent, needed, shutil.disk_usage(staging.parent).free,
-                            f" to write {what}") from error
-        raise
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1), fsync=True)
-
-
-def save_checkpoint(output: str | Path, step: int, write: Callable[[Path], None], keep: int = 2,
-                    info: dict | None = None) -> Checkpoint:
-    """Write a checkpoint for `step`: `write(folder)` fills a local folder, which is then published.
-
-    Args:
-        output: the run folder.
-        step: the optimizer step the checkpoint resumes after.
-        write: fills the given (empty, local) folder with the checkpoint's files.
-        keep: how many published checkpoints to keep (older ones are removed after publishing).
-        info: extra values for the manifest (epoch, position, ...).
     Raises:
         OSError: ENOSPC when the disk is full; the published checkpoints are left as they were.
     """
+    step = state.global_step
+    saved = {"format": FORMAT, **dataclasses.asdict(state), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else None,
+             "config": cfg.to_dict(), "plan": plan.to_dict(), "run": run}
+
+    def write(folder: Path) -> None:
+        module.save_pretrained(folder / "control")
+        torch.save(saved, folder / STATE)
+
     root = checkpoint_root(output)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    staging = root / f".tmp-{final.name}-{os.getpid()}"
-    with _local_folder() as local:
-        _write_local(write, local, f"checkpoint {final.name}")
-        files = _file_list(local)
-        _stage(local, files, staging, f"checkpoint {final.name}")
-    if final.exists():  # an unpublished or superseded copy of the same step
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    _write_manifest(final, {"step": step, "files": files, "written": time.time(), **(info or {})})
-    _prune(root, keep)
-    return Checkpoint(final, step)
-
-
-def publish_folder(dest: str | Path, write: Callable[[Path], None], info: dict | None = None) -> Path:
-    """Replace the folder `dest` as a whole: written aside with a manifest, checked, then renamed.
-
-    A kill at any moment leaves either the previous `dest` or the new one (or, between the two
-    renames, none: `latest_control` then falls back to the newest checkpoint).
-
-    Args:
-        dest: the folder to publish (e.g. `<output>/final`).
-        write: fills the given (empty, local) folder.
-        info: extra values for the manifest (e.g. the step).
-    """
-    dest = Path(dest)
-    staging = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
-    with _local_folder() as local:
-        _write_local(write, local, str(dest))
-        files = _file_list(local)
-        _stage(local, files, staging, str(dest))
-    _write_manifest(staging, {"files": files, "written": time.time(), **(info or {})})
-    old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(staging, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def _prune(root: Path, keep: int) -> None:
-    published = list_checkpoints(root.parent)
-    for old in published[keep:]:
+    path = publish_folder(root / f"step-{step:08d}", write, info={"step": step}, manifest_inside=False,
+                          what=f"checkpoint step-{step:08d}")
+    for old in list_checkpoints(output)[keep:]:
         shutil.rmtree(old.path, ignore_errors=True)
-    _remove_dead_staging(root, ".tmp-step-")
+    return Checkpoint(path, step)
 
 
-def _owner_pid(name: str) -> int | None:
-    match = _OWNED.search(name)
-    return int(match.group(1)) if match else None
-
-
-def _remove_dead_staging(folder: Path, prefix: str) -> list[Path]:
-    """Remove `prefix*-<pid>` folders in `folder` whose writer is gone; return them."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for child in folder.iterdir():
-        if child.name.startswith(prefix) and child.is_dir() and not pid_alive(_owner_pid(child.name) or -1):
-            shutil.rmtree(child, ignore_errors=True)
-            removed.append(child)
-    return removed
-
-
-def clean_stale_staging(output: str | Path | None = None) -> list[Path]:
-    """Remove what killed writers left behind: local staging folders in the system temp folder
-    (gigabytes each for ControlNet at SD1.5), and `.tmp-*` copies next to the checkpoints and
-    `final/`. Folders of live processes are kept. Returns what was removed."""
-    removed = []
-    temp = Path(tempfile.gettempdir())
-    for child in temp.glob(f"{STAGING_PREFIX}*"):
-        pid = child.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit():
-            stale = not pid_alive(int(pid))
-        else:  # written by a version without the pid: stale once no write could still be running
-            try:
-                stale = time.time() - child.stat().st_mtime > _OLD_STAGING_AGE
-            except OSError:
-                continue
-        if stale and child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-            removed.append(child)
-    if output is not None:
-        removed += _remove_dead_staging(checkpoint_root(output), ".tmp-step-")
-        removed += _remove_dead_staging(Path(output), ".tmp-final-")
-        removed += _remove_dead_staging(Path(output), ".old-final-")
-    return removed
+def publish_final(output: str | Path, module: torch.nn.Module, step: int) -> Path:
+    """Replace `<output>/final` with `module`, whole: a kill leaves the previous one or the new one."""
+    return publish_folder(Path(output) / "final", module.save_pretrained, info={"step": step})
 
 
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder}: unreadable {MANIFEST} ({error}).") from error
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    well_formed = isinstance(files, dict) and bool(files) and all(
-        isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
-        for entry in files.values())
-    if not well_formed:
-        raise CheckpointError(f"{folder}: {MANIFEST} is malformed: expected an object whose 'files' maps each "
-                              "file to its size and sha256.")
-    if any(Path(rel).is_absolute() or ".." in Path(rel).parts for rel in files):
-        raise CheckpointError(f"{folder}: {MANIFEST} names files outside the folder.")
-    return manifest
-
-
-def _verify_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
-    for rel, expected in files.items():
-        path = folder / rel
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: {rel} is missing.")
-        if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"{folder}: {rel} does not match its manifest (damaged or partly copied).")
-
-
-def verify_checkpoint(checkpoint: Checkpoint) -> None:
-    """Raise `CheckpointError` unless the manifest is well formed and every file matches it."""
-    _verify_files(checkpoint.path, checkpoint.read_manifest()["files"])
-
-
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """A checkpoint folder named by the user (`--resume FOLDER`), verified."""
+    """A checkpoint folder named by the user (`--resume FOLDER`), its files verified."""
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     step = manifest.get("step")
-    if not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{path}: {MANIFEST} has no step; expected a checkpoint folder such as "
-                              "<output>/checkpoints/step-00000500.")
-    checkpoint = Checkpoint(path, step)
-    verify_checkpoint(checkpoint)
-    return checkpoint
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise DamagedFolderError(f"{path}: {MANIFEST} has no step; expected a checkpoint folder such as "
+                                 "<output>/checkpoints/step-00000500.")
+    verify_files(path, manifest["files"])
+    return Checkpoint(path, step)
+
+
+def _load_state(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # it would need code to be run: never done
+        raise DamagedFolderError(f"{path} holds more than tensors and plain values (it would need unpickling "
+                                 "code to load); refused.") from error
+    except (OSError, EOFError, RuntimeError, ValueError) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise DamagedFolderError(f"{path} is unreadable ({first}).") from error
+
+
+def _is_whole(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _wrong_type(value: Any, kind: Any) -> bool:
+    if kind is int:
+        return not _is_whole(value, low=-(1 << 63))
+    return not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+
+
+def _problem(state: dict[str, Any], step: int) -> str | None:
+    """What is malformed in a state of the current format, or None."""
+    missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(map(str, set(state) - _STATE_KEYS))
+    if missing or unknown:
+        return f"lacks {missing}" if missing else f"holds unknown entries {unknown}"
+    if state["format"] != FORMAT or isinstance(state["format"], bool):
+        return f"format={state['format']!r} is not a format number"
+    for name in COUNTERS:
+        if not _is_whole(state[name]):
+            return f"{name}={state[name]!r} is not a whole number >= 0"
+    if state["global_step"] != step:
+        return f"global_step={state['global_step']} but the checkpoint is of step {step}"
+    elapsed = state["elapsed"]
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) or elapsed < 0:
+        return f"elapsed={elapsed!r} is not a number of seconds"
+    optimizer = state["optimizer"]
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if (not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) or not isinstance(groups, list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        return "optimizer is not an optimizer's state_dict"
+    if state["scaler"] is not None and not isinstance(state["scaler"], dict):
+        return "scaler is neither a loss scaler's state_dict nor None"
+    config = state["config"]
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        return "config is not a mapping of settings"
+    plan = state["plan"]
+    if not isinstance(plan, dict) or set(plan) != set(_PLAN_TYPES) or any(
+            _wrong_type(plan[k], kind) for k, kind in _PLAN_TYPES.items()):
+        return f"plan is not a hardware plan (expected {sorted(_PLAN_TYPES)} of the right types)"
+    if plan["precision"] not in ("fp32", "fp16", "bf16") or not (_is_whole(plan["micro_batch"], 1)
+                                                                  and _is_whole(plan["accumulation"], 1)):
+        return "plan's precision or batch is out of range"
+    run = state["run"]
+    if not isinstance(run, dict) or set(run) != set(RUN_KEYS) or any(
+            _wrong_type(run[k], kind) for k, kind in RUN_KEYS.items()):
+        return f"run is not a run identity (expected {sorted(RUN_KEYS)} of the right types)"
+    return None
+
+
+def _refuse_format(path: Path, state: Any) -> None:
+    """Refuse, in one line, a state.pt of another format (or of the layout before formats)."""
+    sample = f"its control/ module still samples (--control-model {path / 'control'})"
+    if isinstance(state, dict) and "format" not in state and "global_step" in state:
+        raise UsageError(f"{path} is a checkpoint of the layout before format numbers (plan.json and run.json beside "
+                         f"{STATE}), which lite-controlnet no longer reads (it reads format {FORMAT}); {sample}. "
+                         "To train on, start a new run in another --output, or resume it with the version that "
+                         "wrote it.")
+    number = state.get("format") if isinstance(state, dict) else None
+    if _is_whole(number) and number != FORMAT:
+        raise UsageError(f"{path} is a checkpoint of format {number}; this lite-controlnet reads format {FORMAT} "
+                         f"only. Resume it with the version that wrote it, or start a new run in another --output; "
+                         f"{sample}.")
+
+
+def read_checkpoint(checkpoint: Checkpoint) -> Resume:
+    """Verify a checkpoint's files and read its state, checked field by field.
+
+    Raises:
+        DamagedFolderError: files that do not match the manifest, or content that is malformed.
+        UsageError: a checkpoint of another format.
+    """
+    path = checkpoint.path
+    manifest = read_manifest(path)
+    state = _load_state(path / STATE) if (path / STATE).is_file() else None
+    _refuse_format(path, state)
+    verify_files(path, manifest["files"])
+    if state is None or not (path / "control" / WEIGHTS).is_file():
+        raise DamagedFolderError(f"{path}: {STATE if state is None else 'control/' + WEIGHTS} is missing.")
+    if not isinstance(state, dict):
+        raise DamagedFolderError(f"{path / STATE} holds a {type(state).__name__}, not a training state.")
+    problem = _problem(state, checkpoint.step)
+    if problem:
+        raise DamagedFolderError(f"{path / STATE} is malformed: {problem}.")
+    counters = TrainState(**{f.name: state[f.name] for f in dataclasses.fields(TrainState)})
+    return Resume(checkpoint, counters, state["optimizer"], state["scaler"], state["config"],
+                  HardwarePlan.from_dict(state["plan"]), state["run"])
+
+
+def _newest_readable(output: Path, checkpoints: list[Checkpoint]) -> Resume | None:
+    """The newest of `checkpoints` that reads; damaged ones are passed over with a warning each."""
+    for checkpoint in checkpoints:
+        try:
+            return read_checkpoint(checkpoint)
+        except DamagedFolderError as error:
+            warnings.warn(f"Skipping checkpoint {checkpoint.path}: {error} Trying the previous one.", stacklevel=3)
+    return None
+
+
+def find_resume(output: str | Path, resume: str, run: dict[str, Any]) -> Resume | None:
+    """The checkpoint a run resumes (None: a fresh start), read and checked.
+
+    Args:
+        output: the run folder.
+        resume: "auto" (the newest that reads, passing over damaged ones), "never", or a folder.
+        run: the identity of the run being started (`run_identity`): a checkpoint of another run
+            is refused, as is a fresh start in a folder that holds one.
+    """
+    output = Path(output)
+    published = list_checkpoints(output)
+    has_final = (output / "final").exists()
+    newest = published[0].step if published else None
+    if resume == "never":
+        if published or has_final:
+            refuse_mixing(output, newest, has_final, "--resume never")
+        return None
+    if resume != "auto":  # a folder named by the user: it must read, no fallback
+        checkpoint = open_checkpoint(resume)
+        newer = [c for c in published if c.step > checkpoint.step and c.path.resolve() != checkpoint.path.resolve()]
+        if newer:
+            refuse_mixing(output, newer[0].step, False, f"resuming from step {checkpoint.step}")
+        found = read_checkpoint(checkpoint)
+    else:
+        found = _newest_readable(output, published)
+        if found is None and (published or has_final):
+            refuse_mixing(output, newest, has_final, "a fresh start (none of its checkpoints can be resumed)")
+    if found is not None:
+        check_same_run(found.run, run, found.checkpoint.path)
+    return found
+
+
+def restore(found: Resume, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler | None, fallback: bool = True) -> Resume:
+    """Load a checkpoint's weights, optimizer and loss scaler states into those given.
+
+    A checkpoint whose content does not fit the module (its hashes match, its tensors do not)
+    is damaged: with `fallback`, the previous checkpoints of the same run are tried, with a
+    warning each. Returns the checkpoint restored.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    while True:
+        path = found.checkpoint.path
+        try:
+            module.load_state_dict(load_file(path / "control" / WEIGHTS))
+            optimizer.load_state_dict(found.optimizer)
+            _check_moments(optimizer)
+            if scaler is not None and found.scaler:
+                scaler.load_state_dict(found.scaler)
+            return found
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, SafetensorError) as error:
+            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            damaged = DamagedFolderError(f"{path} does not fit the control module being trained ({first[:300]}).")
+            if not fallback:
+                raise damaged from error
+            warnings.warn(f"Skipping checkpoint {path}: {damaged} Trying the previous one.", stacklevel=2)
+        output = path.parent.parent
+        older = [c for c in list_checkpoints(output) if c.step < found.checkpoint.step]
+        previous = _newest_readable(output, older)
+        if previous is None:
+            refuse_mixing(output, list_checkpoints(output)[0].step, (output / "final").exists(),
+                          "a fresh start (none of its checkpoints can be resumed)")
+        check_same_run(previous.run, found.run, previous.checkpoint.path)
+        found = previous
+
+
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Raise `ValueError` unless AdamW's moments (loaded unchecked) have their parameters' shapes."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if name in ("exp_avg", "exp_avg_sq") and (not torch.is_tensor(value) or value.shape != param.shape):
+                    shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f"the optimizer's {name} is {shape} for a parameter of shape {tuple(param.shape)}")
+
+
+# -- the trained module, for sampling ----------------------------------------------------------
 
 
 def verify_module_folder(path: str | Path) -> None:
@@ -311,43 +396,10 @@ def verify_module_folder(path: str | Path) -> None:
     `control/` is listed in the checkpoint's. A folder with neither (saved by hand) is not checked."""
     path = Path(path)
     if (path / MANIFEST).is_file():
-        _verify_files(path, _read_manifest(path)["files"])
+        verify_files(path, read_manifest(path)["files"])
     elif path.name == "control" and (path.parent / MANIFEST).is_file():
-        files = _read_manifest(path.parent)["files"]
-        _verify_files(path.parent, {rel: entry for rel, entry in files.items() if rel.startswith("control/")})
-
-
-def load_latest(output: str | Path, load: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:
-    """Load the newest checkpoint that verifies; warn about and skip damaged ones.
-
-    Args:
-        output: the run folder.
-        load: reads a verified checkpoint and returns what the caller needs.
-    Returns:
-        (checkpoint, what `load` returned), or None when there is no usable checkpoint.
-    """
-    for checkpoint in list_checkpoints(output):
-        try:
-            verify_checkpoint(checkpoint)
-            return checkpoint, load(checkpoint)
-        except (CheckpointError, OSError, ValueError, KeyError, TypeError) as error:
-            warnings.warn(f"Skipping checkpoint {checkpoint.path}: {error}. Trying the previous one.", stacklevel=2)
-    return None
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """Read `state.pt` safely: tensors and plain values only, no code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # it would need code to be run: never done
-        raise CheckpointError(f"{path} holds more than tensors and plain values (it would need unpickling "
-                              "code to load); refused.") from error
-    except (EOFError, RuntimeError) as error:
-        first = str(error).splitlines()[0] if str(error) else repr(error)
-        raise CheckpointError(f"{path} is unreadable ({first}).") from error
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state.")
-    return state
+        files = read_manifest(path.parent)["files"]
+        verify_files(path.parent, {rel: entry for rel, entry in files.items() if rel.startswith("control/")})
 
 
 def latest_control(output: str | Path) -> Path | None:
@@ -358,7 +410,7 @@ def latest_control(output: str | Path) -> Path | None:
     for checkpoint in list_checkpoints(output):
         try:
             verify_module_folder(checkpoint.path / "control")  # the module's files: not the optimizer state
-        except CheckpointError as error:
+        except DamagedFolderError as error:
             warnings.warn(f"Skipping checkpoint {checkpoint.path}: {error}", stacklevel=2)
             continue
         newest = checkpoint
@@ -366,12 +418,10 @@ def latest_control(output: str | Path) -> Path | None:
     final = Path(output) / "final"
     if (final / MANIFEST).is_file():
         try:
-            step = _read_manifest(final).get("step")
+            step = read_manifest(final).get("step")
             verify_module_folder(final)
             if newest is None or not isinstance(step, int) or step >= newest.step:
                 return final
-        except CheckpointError as error:
+        except DamagedFolderError as error:
             warnings.warn(f"Skipping {final}: {error}", stacklevel=2)
-    elif (final / "config.json").is_file() and (final / "diffusion_pytorch_model.safetensors").is_file():
-        return final  # written before final/ had a manifest
     return newest.path / "control" if newest is not None else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ class TrainConfig:
     data: str  # dataset folder (prompt.json, or metadata.jsonl / train.jsonl)
     output: str  # run folder: checkpoints, grids, logs, final model (on Drive in Colab)
     base: str = DEFAULT_BASE  # hub id, local diffusers folder, or "tiny"
-    # which control module trains (`--control-kind`; `control` is its old name, still accepted)
+    # which control module trains (`--control-kind`)
     control_kind: Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"] = "lite"
     control_options: dict | None = None  # the module's own settings, e.g. {"level_channels": 192} (lite)
     resolution: int = 512
@@ -123,11 +122,6 @@ class TrainConfig:
         return self.timestep_sampling or DEFAULT_TIMESTEP_SAMPLING[self.control_kind]
 
     @property
-    def control(self) -> str:
-        """The old name of `control_kind`."""
-        return self.control_kind
-
-    @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.output) / "cache"
 
@@ -137,7 +131,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Settings as a mapping (a config file, a checkpoint's `train_config.json`), checked."""
-        values = _renamed(values, source)
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(map(str, set(values) - set(names)))
         if unknown:
@@ -184,35 +177,6 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
         return values
-
-# Settings renamed since files were first written: old name -> new name. Old files, old keyword
-# arguments and old flags keep working.
-RENAMED = {"control": "control_kind"}
-
-
-def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """`values` with old setting names replaced by the new ones (a `ValueError` if both are given
-    with different values)."""
-    values = dict(values)
-    for old, new in RENAMED.items():
-        if old in values:
-            value = values.pop(old)
-            if new in values and values[new] != value:
-                raise ValueError(f"{source}: {old}={value!r} and {new}={values[new]!r} name the same setting "
-                                 f"({old} is the old name of {new}); give it once.")
-            values[new] = value
-    return values
-
-
-_dataclass_init = TrainConfig.__init__
-
-
-@functools.wraps(_dataclass_init)
-def _init(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
-    _dataclass_init(self, *args, **_renamed(kwargs, "TrainConfig"))
-
-
-TrainConfig.__init__ = _init  # accepts control= (the old name of control_kind)
 
 _HINTS = get_type_hints(TrainConfig)
 # Whole-number settings: (lowest, highest or None). Upper limits catch typos, not wishes.
@@ -283,10 +247,8 @@ def add_config_arguments(parser: Any) -> None:
         if get_origin(hint) is not Literal:  # Optional[X] -> X
             kind = next((t for t in get_args(hint) if t is not type(None)), hint)
         help_text = f"default: {f.default!r}" if f.default is not dataclasses.MISSING else "required"
-        # an old name stays a flag too (--control for --control-kind)
-        flags = [flag, *("--" + old.replace("_", "-") for old, new in RENAMED.items() if new == f.name)]
         if get_origin(kind) is Literal:
-            parser.add_argument(*flags, dest=f.name, choices=get_args(kind), default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, choices=get_args(kind), default=None, help=help_text)
         elif kind is bool:
             parser.add_argument(flag, type=parse_bool, default=None, metavar="{true,false}", help=help_text)
         elif kind is dict:
@@ -320,13 +282,13 @@ def config_from_args(args: Any) -> TrainConfig:
     `--preset` (whose learning rate is that of the control kind the run trains)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     path = getattr(args, "config", None)
-    values = {**(_renamed(TrainConfig.read_file(path), str(path)) if path else {}), **given}
+    values = {**(TrainConfig.read_file(path) if path else {}), **given}
     if getattr(args, "preset", None):
-        kind = values.get("control_kind", "lite")  # old names are renamed above
+        kind = values.get("control_kind", "lite")
         values = {**get_preset(args.preset).train_settings(kind if isinstance(kind, str) else "lite"), **values}
     if path:
         return TrainConfig.from_dict(values, source=str(path))
     missing = [f"--{name}" for name in ("data", "output") if name not in values]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)} (or a --config file that sets them).")
-    return TrainConfig(**values)  # (old names, as `control`, are accepted)
+    return TrainConfig(**values)

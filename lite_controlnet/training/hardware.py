@@ -251,7 +251,7 @@ def plan_hardware(
             return plan
     raise RuntimeError(
         f"Training does not fit on {info.name} ({info.gib:.1f} GiB) even at batch 1. Tried: " + "; ".join(tried)
-        + ". Lower --resolution, use --control lite, or a larger GPU."
+        + ". Lower --resolution, use --control-kind lite, or a larger GPU."
     )
 
 

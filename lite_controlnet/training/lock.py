@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..atomic import pid_alive
 from ..errors import USAGE, ReportedError
 
 try:
@@ -37,19 +38,6 @@ class RunLockedError(ReportedError, RuntimeError):
     """Another runtime is training into the same output folder."""
 
     exit_code = USAGE
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

@@ -17,14 +17,14 @@ torchrun starts several processes, wraps the module in DDP (which averages the g
 the gradient sync between micro-batches and averages the logged loss; the rest of what it offers
 does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
 native bf16; bf16 on Ampere and newer; fp32 on a CPU), chosen after the base is loaded, probed
-on the GPU and reused from `plan.json` on resume, while Accelerate fixes its mixed precision
+on the GPU and reused from the checkpoint on resume, while Accelerate fixes its mixed precision
 when the `Accelerator` is built: so autocast and the fp16 `GradScaler` follow the plan, a fresh
 scaler for each probe. Gradient accumulation runs inside one optimizer step, over that step's
 fixed samples, so that after an out-of-memory error the step is redone at a smaller per-step
 batch with the same samples and noise; Accelerate's `accumulate` counts batches across the loop
 at a number fixed in advance. A checkpoint is one folder built on local disk and published by
 its manifest (a Colab disconnect never leaves half of one on Drive), whose `control/` samples on
-its own and whose `state.pt` (`train_state.py`) loads with `weights_only=True`; Accelerate's
+its own and whose one state dict (`checkpoint.py`) loads with `weights_only=True`; Accelerate's
 `save_state` writes its own layout in place. And no random generator's state is saved or
 restored, as `save_state` would: every draw of training comes from a generator seeded by (seed,
 epoch) or (seed, step), and the module's initial weights, drawn once from the global generator,
@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +52,26 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..bases.loading import PREDICTION_TYPES  # noqa: F401 (importable from here as before)
 from ..bases.loading import check_prediction_type, load_base
 from .cache import build_cache
 from .checkpoint import (
-    Checkpoint,
-    RunLock,
-    clean_stale_staging,
+    TrainState,
+    checkpoint_root,
+    find_resume,
     list_checkpoints,
-    load_latest,
-    open_checkpoint,
-    publish_folder,
+    publish_final,
+    restore,
+    run_identity,
     save_checkpoint,
 )
 from .config import TIMESTEP_SAMPLINGS, TrainConfig
+from ..atomic import clean_stale_staging
 from ..controls import build_control, controlled_unet, prepare_control
 from ..data.paired import PairedDataset
 from ..errors import TrainingError
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
+from .lock import RunLock
 from .logs import LossLog
-from .runs import RUN_FILE, check_same_run, refuse_mixing, run_identity, saved_identity
-from .train_state import TrainState
 from .validation import save_grid, validation_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -153,11 +152,6 @@ class _StepControls(Dataset):
 class Trainer:
     """Holds one run's models and state; `run()` trains to the end (or `max_steps`)."""
 
-    @property
-    def control(self) -> torch.nn.Module:
-        """The old name of `control_model`, the module being trained."""
-        return self.control_model
-
     def __init__(self, cfg: TrainConfig, on_epoch_end: Callable[[EpochEnd], None] | None = None,
                  progress: bool = True, plan: HardwarePlan | None = None):
         self.cfg, self.on_epoch_end, self.progress = cfg, on_epoch_end, progress
@@ -177,50 +171,19 @@ class Trainer:
         if self.main:
             tqdm.write(message)
 
-    def _find_resume(self) -> tuple[Checkpoint, dict] | None:
-        """The checkpoint to resume (None: a fresh start), refusing a start that would mix two runs."""
-        cfg = self.cfg
-        published = list_checkpoints(self.output)
-        if cfg.resume == "never":
-            if published or (self.output / "final").exists():
-                refuse_mixing(self.output, published[0].step if published else None,
-                              (self.output / "final").exists(), "--resume never")
-            return None
-        if cfg.resume != "auto":  # an explicit checkpoint folder: it must verify
-            ckpt = open_checkpoint(cfg.resume)
-            newer = [c for c in published if c.step > ckpt.step and c.path.resolve() != ckpt.path.resolve()]
-            if newer:
-                refuse_mixing(self.output, newer[0].step, False, f"resuming from step {ckpt.step}")
-            return ckpt, self._read_checkpoint(ckpt)
-        found = load_latest(self.output, self._read_checkpoint)
-        if found is None and (published or (self.output / "final").exists()):
-            refuse_mixing(self.output, published[0].step if published else None, (self.output / "final").exists(),
-                          "a fresh start (none of its checkpoints can be resumed)")
-        return found
-
-    @staticmethod
-    def _read_checkpoint(ckpt: Checkpoint) -> dict:
-        return {
-            "state": TrainState.load(ckpt.path / "state.pt"),  # read here: a bad one falls back to the previous
-            "identity": saved_identity(ckpt.path),
-            "plan": json.loads((ckpt.path / "plan.json").read_text()),
-        }
-
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        resume = self._find_resume()
-        self.resume_from = resume
-        # 0. the data (only its manifest is read here) and what defines the run: a resume that
-        # would change it is refused before anything is loaded
+        # 0. the data (only its manifest is read here), what defines the run, and the checkpoint
+        # to resume: one of another run, or a start that would mix two, is refused before anything
+        # is loaded
         self.dataset = PairedDataset(cfg.data, resolution=cfg.resolution, manifest=cfg.manifest,
                                      convert_mode=cfg.convert_mode)
         self.identity = run_identity(cfg, self.dataset)
-        if resume is not None:
-            check_same_run(resume[1]["identity"], self.identity, resume[0].path)
+        resume = find_resume(self.output, cfg.resume, self.identity)
         # 1. the hardware plan: reused from the checkpoint unless the device changed
         plan = self.forced_plan
         if plan is None and resume is not None:
-            saved = HardwarePlan.from_dict(resume[1]["plan"])
+            saved = resume.plan
             if saved.device_name == self.info.name and saved.effective_batch == self.share:
                 plan = saved
             else:
@@ -264,7 +227,10 @@ class Trainer:
         self.state = TrainState()
         self.nonfinite_run = 0  # non-finite losses in a row (a resumed run starts counting afresh)
         if resume is not None:
-            self._restore(*resume)
+            resume = restore(resume, self.control_model, self.optimizer, self.scaler, fallback=cfg.resume == "auto")
+            self.state = resume.state
+            self._log(f"Resumed from {resume.checkpoint.path} at step {self.state.global_step} (epoch "
+                      f"{self.state.epoch + 1}, step {self.state.step_in_epoch} of {self.steps_per_epoch}).")
 
     def _apply_plan(self) -> None:
         plan = self.plan
@@ -287,19 +253,6 @@ class Trainer:
                 raise RuntimeError("8-bit AdamW needs bitsandbytes: pip install bitsandbytes") from error
             return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=self.cfg.weight_decay)
         return torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
-
-    def _restore(self, ckpt: Checkpoint, loaded: dict) -> None:
-        from safetensors.torch import load_file
-
-        weights = load_file(ckpt.path / "control" / "diffusion_pytorch_model.safetensors")
-        self.control_model.load_state_dict(weights)
-        saved = loaded["state"]
-        self.optimizer.load_state_dict(saved.optimizer)
-        if self.scaler is not None and saved.scaler:
-            self.scaler.load_state_dict(saved.scaler)
-        self.state = replace(saved, optimizer=None, scaler=None)  # the optimizer and scaler hold theirs now
-        self._log(f"Resumed from {ckpt.path} at step {self.state.global_step} (epoch {self.state.epoch + 1}, "
-                  f"step {self.state.step_in_epoch} of {self.steps_per_epoch}).")
 
     # -- one optimizer step ------------------------------------------------------------------
 
@@ -414,19 +367,8 @@ class Trainer:
         if not self.main:
             return
         self._check_weights()
-        cfg, plan = self.cfg, self.plan
-        state = replace(self.state, optimizer=self.optimizer.state_dict(),
-                        scaler=self.scaler.state_dict() if self.scaler else None)
-
-        def write(folder: Path) -> None:
-            self.control_model.save_pretrained(folder / "control")
-            state.save(folder / "state.pt")
-            (folder / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-            (folder / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
-            (folder / RUN_FILE).write_text(json.dumps(self.identity, indent=1))
-
-        save_checkpoint(self.output, self.state.global_step, write, keep=cfg.keep_checkpoints,
-                        info={"epoch": self.state.epoch, "step_in_epoch": self.state.step_in_epoch})
+        save_checkpoint(self.output, self.control_model, self.state, self.optimizer, self.scaler, self.cfg, self.plan,
+                        self.identity, keep=self.cfg.keep_checkpoints)
         self.last_save = time.monotonic()
 
     def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
@@ -453,7 +395,7 @@ class Trainer:
         lock = RunLock(self.output).acquire() if self.main else None  # before the cache is built
         try:
             if self.main:
-                clean_stale_staging(self.output)  # what a killed run left in the temp folder
+                clean_stale_staging(checkpoint_root(self.output), self.output)  # what killed writers left
             self.setup()
             state = self.state
             if self.main:
@@ -479,7 +421,7 @@ class Trainer:
             final = self.output / "final"
             if self.main:
                 self._check_weights()
-                publish_folder(final, self.control_model.save_pretrained, info={"step": state.global_step})
+                publish_final(self.output, self.control_model, state.global_step)
                 if state.step_in_epoch != 0:  # stopped by max_steps inside an epoch
                     grid, path = self._grid(f"step-{state.global_step:08d}", f"final, step {state.global_step}")
                 LossLog(self.output).plot()
