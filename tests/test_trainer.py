@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -440,3 +441,23 @@ def test_cubic_timesteps_are_mostly_noisy_and_the_default_lite_trains_on_them(ti
                             ("lite-uniform", {"timestep_sampling": "uniform"})):
         train(config(tiny_base_dir, fill50k_small, tmp_path / name, max_steps=1, **overrides), progress=False)
     assert used == ["cubic", "uniform", "uniform"]
+
+
+def test_the_plan_prints_the_cpu_threads_chosen_or_requested(tiny_base_dir, fill50k_small, tmp_path):
+    """The thread count is the package's own choice on a CPU, shown in the plan; --threads sets it."""
+    for extra, expected in (((), r"CPU threads\s+\d+\s+\d+ cores"), (("--threads", "2"), r"CPU threads\s+2\s+requested")):
+        args, env = cli(tiny_base_dir, fill50k_small, tmp_path / f"run{len(extra)}", "--max-steps", "1", *extra)
+        env.pop("OMP_NUM_THREADS")
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert re.search(expected, done.stdout + done.stderr), (done.stdout + done.stderr)[-2000:]
+
+
+def test_a_stall_is_said_once(tiny_base_dir, fill50k_small, tmp_path, monkeypatch, capsys):
+    from lite_controlnet.training.stall import StallWatch
+
+    # every step counts as slow against a reference of a nanosecond: the line must still come once
+    monkeypatch.setattr(trainer_module, "StallWatch", lambda device: StallWatch(window=0.0, reference=1e-9, device=device))
+    train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=6), progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "longer than at the start" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: Training steps take") and "--threads 1" in lines[0]

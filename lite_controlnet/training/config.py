@@ -67,6 +67,7 @@ class TrainConfig:
     validation_guidance: float = 7.5
     cache_dir: str | None = None  # latent/text cache; None: <output>/cache
     num_workers: int = 2  # data loader processes
+    threads: int | None = None  # CPU threads; None: chosen from the cores and the load (training/threads.py)
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     manifest: str | None = None  # the dataset's manifest file, when it holds several (relative to data)
     convert_mode: bool = False  # convert grey, palette or RGBA images to RGB instead of refusing them
@@ -184,7 +185,8 @@ _WHOLE_RANGES = {
     "resolution": (8, 4096), "epochs": (1, None), "max_steps": (1, None), "batch_size": (1, None),
     "micro_batch": (1, None), "lr_warmup_steps": (0, None), "seed": (0, 2**63 - 1), "checkpoint_every": (1, None),
     "keep_checkpoints": (1, None), "validation_every": (1, None), "num_validation": (1, None),
-    "validation_steps": (1, 500), "num_workers": (0, 64), "max_nonfinite": (1, None),
+    "validation_steps": (1, 500), "num_workers": (0, 64), "threads": (1, 1024),
+    "max_nonfinite": (1, None),
 }
 # Real-valued settings: (lowest, highest or None, whether the lowest itself is allowed); all finite.
 # A negative max_grad_norm would reverse the gradients; a NaN checkpoint_minutes would turn off

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -134,7 +134,8 @@ class HardwarePlan:
             reasons={**self.reasons, "micro_batch": reason},
         )
 
-    def table(self) -> str:
+    def table(self, extra: Sequence[tuple[str, str, str]] = ()) -> str:
+        """The plan as aligned rows of setting, value and why; `extra` rows (e.g. the CPU threads) at the end."""
         rows = [
             ("device", self.device_name, ""),
             ("precision", self.precision, self.reasons.get("precision", "")),
@@ -144,6 +145,7 @@ class HardwarePlan:
             ("8-bit AdamW", _yes(self.use_8bit_adam), self.reasons.get("use_8bit_adam", "")),
             ("attention", "xformers" if self.xformers else "PyTorch SDPA", self.reasons.get("xformers", "")),
             ("TF32 matmuls", _yes(self.tf32), self.reasons.get("tf32", "")),
+            *extra,
         ]
         width = max(len(r[0]) for r in rows)
         value_width = max(len(r[1]) for r in rows)

@@ -48,7 +48,7 @@ class StallWatch:
                 self.reference = statistics.median(self.early)
             return None
         self.recent.append(seconds)
-        while sum(self.recent) - self.recent[0] >= self.window:  # keep just over `window` seconds of steps
+        while len(self.recent) > 1 and sum(self.recent) - self.recent[0] >= self.window:  # keep just over `window` seconds of steps
             self.recent.popleft()
         spent = sum(self.recent)
         if spent < self.window:

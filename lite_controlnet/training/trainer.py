@@ -69,6 +69,8 @@ from ..atomic import clean_stale_staging
 from ..controls import build_control, controlled_unet, prepare_control
 from ..data.paired import PairedDataset
 from ..errors import TrainingError
+from .stall import StallWatch
+from .threads import apply_threads
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .lock import RunLock
 from .logs import LossLog
@@ -157,6 +159,7 @@ class Trainer:
         self.cfg, self.on_epoch_end, self.progress = cfg, on_epoch_end, progress
         self.output = Path(cfg.output)
         self.info = detect_device(cfg.max_gpu_memory)
+        self.threads = apply_threads(self.info.kind, cfg.threads)  # before anything computes
         self.accelerator = Accelerator(cpu=self.info.kind == "cpu")
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -219,7 +222,8 @@ class Trainer:
                                  cfg.use_8bit_adam, cfg.xformers, probe=self._probe if self.info.kind == "cuda" else None)
         self.plan = plan
         self._apply_plan()
-        self._log("Hardware plan:\n" + plan.table())
+        threads = [("CPU threads", str(self.threads.threads), self.threads.reason)] if self.threads else []
+        self._log("Hardware plan:\n" + plan.table(threads))
         # 5. optimizer, loss scaler, and the state of the run
         self.optimizer = self._make_optimizer(self.plan.use_8bit_adam, cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
@@ -409,6 +413,7 @@ class Trainer:
             elif (state.step_in_epoch == 0 and state.epoch > 0
                   and not (self.output / "samples" / f"epoch-{state.epoch:03d}.png").exists()):
                 self._epoch_grid(state.epoch)  # cut off between the epoch's checkpoint and its grid
+            self.stall = StallWatch(device=self.info.kind)
             bar = tqdm(total=self.total_steps, initial=state.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control_kind}", dynamic_ncols=True)
             try:
@@ -445,6 +450,9 @@ class Trainer:
         started = time.monotonic()
         for indices, control_images in loader:
             loss = self._step_with_retry(indices, control_images)
+            slow = self.stall.step(time.monotonic() - started)
+            if slow:
+                self._log(f"warning: {slow}")
             state.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
             state.global_step += 1
             state.step_in_epoch += 1
