@@ -380,7 +380,7 @@ class Trainer:
         with self._autocast():
             grid = validation_grid(self.base, self.control_model, self.dataset, self.cache, indices,
                                    steps=self.cfg.validation_steps, guidance=self.cfg.validation_guidance,
-                                   seed=self.cfg.seed, title=title)
+                                   seed=self.cfg.seed, title=title, progress=self.progress and self.main)
         return grid, save_grid(grid, self.output, name)
 
     def _epoch_grid(self, epoch: int) -> None:

@@ -28,16 +28,17 @@ def validation_grid(
     guidance: float = 7.5,
     seed: int = 0,
     title: str | None = None,
+    progress: bool = False,
 ) -> PIL.Image.Image:
     """Prompt | Control | Reconstruction | Text only | Samples, one row per index.
 
-    Text only and Samples use the same seed per row, so they differ only by the control.
+    Text only and Samples use the same seed per row, so they differ only by the control. With
+    `progress`, a bar per pass says what is being sampled (a grid takes a while on a CPU).
     """
     was_training = control.training
     control.eval()
     device = base.unet.device
     pipe = LiteControlNetPipeline.from_base(base, control)  # UniPC
-    pipe.set_progress_bar_config(disable=True)
     items = [dataset[i] for i in indices]
     prompts = [item["prompt"] for item in items]
     controls = [item["conditioning_pixel_values"] for item in items]
@@ -45,6 +46,8 @@ def validation_grid(
     reconstructions = to_pil(decode_latents(base.vae, latents))
 
     def generate(use_control: bool) -> list[PIL.Image.Image]:
+        what = f"grid{' (' + title + ')' if title else ''}: {'samples' if use_control else 'text only'}"
+        pipe.set_progress_bar_config(disable=not progress, desc=what, leave=False, dynamic_ncols=True)
         generator = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
         return pipe(prompts, controls if use_control else None, num_inference_steps=steps, guidance_scale=guidance,
                     generator=generator, height=controls[0].shape[-2], width=controls[0].shape[-1]).images
