@@ -46,6 +46,25 @@ def foreground(image: np.ndarray, prompt: str | None) -> np.ndarray:
     return np.linalg.norm(image - np.median(border, axis=0), axis=2) >= MIN_COLOUR_CONTRAST
 
 
+def _outline(obj: Any, inside: np.ndarray, size: int, width: int) -> np.ndarray:
+    """The object's outline, `width` px wide, inside its mask `inside`.
+
+    A circle's is PIL's ellipse outline, as Fill50k draws it (it lies inside the disk). PIL
+    draws a polygon's outline partly outside its fill, so a polygon's is its mask's inner
+    edge instead: the pixels of the mask within `width` steps of a pixel outside it, which
+    close the outline (no 4-connected path crosses it).
+    """
+    if obj.kind == "circle":
+        drawn = Image.new("L", (size, size), 0)
+        obj.draw(ImageDraw.Draw(drawn), fill=None, outline=1, width=width)
+        return np.asarray(drawn, dtype=bool)
+    core = inside
+    for _ in range(width):
+        padded = np.pad(core, 1)
+        core = core & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inside & ~core
+
+
 class OutlineCondition(Condition):
     """Objects' outlines, white on black (Fill50k's control, for several objects)."""
 
@@ -53,11 +72,11 @@ class OutlineCondition(Condition):
     metric = "outline_iou"
 
     def from_scene(self, scene: Any, target: Image.Image | None = None) -> Image.Image:
-        control = Image.new("RGB", (scene.size, scene.size), (0, 0, 0))
-        draw = ImageDraw.Draw(control)
+        lines = np.zeros((scene.size, scene.size), dtype=bool)
         for obj in scene.objects:
-            obj.draw(draw, fill=(0, 0, 0), outline=(255, 255, 255), width=scene.line_width)
-        return control
+            inside = obj.mask(scene.size)
+            lines = (lines & ~inside) | _outline(obj, inside, scene.size, scene.line_width)
+        return Image.fromarray(np.repeat(lines[:, :, None] * np.uint8(255), 3, axis=2), "RGB")
 
     def score(self, image: Any, control: Any, prompt: str | None = None) -> dict[str, Any]:
         rgb, control_rgb = same_size(image, control)
