@@ -8,7 +8,7 @@ cover earlier ones), with a prompt naming them in that order::
 
 Every colour of a scene is at least `MIN_COLOUR_DISTANCE` from every other, so each object can
 be told apart by its colour (the object-level scores match objects by the prompt's colours).
-Objects lie inside the image, and each keeps at least `MIN_VISIBLE_SHARE` of its area visible
+Objects lie inside the image (its border rows are background), and each keeps at least `MIN_VISIBLE_SHARE` of its area visible
 in one 4-connected piece, so the number of objects in the image is the number in the prompt.
 
 As in `fill50k.py`, scene ``i`` draws its own random numbers from ``SeedSequence([seed, i])``:
@@ -278,8 +278,8 @@ def shapes_scene(index: int, size: int = DEFAULT_SIZE, objects: int | tuple[int,
                 kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
                 radius = float(rng.uniform(*RADIUS_FRACTION)) * size
                 angle = float(rng.uniform(0, 360)) if kind != "circle" else 0.0
-                extent = radius * _CIRCUMRADIUS[kind]
-                centre = (float(rng.uniform(extent, size - extent)), float(rng.uniform(extent, size - extent)))
+                margin = radius * _CIRCUMRADIUS[kind] + 1  # a pixel of background all round
+                centre = (float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin)))
                 candidate = ShapeObject(kind, COLOURS[colour], centre, radius, angle)
                 mask = candidate.mask(size)
                 if _still_visible(masks, mask):
@@ -293,8 +293,8 @@ def shapes_scene(index: int, size: int = DEFAULT_SIZE, objects: int | tuple[int,
 
 
 def _still_visible(masks: list[np.ndarray], new: np.ndarray) -> bool:
-    """Whether every earlier object keeps MIN_VISIBLE_SHARE of its area, in one piece, under `new`
-    and the objects drawn after it."""
+    """Whether `new` is one piece and every earlier object keeps MIN_VISIBLE_SHARE of its area,
+    in one piece, under `new` and the objects drawn after it."""
     for k, mask in enumerate(masks):
         if not (mask & new).any():
             continue
@@ -304,7 +304,7 @@ def _still_visible(masks: list[np.ndarray], new: np.ndarray) -> bool:
         visible = mask & ~covered
         if visible.sum() < MIN_VISIBLE_SHARE * mask.sum() or not _one_piece(visible):
             return False
-    return bool(new.any())
+    return _one_piece(new)  # a triangle's sharp tip can leave a pixel joined only by a corner
 
 
 def _write_chunk(task: tuple[str, int, int, int, tuple[int, int], int, str, dict]) -> tuple[int, list[str]]:
