@@ -29,19 +29,27 @@ def parse_objects(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _canny_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The canny thresholds given on the command line (none: the condition's defaults)."""
-    if args.condition != "canny":
-        given = [flag for flag, value in (("--low-threshold", args.low_threshold),
-                                          ("--high-threshold", args.high_threshold)) if value is not None]
-        if given:
-            from .errors import UsageError
+def _condition_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The condition's settings given on the command line (none: the condition's defaults);
+    a UsageError for a setting of another condition."""
+    flags = {"canny": (("--low-threshold", "low_threshold"), ("--high-threshold", "high_threshold")),
+             "depth": (("--depth-model", "depth_model"),)}
+    params, wrong = {}, []
+    for condition, settings in flags.items():
+        for flag, attribute in settings:
+            value = getattr(args, attribute, None)
+            if value is None:
+                continue
+            if condition != args.condition:
+                wrong.append(flag)
+            else:
+                params["model" if attribute == "depth_model" else attribute] = value
+    if wrong:
+        from .errors import UsageError
 
-            verb = "apply" if len(given) > 1 else "applies"
-            raise UsageError(f"{' and '.join(given)} only {verb} to --condition canny, not {args.condition!r}.")
-        return {}
-    return {key: value for key, value in (("low_threshold", args.low_threshold),
-                                          ("high_threshold", args.high_threshold)) if value is not None}
+        verb = "apply" if len(wrong) > 1 else "applies"
+        raise UsageError(f"{' and '.join(wrong)} {verb} to another condition than {args.condition!r}.")
+    return params
 
 
 def run_make_shapes(args: argparse.Namespace) -> None:
@@ -49,7 +57,7 @@ def run_make_shapes(args: argparse.Namespace) -> None:
     from .data.shapes import make_shapes
 
     out = make_shapes(args.out_dir, num=args.num, size=args.size, objects=args.objects, condition=args.condition,
-                      seed=args.seed, workers=args.workers, overwrite=args.overwrite, **_canny_params(args))
+                      seed=args.seed, workers=args.workers, overwrite=args.overwrite, **_condition_params(args))
     print(f"Wrote {args.num} {args.condition} pairs to {out}")
 
 
@@ -58,7 +66,7 @@ def run_make_conditions(args: argparse.Namespace) -> None:
     from .conditions.from_images import make_conditions
 
     out = make_conditions(args.images, args.condition, args.out, caption=args.caption, overwrite=args.overwrite,
-                          **_canny_params(args))
+                          **_condition_params(args))
     print(f"Wrote {args.condition} control images for the images of {args.images} to {out}")
 
 
@@ -97,4 +105,6 @@ def add_dataset_commands(commands: Any) -> None:
     p.add_argument("--caption", default=None, help="one caption for every image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _add_thresholds(p)
+    p.add_argument("--depth-model", default=None, help="depth: Hub id or folder of a transformers depth-estimation "
+                                                       "model (e.g. depth-anything/Depth-Anything-V2-Small-hf)")
     p.set_defaults(func=run_make_conditions)

