@@ -219,9 +219,13 @@ def _one_piece(mask: np.ndarray) -> bool:
     Joins each row's runs of True pixels with the overlapping runs of the row above
     (union-find over runs): a few runs per row, so far faster than a flood fill per pixel.
     """
-    padded = np.pad(mask, ((0, 0), (1, 1))).astype(np.int8)
-    steps = np.diff(padded, axis=1)
-    parent: list[int] = []
+    filled = np.flatnonzero(mask.any(axis=1))
+    if len(filled) == 0:
+        return False
+    steps = np.diff(np.pad(mask[filled[0] : filled[-1] + 1], ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, begins = np.nonzero(steps == 1)  # row-major order: the k-th start and stop are one run
+    ends = np.nonzero(steps == -1)[1]
+    parent = list(range(len(rows)))
 
     def root(run: int) -> int:
         while parent[run] != run:
@@ -229,19 +233,17 @@ def _one_piece(mask: np.ndarray) -> bool:
             run = parent[run]
         return run
 
-    above: list[tuple[int, int, int]] = []  # (start, stop, run) of the row above
-    for row in steps:
-        starts, stops = np.flatnonzero(row == 1), np.flatnonzero(row == -1)
-        current = []
-        for begin, end in zip(starts.tolist(), stops.tolist()):
-            run = len(parent)
-            parent.append(run)
-            for other_begin, other_end, other in above:
-                if other_begin < end and begin < other_end:
-                    parent[root(other)] = root(run)
-            current.append((begin, end, run))
-        above = current
-    return len(parent) > 0 and len({root(run) for run in range(len(parent))}) == 1
+    above: list[tuple[int, int, int]] = []  # (begin, end, run) of the row above
+    current: list[tuple[int, int, int]] = []
+    row_now = -2
+    for run, (row, begin, end) in enumerate(zip(rows.tolist(), begins.tolist(), ends.tolist())):
+        if row != row_now:
+            above, current, row_now = (current if row == row_now + 1 else []), [], row
+        for other_begin, other_end, other in above:
+            if other_begin < end and begin < other_end:
+                parent[root(other)] = root(run)
+        current.append((begin, end, run))
+    return len({root(run) for run in range(len(parent))}) == 1
 
 
 def _pick_colours(rng: np.random.Generator, count: int) -> list[int]:
