@@ -88,7 +88,8 @@ def add_dataset_commands(commands: Any) -> None:
     p.add_argument("out_dir")
     p.add_argument("--num", type=int, default=50000)
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"pixels (default {DEFAULT_SIZE})")
-    p.add_argument("--objects", type=parse_objects, default=(1, 4), help="objects per scene: N or MIN-MAX (default 1-4)")
+    p.add_argument("--objects", type=parse_objects, default=(1, 4),
+                   help="objects per scene: N or MIN-MAX (default 1-4)")
     p.add_argument("--condition", choices=scene_conditions, default="outline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")

@@ -56,7 +56,8 @@ def test_outline_of_a_fill50k_pair_is_its_disk_iou():
             assert scores["outline_iou"] == fill50k_scores(image, control, prompt)["disk_iou"]
         # a one-circle scene draws Fill50k's own control, pixel for pixel
         spec = fill50k_spec(index, 64, seed=0)
-        scene = ShapesScene(index, 0, 64, spec.background, (ShapeObject("circle", spec.circle, spec.centre, spec.radius),))
+        disk = ShapeObject("circle", spec.circle, spec.centre, spec.radius)
+        scene = ShapesScene(index, 0, 64, spec.background, (disk,))
         assert np.array_equal(np.asarray(outline.from_scene(scene)), np.asarray(control))
         assert np.array_equal(np.asarray(scene.render()), np.asarray(target))
 

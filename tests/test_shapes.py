@@ -63,7 +63,8 @@ def test_prompts_read_as_english():
     assert scene.prompt == f"{first.words} and {second.words} on an {scene.background.words} background"
     three = shapes_scene(0, 64, 3).prompt
     assert three.count(", ") == 1 and three.count(" and ") == 1
-    assert parse_shapes_prompt("an orange square, a red circle and a teal triangle on a beige background")[0][0][1] == "square"
+    objects, _ = parse_shapes_prompt("an orange square, a red circle and a teal triangle on a beige background")
+    assert [kind for _, kind in objects] == ["square", "circle", "triangle"]
     for bad in ("a red square", "a red hexagon on a beige background", "a reddish square on a beige background"):
         with pytest.raises(ValueError, match="Cannot parse shapes prompt"):
             parse_shapes_prompt(bad)
@@ -73,7 +74,8 @@ def test_bad_arguments_say_what_is_accepted(tmp_path):
     for kwargs, message in (({"num": 0}, "num must be an integer >= 1"), ({"size": 8}, "size must be an integer >= 32"),
                             ({"objects": (0, 4)}, "from 1 to 4"), ({"objects": (3, 2)}, "from 3 to 4"),
                             ({"condition": "dept"}, "unknown condition 'dept'"),
-                            ({"condition": "depth"}, "'depth' condition cannot be drawn from a scene"), ({"seed": -1}, "seed must be")):
+                            ({"condition": "depth"}, "'depth' condition cannot be drawn from a scene"),
+                            ({"seed": -1}, "seed must be")):
         with pytest.raises(ValueError, match=message):
             make_shapes(tmp_path / "out", **{"num": 2, **kwargs}, progress=False)
     assert not (tmp_path / "out").exists()
@@ -148,7 +150,8 @@ def test_make_shapes_command(tmp_path, capsys):
     for argv, message in ((["--objects", "0-9"], "argument --objects: expected a count or a range such as 1-4"),
                           (["--condition", "depth"], "argument --condition: invalid choice"),
                           (["--num", "0"], "num must be an integer >= 1"),
-                          (["--condition", "outline", "--high-threshold", "9"], "--high-threshold applies to another condition than 'outline'")):
+                          (["--condition", "outline", "--high-threshold", "9"],
+                           "--high-threshold applies to another condition than 'outline'")):
         with pytest.raises(SystemExit) as exit:
             main(["make-shapes", str(tmp_path / "bad"), *argv])
         assert exit.value.code == 2

@@ -44,7 +44,8 @@ def image_conditions() -> list[str]:
 
 def _image_suffixes() -> set[str]:
     Image.init()  # registers every format Pillow can open
-    return {suffix.lower() for suffix, format_name in Image.registered_extensions().items() if format_name in Image.OPEN}
+    extensions = Image.registered_extensions()
+    return {suffix.lower() for suffix, format_name in extensions.items() if format_name in Image.OPEN}
 
 
 def _list_images(images_dir: Path) -> list[Path]:
@@ -63,8 +64,8 @@ def _list_images(images_dir: Path) -> list[Path]:
                                f"{METADATA}; move other files out.", file=path)
         images.append(path)
     if not images:
-        raise DatasetError(f"{images_dir} holds no images: expected image files (PNG, JPEG, ...), in it or in its "
-                           "sub-folders.")
+        raise DatasetError(f"{images_dir} holds no images: expected image files (PNG, JPEG, ...), in it or "
+                           "in its sub-folders.")
     return images
 
 

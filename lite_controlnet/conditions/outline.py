@@ -8,8 +8,10 @@ Score: for a Fill50k pair (a prompt "<colour> circle with <colour> background") 
 IoU of `metrics.fill50k_scores`, which this returns whole. For a shapes scene it is the
 foreground IoU: the regions the outlines enclose against the image's pixels that are not of
 the background colour (the nearest of the prompt's colours, or, without a prompt, farther than
-`metrics.MIN_COLOUR_CONTRAST` from the image border's median colour); for one disk this is the
-disk IoU again. Per-object IoU, counts and colours are `object_scores`'.
+`metrics.MIN_COLOUR_CONTRAST` from the image border's median colour). For one disk wholly inside
+the image that is the disk IoU again; a Fill50k prompt chooses Fill50k's own score, whose circle
+fit also handles the circles the border clips. Per-object IoU, counts and colours are
+`object_scores`'.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def dataset_info(folder: str | os.PathLike) -> dict[str, Any] | None:
         raise ValueError(f"{path} is not valid JSON ({error}); it should hold the dataset's condition, "
                          'e.g. {"condition": "canny"}.') from None
     if not isinstance(info, dict):
-        raise ValueError(f"{path} must hold a JSON object such as {{\"condition\": \"canny\"}}, got {type(info).__name__}.")
+        raise ValueError(f'{path} must hold a JSON object such as {{"condition": "canny"}}, '
+                         f"got {type(info).__name__}.")
     return info
 
 

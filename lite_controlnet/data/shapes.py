@@ -8,8 +8,8 @@ cover earlier ones), with a prompt naming them in that order::
 
 Every colour of a scene is at least `MIN_COLOUR_DISTANCE` from every other, so each object can
 be told apart by its colour (the object-level scores match objects by the prompt's colours).
-Objects lie inside the image (its border rows are background), and each keeps at least `MIN_VISIBLE_SHARE` of its area visible
-in one 4-connected piece, so the number of objects in the image is the number in the prompt.
+Objects lie inside the image (its border rows are background), and each keeps at least
+`MIN_VISIBLE_SHARE` of its area visible in one 4-connected piece, so the number of objects in the image is the number in the prompt.
 
 As in `fill50k.py`, scene ``i`` draws its own random numbers from ``SeedSequence([seed, i])``:
 it is the same whatever the number of scenes or workers. :func:`make_shapes` writes a dataset
@@ -63,7 +63,8 @@ _CHUNK = 64
 _RGB = np.array([colour.rgb for colour in COLOURS], dtype=np.float64)
 # circumradius / equal-area radius: a square of circumradius R has area 2 R^2, an equilateral
 # triangle 3 sqrt(3) / 4 R^2; both equal pi r^2 at these ratios
-_CIRCUMRADIUS = {"circle": 1.0, "square": math.sqrt(math.pi / 2), "triangle": math.sqrt(4 * math.pi / (3 * math.sqrt(3)))}
+_CIRCUMRADIUS = {"circle": 1.0, "square": math.sqrt(math.pi / 2),
+                 "triangle": math.sqrt(4 * math.pi / (3 * math.sqrt(3)))}
 _CORNERS = {"square": 4, "triangle": 3}
 
 
@@ -256,7 +257,8 @@ def _pick_colours(rng: np.random.Generator, count: int) -> list[int]:
     return chosen
 
 
-def shapes_scene(index: int, size: int = DEFAULT_SIZE, objects: int | tuple[int, int] = (1, 4), seed: int = 0) -> ShapesScene:
+def shapes_scene(index: int, size: int = DEFAULT_SIZE, objects: int | tuple[int, int] = (1, 4),
+                 seed: int = 0) -> ShapesScene:
     """Draw scene ``index`` of dataset ``seed``.
 
     Args:
