@@ -164,3 +164,15 @@ def test_depth_through_a_transformers_pipeline(tmp_path, tiny_depth_model, capsy
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "d2").exists()
+
+
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture = Image.new("RGB", (40, 20), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    picture.save(photos / "phone.jpg", exif=exif)
+    out = make_conditions(photos, "canny", tmp_path / "data", caption="a phone photo", progress=False)
+    assert Image.open(out / "image" / "0.png").size == (20, 40)
+    assert Image.open(out / "conditioning_image" / "0.png").size == (20, 40)

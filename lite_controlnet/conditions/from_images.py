@@ -3,7 +3,7 @@
 :func:`make_conditions` reads every image of a folder (and its sub-folders), makes its control
 image with a condition that works on any image (``canny``, or ``depth`` with a model you name),
 and writes the pairs in the Hugging Face layout (see `data.dataset_folder`): ``image/{i}.png``
-(the picture, as RGB), ``conditioning_image/{i}.png``, ``metadata.jsonl`` and ``dataset.json``
+(the picture as RGB, turned upright by its EXIF orientation), ``conditioning_image/{i}.png``, ``metadata.jsonl`` and ``dataset.json``
 (the condition and its settings). Captions come from one of, in this order:
 
 1. ``caption``: one text for every image;
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ..data.dataset_folder import METADATA, new_dataset_folder, write_metadata
@@ -124,7 +124,8 @@ def _open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as opened:
             opened.load()  # read now, so that a truncated file fails here, with its name
-            return opened.convert("RGB")
+            # upright as a viewer shows it: phone photos store their rotation in EXIF
+            return ImageOps.exif_transpose(opened).convert("RGB")
     except (OSError, Image.DecompressionBombError, ValueError) as error:
         raise DatasetError(f"cannot read image {path}: {error}. Expected an image file Pillow can open "
                            "(PNG, JPEG, ...).", file=path) from None
