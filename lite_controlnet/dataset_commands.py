@@ -16,15 +16,15 @@ __all__ = ["add_dataset_commands", "parse_objects", "run_make_conditions", "run_
 
 def parse_objects(text: str) -> tuple[int, int]:
     """``--objects``: "1-4" (a range) or "3" (a count), from 1 to 4."""
-    from .data.shapes import _MAX_OBJECTS
+    from .data.shapes import MAX_OBJECTS
 
     parts = text.split("-")
     try:
         low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
     except ValueError:
         low = high = 0
-    if not 1 <= low <= high <= _MAX_OBJECTS:
-        raise argparse.ArgumentTypeError(f"expected a count or a range such as 1-4, from 1 to {_MAX_OBJECTS} "
+    if not 1 <= low <= high <= MAX_OBJECTS:
+        raise argparse.ArgumentTypeError(f"expected a count or a range such as 1-4, from 1 to {MAX_OBJECTS} "
                                          f"objects, got {text!r}")
     return low, high
 

@@ -36,6 +36,7 @@ from .dataset_folder import new_dataset_folder, write_metadata
 __all__ = [
     "DEFAULT_SIZE",
     "MIN_COLOUR_DISTANCE",
+    "MAX_OBJECTS",
     "MIN_VISIBLE_SHARE",
     "SHAPE_KINDS",
     "ShapeObject",
@@ -55,7 +56,7 @@ MIN_COLOUR_DISTANCE = 100.0
 RADIUS_FRACTION = (0.07, 0.17)
 MIN_VISIBLE_SHARE = 0.6
 _MIN_SIZE = 32
-_MAX_OBJECTS = 4
+MAX_OBJECTS = 4
 _PLACEMENT_TRIES = 100
 _PNG_COMPRESS_LEVEL = 1  # flat images: about as small as level 6, far faster (see fill50k.py)
 _CHUNK = 64
@@ -208,9 +209,9 @@ def _check_objects(objects: object) -> tuple[int, int]:
     if isinstance(objects, (int, np.integer)) and not isinstance(objects, bool):
         objects = (objects, objects)
     if not isinstance(objects, (tuple, list)) or len(objects) != 2:
-        raise ValueError(f"objects must be a count or a (fewest, most) pair from 1 to {_MAX_OBJECTS}, got {objects!r}.")
-    low = _check_int("the fewest objects", objects[0], 1, _MAX_OBJECTS)
-    high = _check_int("the most objects", objects[1], low, _MAX_OBJECTS)
+        raise ValueError(f"objects must be a count or a (fewest, most) pair from 1 to {MAX_OBJECTS}, got {objects!r}.")
+    low = _check_int("the fewest objects", objects[0], 1, MAX_OBJECTS)
+    high = _check_int("the most objects", objects[1], low, MAX_OBJECTS)
     return low, high
 
 
