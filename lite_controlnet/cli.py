@@ -213,6 +213,9 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     add_preset(p, "--num and --size")
     p.set_defaults(func=_make_fill50k)
 
+    from .dataset_commands import add_dataset_commands  # make-shapes, make-conditions
+    add_dataset_commands(commands)
+
     p = commands.add_parser("make-tiny-base", help="write a tiny random SD stack for offline tests and demos")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
