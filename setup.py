@@ -13,6 +13,7 @@ setup(
     description="A lightweight ControlNet (pixel-wise MLPs) for Stable Diffusion 1.5 that trains on a free Colab GPU.",
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     packages=find_packages(include=["lite_controlnet", "lite_controlnet.*"]),
     # the shipped proxy base (a few MB of safetensors): --base proxy works offline
     package_data={"lite_controlnet": ["assets/proxy-base/*", "assets/proxy-base/*/*"]},

@@ -1,9 +1,14 @@
-"""Refresh the measured blocks of README.md from benchmarks/results/*.json.
+"""Refresh the measured blocks of README.md and benchmarks/RESULTS.md from benchmarks/results/*.json.
 
     python benchmarks/readme.py
 
 Each block sits between `<!-- NAME:start ... -->` and `<!-- NAME:end -->` markers; numbers are
-never typed into README.md by hand.
+never typed into either file by hand. README.md holds the one results table; RESULTS.md the
+studies behind it. tests/test_readme.py checks that both are up to date.
+
+The results files keep the labels they were measured under: the source paper's design ("A
+Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU") is the kind `lite-seed`
+there and `lite-mlp` in the library; `shown` gives every block the library's names.
 """
 
 from __future__ import annotations
@@ -63,13 +68,13 @@ def benchmarks_block() -> str:
     if overhead.is_file():
         o = json.loads(overhead.read_text())
         lines.append(f"\nThe sampling loop's own cost without the UNet's arithmetic (`python benchmarks/pipeline_overhead.py`, "
-                     f"SD1.5 module tree, the seed's design): Lite adds {o['lite_extra_ms_per_step']:.2f} ms per step, "
+                     f"SD1.5 module tree, the paper's design, `lite-mlp`): Lite adds {o['lite_extra_ms_per_step']:.2f} ms per step, "
                      f"{o['generation_ms']['SD + Lite'] - o['generation_ms']['SD']:.0f} ms per {o['steps']}-step generation "
                      "including its one forward pass.")
-    return "\n".join(lines) + "\n\nFull tables: [benchmarks/RESULTS.md](benchmarks/RESULTS.md)."
+    return "\n".join(lines)
 
 
-KIND_NAMES = {"lite": "Lite (default, feedback)", "lite-static": "Lite static", "lite-seed": "the seed's design",
+KIND_NAMES = {"lite": "Lite (default, feedback)", "lite-static": "Lite static", "lite-seed": "Lite MLP (the paper's design)",
               "t2i-adapter": "T2I-Adapter", "controlnet": "ControlNet"}
 
 
@@ -137,7 +142,7 @@ def fidelity_block() -> str:
                                                                              sh["equal_wall_clock"]["sampled_iou"]))
                      + ". Shuffled controls help "
                      + (", ".join(KIND_NAMES.get(k, k) for k, v in s["shuffled_helps"].items() if v) or "none") + ".")
-        lines += ["", f"![fidelity]({path.with_suffix('.png').relative_to(ROOT)})", ""]
+        lines += ["", f"![fidelity]({path.with_suffix('.png').relative_to(RESULTS.parent)})", ""]
     return "\n".join(lines).rstrip()
 
 
@@ -172,6 +177,7 @@ def designs_block() -> str:
     return "\n".join(lines)
 
 
+# labels as the results files record them
 PARAMS_KEYS = {"lite": "Lite (default: feedback)", "lite-static": "Lite static (best step-invariant)",
                "lite-seed": "Lite, the pixel-MLP design", "t2i-adapter": "T2I-Adapter full (2 res blocks per level)",
                "controlnet": "ControlNet (diffusers ControlNetModel.from_unet)"}
@@ -180,23 +186,27 @@ SAMPLING_KEYS = {"lite": "SD + Lite", "lite-static": "SD + Lite static", "lite-s
 
 
 def frontier_block() -> str:
-    """Per kind: parameters, sampling overhead and training step at SD1.5 size (CPU suite), and
-    fidelity on the proxy base at equal wall-clock and at the end (mean of the seeds)."""
+    """README's results table. Per kind: parameters, sampling overhead, training step and peak
+    memory at SD1.5 size (CPU suite), and fidelity on the proxy base at equal wall-clock and at
+    the end (mean of the seeds); then the T4 rehearsal, with the design it was measured with."""
     counts = json.loads((RESULTS / "params.json").read_text())
     cpu = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cpu-*.json"))]
     fid = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("fidelity-*.json"))]
     if not cpu or not fid:
-        return _missing("the frontier", "python benchmarks/run.py and benchmarks/fidelity.py")
+        return _missing("the results table", "python benchmarks/run.py and benchmarks/fidelity.py")
     cpu, fid = cpu[0], fid[0]
     by = {(r["variant"], r["batch"]): r for r in cpu["training"] if "error" not in r}
     batch = max(b for _, b in by)
     cn_step, cn_mem = by[("controlnet", batch)]["step_s"], by[("controlnet", batch)]["peak_memory_bytes"]
     over, by_kind = cpu["sampling"]["overhead_vs_sd"], fid["summary"]["by_kind"]
     text = fid["summary"]["text_only"]
-    lines = [f"At the SD1.5 configuration ({cpu['settings']['resolution']} px, CPU, `python benchmarks/run.py`; "
-             f"training at batch {batch}) and on the proxy base (mean of {len(fid['seeds'])} seeds, "
-             "`python benchmarks/fidelity.py`; one-step IoU / sampled disk IoU, no control: "
-             f"{text['one_step_iou']:.3f} / {text['sampled_iou']:.3f}):", "",
+    plateau = fid["summary"]["controlnet_plateau"]
+    wall = (f"{plateau['seconds']:.0f} s of training, where the best ControlNet's sampled disk IoU plateaus"
+            if plateau["reached"] else f"{plateau['seconds']:.0f} s of training, ControlNet's last point (still rising)")
+    lines = [f"Costs at the SD1.5 configuration (random weights, {cpu['settings']['resolution']} px, CPU, "
+             f"`python benchmarks/run.py`; training at batch {batch}); fidelity on the shipped proxy base (disk IoU, "
+             f"0 to 1: one-step / sampled in full, mean of {len(fid['seeds'])} seeds, `python benchmarks/fidelity.py`; "
+             f"no control: {text['one_step_iou']:.3f} / {text['sampled_iou']:.3f}; equal wall-clock: {wall}):", "",
              "| module | parameters | vs. ControlNet | sampling overhead | training step vs. ControlNet | "
              "peak memory vs. ControlNet | fidelity at equal wall-clock | fidelity at the end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -211,7 +221,7 @@ def frontier_block() -> str:
 
         label = fid["summary"].get("best_variant", {}).get(kind)
         recipe = f", {fid['variants'][label].get('timestep_sampling', 'uniform')} timesteps" if label else ""
-        cells = [f"{KIND_NAMES[kind]} (`{kind}`{recipe})",
+        cells = [f"{KIND_NAMES[kind]}: `{shown(kind)}`{recipe}",
                  "" if n is None else f"{n:,}",
                  "" if n is None else f"{n / counts[PARAMS_KEYS['controlnet']]:.2%}",
                  "" if o is None else f"{o:+.1%}",
@@ -219,6 +229,18 @@ def frontier_block() -> str:
                  "" if row is None else f"{row['peak_memory_bytes'] / cn_mem:.1%}",
                  fidelity("equal_wall_clock"), fidelity("end")]
         lines.append("| " + " | ".join(cells) + " |")
+    for path in sorted(RESULTS.glob("t4-cap-*.json")):
+        t4 = json.loads(path.read_text())
+        runs = {r["control"]: r for r in t4["runs"] if "error" not in r}
+        if {"lite", "controlnet"} <= set(runs):
+            which = ("; measured with the paper's design, `lite-mlp`, before the feedback module became the default, "
+                     "which has not run on a GPU yet" if t4.get("notes") else "")
+            lines.append(
+                f"\nOn a T4's 15 GiB (rehearsed on an {t4['card']} with its memory capped, {t4['resolution']} px, fp16, "
+                f"`python benchmarks/t4_cap.py`{which}): the trainer fits Lite at {runs['lite']['micro_batch']} images "
+                f"per step and ControlNet at {runs['controlnet']['micro_batch']}; an optimizer step of "
+                f"{t4['batch_size']} takes {runs['lite']['step_seconds_median']} s against "
+                f"{runs['controlnet']['step_seconds_median']} s.")
     return "\n".join(lines)
 
 
@@ -285,60 +307,101 @@ def proxy_block() -> str:
     return "\n".join(lines)
 
 
-def glance_block() -> str:
-    """The headline numbers, each from its results file."""
+def suite_block() -> str:
+    """The full tables of every `benchmarks/run.py` and `benchmarks/t4_cap.py` run."""
     lines = []
-    counts = json.loads((RESULTS / "params.json").read_text())
-    lite, cn = counts["Lite (default: feedback)"], counts["ControlNet (diffusers ControlNetModel.from_unet)"]
-    lines.append(f"- **{lite:,} trainable parameters** against ControlNet's {cn:,} ({lite / cn:.2%}).")
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "sampling" not in data:
+            continue
+        m = data["machine"]
+        lines += [f"### {m['name']}", "",
+                  f"{m['description']}; torch {m['torch']}, diffusers {m['diffusers']}; {m['threads']} thread(s); "
+                  f"{data['settings']['dtype']}, {data['settings']['resolution']} px; {m['date']}.", ""]
+        s = data["sampling"]
+        lines += [f"Whole generation ({s['steps']} steps, guidance {s['guidance']}, median of {s['repeats']}):", "",
+                  "| variant | seconds | overhead vs. SD |", "|---|---:|---:|"]
+        for name, sec in s["seconds"].items():
+            over = s["overhead_vs_sd"].get(name)
+            lines.append(f"| {name} | {sec:.2f} | {'' if over is None else f'{over:+.1%}'} |")
+        lines += ["", "Training step (forward + backward + AdamW; peak memory includes the frozen UNet):", "",
+                  "| variant | batch | forward s | backward s | optimizer s | step s | peak memory GiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in data["training"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} | | | | |")
+                continue
+            lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | "
+                         f"{r['optimizer_s']:.3f} | {r['step_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} |")
+        lines += [f"- Note: {note}" for note in data.get("notes", [])]
+        lines.append("")
     for path in sorted(RESULTS.glob("t4-cap-*.json")):
-        t4 = json.loads(path.read_text())
-        runs = {r["control"]: r for r in t4["runs"] if "error" not in r}
-        if {"lite", "controlnet"} <= set(runs):
-            which = " (the seed's design: the default has not run on a GPU yet)" if t4.get("notes") else ""
-            lines.append(
-                f"- **On a T4's 15 GiB** (rehearsed on an {t4['card']} with the memory capped, {t4['resolution']} px, "
-                f"fp16, no memory savers): the trainer fits Lite{which} at {runs['lite']['micro_batch']} images per step and "
-                f"ControlNet at {runs['controlnet']['micro_batch']}; an optimizer step of {t4['batch_size']} takes "
-                f"{runs['lite']['step_seconds_median']} s against {runs['controlnet']['step_seconds_median']} s on that card.")
-    for path in sorted(RESULTS.glob("cpu-*.json")):
-        r = json.loads(path.read_text())
-        by = {(x["variant"], x["batch"]): x for x in r["training"] if "error" not in x}
-        if ("lite", 4) in by and ("controlnet", 4) in by:
-            lines.append(
-                f"- **Training step** at batch 4 ({r['settings']['resolution']} px, CPU): "
-                f"{by[('controlnet', 4)]['step_s'] / by[('lite', 4)]['step_s']:.2f}x faster than ControlNet's; "
-                f"sampling overhead {r['sampling']['overhead_vs_sd']['SD + Lite']:+.1%} against ControlNet's "
-                f"{r['sampling']['overhead_vs_sd']['SD + ControlNet']:+.1%}.")
-    for path in sorted(RESULTS.glob("fidelity-*.json")):
-        f = json.loads(path.read_text())["summary"]
-        share = f["share_of_controlnet"].get("lite", {}).get("equal_wall_clock", {})
-        if None not in (share.get("one_step_gain"), share.get("sampled_iou")):
-            plateau = json.loads(path.read_text())["summary"]["controlnet_plateau"]
-            when = "where ControlNet plateaus" if plateau["reached"] else "ControlNet's last point, still rising"
-            lines.append(f"- **Fidelity**: on the project's proxy base, at equal training time ({when}), "
-                         f"the default Lite module makes {share['one_step_gain']:.0%} of ControlNet's "
-                         f"one-step disk IoU gain and {share['sampled_iou']:.0%} of its sampled disk IoU, mean of "
-                         f"{len(json.loads(path.read_text())['seeds'])} seeds (see [Fidelity](#fidelity)).")
-    return "\n".join(lines)
+        data = json.loads(path.read_text())
+        lines += [f"### T4 rehearsal: {data['card']} capped at {data['memory_cap_gib']:g} GiB", "",
+                  f"`python benchmarks/t4_cap.py`: the real trainer at {data['resolution']} px with an effective batch "
+                  f"of {data['batch_size']}, its hardware plan probing per-step batches; torch {data['torch']}; "
+                  f"{data['date']}.", "",
+                  "| control | trainable parameters | per-step batch | memory savers | peak reserved GiB | "
+                  "s per optimizer step |", "|---|---:|---:|---|---:|---:|"]
+        for r in data["runs"]:
+            if "error" in r:
+                lines.append(f"| {r['control']} | | failed: {r['error']} | | | |")
+                continue
+            savers = ", ".join(n for n, on in (("checkpointing", r["gradient_checkpointing"]),
+                                               ("8-bit AdamW", r["use_8bit_adam"])) if on) or "none"
+            peak = r["run_peak_reserved_bytes"]
+            lines.append(f"| {r['control']} | {r['trainable_params']:,} | {r['micro_batch']} | {savers} | "
+                         f"{'' if peak is None else f'{peak / 2**30:.1f}'} | {r['step_seconds_median']} |")
+        lines += [f"- Note: {note}" for note in data.get("notes", [])]
+        lines.append("")
+    return "\n".join(lines).rstrip() or _missing("speed and memory", "python benchmarks/run.py")
 
 
-BLOCKS = {"glance": glance_block, "params": params_block, "fill50k": fill50k_block, "benchmarks": benchmarks_block,
-          "fidelity": fidelity_block, "designs": designs_block, "variants": variants_block, "proxy": proxy_block,
-          "frontier": frontier_block, "by_size": by_size_block}
+# The results files name the source paper's design as it was measured; the library's names replace
+# those (longest first, so a full label is replaced before its parts).
+NAMES = (("Lite, the seed's design", "Lite MLP (the paper's design)"), ("the seed's design", "the paper's design"),
+         ("lite-seed", "lite-mlp"), ("Lite seed", "Lite MLP"))
+
+
+def shown(text: str) -> str:
+    """`text` with the library's names for what the results files call by earlier ones."""
+    for old, new in NAMES:
+        text = text.replace(old, new)
+    return text
+
+
+# Which blocks each file holds, each made from the committed results.
+BLOCKS = {
+    "README.md": {"results": frontier_block},
+    "benchmarks/RESULTS.md": {"params": params_block, "benchmarks": benchmarks_block, "suite": suite_block,
+                              "fidelity": fidelity_block, "proxy": proxy_block, "designs": designs_block,
+                              "by_size": by_size_block, "variants": variants_block, "fill50k": fill50k_block},
+}
+
+
+def block(name: str) -> str:
+    """What block `name` holds, in the library's names."""
+    make = next(blocks[name] for blocks in BLOCKS.values() if name in blocks)
+    return shown(make())
+
+
+def refresh(relative: str) -> None:
+    """Rewrite the blocks of one file (relative to the repository) in place."""
+    path = ROOT / relative
+    text = path.read_text()
+    for name in BLOCKS[relative]:
+        pattern = rf"<!-- {name}:start.*?-->.*?<!-- {name}:end -->"
+        if not re.search(pattern, text, flags=re.S):
+            raise SystemExit(f"{relative} has no <!-- {name}:start --> ... <!-- {name}:end --> block.")
+        new = f"<!-- {name}:start (benchmarks/readme.py) -->\n{block(name)}\n<!-- {name}:end -->"
+        text = re.sub(pattern, lambda _: new, text, flags=re.S)
+    path.write_text(text)
+    print(f"Refreshed {', '.join(BLOCKS[relative])} in {relative}")
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    for name, make in BLOCKS.items():
-        pattern = rf"<!-- {name}:start.*?-->.*?<!-- {name}:end -->"
-        if not re.search(pattern, text, flags=re.S):
-            raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block.")
-        block = f"<!-- {name}:start (benchmarks/readme.py) -->\n{make()}\n<!-- {name}:end -->"
-        text = re.sub(pattern, lambda _: block, text, flags=re.S)
-    readme.write_text(text)
-    print(f"Refreshed {', '.join(BLOCKS)} in {readme}")
+    for relative in BLOCKS:
+        refresh(relative)
 
 
 if __name__ == "__main__":

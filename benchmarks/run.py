@@ -4,8 +4,8 @@ SD1.5 size, with random weights (timings and memory do not depend on weight valu
     python benchmarks/run.py                     # CPU defaults: 256 px, 1 thread
     python benchmarks/run.py --device cuda --resolution 512 --dtype fp16
 
-Writes benchmarks/results/<machine>.json and rewrites benchmarks/RESULTS.md from every
-results file. Each comparison is measured in one run, interleaved (variants take turns),
+Writes benchmarks/results/<machine>.json and refreshes benchmarks/RESULTS.md from every
+results file (benchmarks/readme.py). Each comparison is measured in one run, interleaved (variants take turns),
 after a warm-up, as the median of several repeats, so a noisy machine moves all sides alike:
 the ratios are the result; absolute CPU seconds are context only.
 """
@@ -144,58 +144,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def write_markdown() -> Path:
-    """benchmarks/RESULTS.md from every results file."""
-    lines = ["# Benchmark results", "", "Written by `python benchmarks/run.py` from `benchmarks/results/*.json`; "
-             "random weights, real SD1.5 architecture.", ""]
-    for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        if "sampling" not in data:
-            continue
-        m = data["machine"]
-        lines += [f"## {m['name']}", "",
-                  f"{m['description']}; torch {m['torch']}, diffusers {m['diffusers']}; {m['threads']} thread(s); "
-                  f"{data['settings']['dtype']}, {data['settings']['resolution']} px; {m['date']}.", ""]
-        s = data["sampling"]
-        lines += [f"Whole generation ({s['steps']} steps, guidance {s['guidance']}, median of {s['repeats']}):", "",
-                  "| variant | seconds | overhead vs. SD |", "|---|---:|---:|"]
-        for name, sec in s["seconds"].items():
-            over = s["overhead_vs_sd"].get(name)
-            lines.append(f"| {name} | {sec:.2f} | {'' if over is None else f'{over:+.1%}'} |")
-        lines += ["", "Training step (forward + backward + AdamW; peak memory includes the frozen UNet):", "",
-                  "| variant | batch | forward s | backward s | optimizer s | step s | peak memory GiB |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in data["training"]:
-            if "error" in r:
-                lines.append(f"| {r['variant']} | {r['batch']} | failed: {r['error']} | | | | |")
-                continue
-            lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | "
-                         f"{r['optimizer_s']:.3f} | {r['step_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} |")
-        lines += [""] + [f"- {line}" for line in data["summary"]]
-        lines += [f"- Note: {note}" for note in data.get("notes", [])] + [""]
-    for path in sorted(RESULTS.glob("t4-cap-*.json")):
-        lines += t4_cap_markdown(json.loads(path.read_text()))
-    out = HERE / "RESULTS.md"
-    out.write_text("\n".join(lines))
-    return out
+    """Refresh benchmarks/RESULTS.md (and README.md's results table) from every results file."""
+    import readme  # benchmarks/readme.py, beside this script
 
-
-def t4_cap_markdown(data: dict) -> list[str]:
-    """The table of a `benchmarks/t4_cap.py` run."""
-    lines = [f"## T4 rehearsal: {data['card']} capped at {data['memory_cap_gib']:g} GiB", "",
-             f"`python benchmarks/t4_cap.py`: the real trainer at {data['resolution']} px with an effective batch of "
-             f"{data['batch_size']}, its hardware plan probing per-step batches; torch {data['torch']}; {data['date']}.",
-             "", "| control | trainable parameters | per-step batch | memory savers | peak reserved GiB | "
-             "s per optimizer step |", "|---|---:|---:|---|---:|---:|"]
-    for r in data["runs"]:
-        if "error" in r:
-            lines.append(f"| {r['control']} | | failed: {r['error']} | | | |")
-            continue
-        savers = ", ".join(n for n, on in (("checkpointing", r["gradient_checkpointing"]),
-                                           ("8-bit AdamW", r["use_8bit_adam"])) if on) or "none"
-        peak = r["run_peak_reserved_bytes"]
-        lines.append(f"| {r['control']} | {r['trainable_params']:,} | {r['micro_batch']} | {savers} | "
-                     f"{'' if peak is None else f'{peak / 2**30:.1f}'} | {r['step_seconds_median']} |")
-    return lines + [""] + [f"- {line}" for line in data["summary"]] + [""]
+    readme.main()
+    return HERE / "RESULTS.md"
 
 
 def summarize(data: dict) -> list[str]:

@@ -77,9 +77,9 @@ def load_script(relative: str):
     return module
 
 
-def readme_block(name: str) -> str:
-    """What README.md holds between <!-- name:start ... --> and <!-- name:end -->."""
-    found = re.search(rf"<!-- {name}:start.*?-->\n(.*?)\n<!-- {name}:end -->", (ROOT / "README.md").read_text(),
+def readme_block(name: str, relative: str = "README.md") -> str:
+    """What `relative` (README.md by default) holds between <!-- name:start ... --> and <!-- name:end -->."""
+    found = re.search(rf"<!-- {name}:start.*?-->\n(.*?)\n<!-- {name}:end -->", (ROOT / relative).read_text(),
                       flags=re.S)
-    assert found, f"README.md lacks the {name} block"
+    assert found, f"{relative} lacks the {name} block"
     return found.group(1)
