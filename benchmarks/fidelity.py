@@ -13,7 +13,7 @@ A variant is a control kind with an optional learning rate and timestep sampling
 `--combine` is steps times each kind's step measured alone (`benchmarks/proxy_step_time.py`).
 
 The variants train on the same base and data with the same trainer, taking turns in chunks
-of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.evaluation.fidelity`).
+of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.evaluation.study`).
 Each seed writes benchmarks/results/fidelity-<base>/seed-<n>.json and a plot beside it;
 `--combine` writes benchmarks/results/fidelity-<base>.json and its plot from every seed there.
 """
@@ -30,15 +30,9 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import load_base
-from lite_controlnet.evaluation.fidelity import (
-    ScoreSettings,
-    Variant,
-    fidelity_curves,
-    plot_fidelity,
-    summarize,
-    variant_configs,
-)
-from lite_controlnet.evaluation.fidelity_seeds import combine_seeds, plot_seeds
+from lite_controlnet.evaluation.scoring import ScoreSettings
+from lite_controlnet.evaluation.study import Variant, fidelity_curves, variant_configs
+from lite_controlnet.evaluation.summary import combine_seeds, plot_fidelity, plot_seeds, summarize
 from lite_controlnet.bases import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
