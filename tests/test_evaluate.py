@@ -143,3 +143,23 @@ def test_the_report_is_score_control_of_the_pairs(tiny_base, heldout):
     assert [s["index"] for s in report["per_sample"]] == [0, 1, 2]
     assert report["one_step"]["with_control"] == one_step_scores(tiny_base, None, dataset, [0, 1, 2], 600, 7)
     assert report["settings"]["seed"] == 7 and grid.size[0] == 4 * 128  # Prompt, Control, Target, Sample
+
+
+def test_sample_and_evaluate_flags_are_the_settings_dataclasses_with_their_defaults():
+    import dataclasses
+
+    from lite_controlnet.cli import build_parser, parse_args
+    from lite_controlnet.sampling import EvaluateSettings
+
+    evaluate_args = parse_args(["evaluate", "--data", "d"])
+    sample_args = parse_args(["sample", "--prompt", "p", "--steps", "3"])
+    for f in dataclasses.fields(SampleSettings):
+        assert getattr(evaluate_args, f.name) == f.default, f.name
+        assert getattr(sample_args, f.name) == (3 if f.name == "steps" else f.default), f.name
+    assert {f.name: getattr(evaluate_args, f.name) for f in dataclasses.fields(EvaluateSettings)} == \
+        dataclasses.asdict(EvaluateSettings(data="d"))
+    commands = build_parser()._subparsers._group_actions[0].choices
+    text = commands["evaluate"].format_help()
+    assert "denoising steps; default: 20" in text and "default: 7.5" in text and "default: 800" in text
+    train_help = commands["train"].format_help()
+    assert "default: 512" in train_help and "default: None" not in train_help
