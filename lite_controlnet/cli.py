@@ -193,7 +193,7 @@ def _preset_flags(preset: Preset) -> dict[str, dict[str, Any]]:
 
 def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     """The command-line parser; with `preset`, the flags it sets default to its values."""
-    from .training.config import add_config_arguments, parse_bool
+    from .training.config import add_config_arguments
 
     def add_preset(p: argparse.ArgumentParser, sets: str) -> None:
         p.add_argument("--preset", choices=list(PRESETS), default=None,

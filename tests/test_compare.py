@@ -16,7 +16,8 @@ from lite_controlnet import build_control
 from lite_controlnet.controls import load_control
 from lite_controlnet.data.fill50k import make_fill50k
 from lite_controlnet.data.heldout import held_out_pairs
-from lite_controlnet.evaluation.report import FIDELITY_COLUMNS, bar_plots, count_parameters, markdown_table, result_rows, sample_grid
+from lite_controlnet.evaluation.report import (FIDELITY_COLUMNS, bar_plots, count_parameters, markdown_table,
+                                              result_rows, sample_grid)
 from lite_controlnet.evaluation.scoring import pipeline_for, timed_samples
 from lite_controlnet.evaluation.study import equal_budget_configs, step_seconds, train_measured
 from lite_controlnet.training.logs import LossLog

@@ -236,8 +236,8 @@ class ScoreSettings:
     heldout: int = 64  # held-out pairs scored in one step, with their own and with shuffled controls
     timestep: int = EvaluateSettings.one_step_t  # noise level of the one-step score
     sample_num: int = 32  # pairs sampled in full
-    sample_steps: int = SampleSettings.steps
-    guidance: float = 3.0  # of the sampled pairs: the proxy base's (presets.QUICK), where the studies run
+    sample_steps: int = SampleSettings.steps  # denoising steps of the pairs sampled in full
+    guidance: float = 3.0  # guidance of the pairs sampled in full: the proxy base's (presets.QUICK), where studies run
 
 
 @dataclass
@@ -340,7 +340,8 @@ def evaluate(
                            scale=sampling.scale, control_window=sampling.control_window, batch_size=batch_size)
     items = [dataset[i] for i in range(num)]
     samples = scores.samples
-    per_sample = [{"index": k, "prompt": item["prompt"], **score} for k, (item, score) in enumerate(zip(items, samples.scores))]
+    per_sample = [{"index": k, "prompt": item["prompt"], **score}
+                  for k, (item, score) in enumerate(zip(items, samples.scores))]
     rows = [[item["prompt"], to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0],
              to_pil(item["pixel_values"][None])[0], image] for item, image in zip(items[:8], samples.images)]
     one_step = {"timestep": timestep, "with_control": scores.one_step}
