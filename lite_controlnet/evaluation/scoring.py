@@ -52,7 +52,7 @@ def one_step_predictions(
     targets: torch.Tensor,
     control_images: torch.Tensor,
     prompts: list[str],
-    timestep: int = 800,
+    timestep: int = EvaluateSettings.one_step_t,
     seed: int = 0,
 ) -> torch.Tensor:
     """Clean images predicted in one step from targets noised to `timestep`; (B, 3, H, W) in [-1, 1].
@@ -92,7 +92,7 @@ def one_step_scores(
     control_model: torch.nn.Module | None,
     dataset: Any,
     indices: list[int],
-    timestep: int = 800,
+    timestep: int = EvaluateSettings.one_step_t,
     seed: int = 0,
     shuffle: bool = False,
     batch_size: int = 32,
@@ -112,7 +112,7 @@ def one_step_pair_scores(
     control_model: torch.nn.Module | None,
     dataset: Any,
     indices: list[int],
-    timestep: int = 800,
+    timestep: int = EvaluateSettings.one_step_t,
     seed: int = 0,
     shuffle: bool = False,
     batch_size: int = 32,
