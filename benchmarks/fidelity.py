@@ -13,7 +13,7 @@ A variant is a control kind with an optional learning rate and timestep sampling
 `--combine` is steps times each kind's step measured alone (`benchmarks/proxy_step_time.py`).
 
 The variants train on the same base and data with the same trainer, taking turns in chunks
-of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.evaluation.fidelity`).
+of `--eval-every` steps, and are scored after each chunk (`lite_controlnet.evaluation.study`).
 Each seed writes benchmarks/results/fidelity-<base>/seed-<n>.json and a plot beside it;
 `--combine` writes benchmarks/results/fidelity-<base>.json and its plot from every seed there.
 """
@@ -30,15 +30,10 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import load_base
-from lite_controlnet.evaluation.fidelity import (
-    ScoreSettings,
-    Variant,
-    fidelity_curves,
-    plot_fidelity,
-    summarize,
-    variant_configs,
-)
-from lite_controlnet.evaluation.fidelity_seeds import combine_seeds, plot_seeds
+from lite_controlnet.evaluation.scoring import ScoreSettings
+from lite_controlnet.evaluation.study import Variant, fidelity_curves, variant_configs
+from lite_controlnet.evaluation.summary import combine_seeds, plot_fidelity, plot_seeds, summarize
+from lite_controlnet.training.config import add_config_arguments
 from lite_controlnet.bases import PROXY_BASE_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -57,16 +52,12 @@ def main() -> None:
     parser.add_argument("--work", default="outputs/fidelity", help="data and runs (kept: re-running resumes)")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-num", type=int, default=4000)
-    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs of the one-step score")
     parser.add_argument("--steps", type=int, default=1200,
                         help="ControlNet with cubic timesteps levels off near 800 on the proxy base, with uniform "
                              "ones after 1,000 (a study resumes longer)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=2, help="full sampling every this many evaluations")
-    parser.add_argument("--sample-num", type=int, default=32)
-    parser.add_argument("--sample-steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--timestep", type=int, default=800)
+    add_config_arguments(parser, ScoreSettings, defaults=True)  # --heldout, --timestep, --sample-num, ...
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants", nargs="+",
                         default=["lite:3e-3:cubic", "lite-static:3e-3@1000", "lite-mlp:1e-3@1000",
@@ -118,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     train_dir, heldout = fill50k_splits(work, args.train_num, max(args.heldout, args.sample_num), args.resolution)
-    scoring = ScoreSettings(args.heldout, args.timestep, args.sample_num, args.sample_steps, args.guidance)
+    scoring = ScoreSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreSettings)})
     configs = variant_configs(variants, train_dir, work, args.steps, base=args.base, resolution=args.resolution,
                               batch_size=args.batch_size)
     result = fidelity_curves(configs, load_base(args.base), heldout, args.eval_every, args.sample_every, scoring,

@@ -10,7 +10,7 @@ names with the command that does (`git checkout 8ce729c && python benchmarks/lit
 
 Each candidate is a control kind (mostly `lite`) with its own module settings
 (`control_options` over the kind's design), learning rate and trainer settings, trained like the
-fidelity study's runs (same data, held-out pairs, scores and seed; `lite_controlnet.evaluation.fidelity`)
+fidelity study's runs (same data, held-out pairs, scores and seed; `lite_controlnet.evaluation.study`)
 and scored at every `--eval-every` steps,
 with full sampling at `--sample-every` evaluations and at the end. The per-step cost of each
 design at SD1.5 size comes from `benchmarks/run.py`; here: parameters at SD1.5 and at proxy size.
@@ -31,7 +31,8 @@ from fill50k_splits import fill50k_splits
 from machine import machine_description
 
 from lite_controlnet import load_base
-from lite_controlnet.evaluation.fidelity import ScoreSettings, Variant, fidelity_curves, variant_configs
+from lite_controlnet.evaluation.scoring import ScoreSettings
+from lite_controlnet.evaluation.study import Variant, fidelity_curves, variant_configs
 from lite_controlnet.model import LiteControlNetModel
 from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.bases.sd_configs import SD15_UNET_CONFIG

@@ -24,8 +24,8 @@ from machine import machine_description
 
 from lite_controlnet import TrainConfig, load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.evaluation.compare import train_measured
-from lite_controlnet.evaluation.fidelity import ScoreSettings, sample_scores, score_module
+from lite_controlnet.evaluation.scoring import ScoreSettings, score_control
+from lite_controlnet.evaluation.study import train_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +64,7 @@ def main() -> None:
     result = {
         "machine": machine_description(args.threads),
         "date": datetime.date.today().isoformat(), "settings": {**vars(args), "base_name": Path(args.base).name},
-        "text_only": score_module(base, None, heldout, scoring, full=True),
+        "text_only": score_control(base, None, heldout, scoring, seed=1).to_dict(),
         "variants": {}, "windows": {},
     }
     for k, (name, (lr, options)) in enumerate(VARIANTS.items()):
@@ -78,7 +78,7 @@ def main() -> None:
             "learning_rate": lr, "control_options": options,
             "parameters": sum(p.numel() for p in control.parameters()),
             "step_seconds": round(stats.step_seconds, 4),
-            **score_module(base, control, heldout, scoring, full=True),
+            **score_control(base, control, heldout, scoring, seed=1).to_dict(),
         }
         result["variants"][name] = row
         print(f"{name:>32}: one-step IoU {row['one_step']['disk_iou']:.3f} (shuffled "
@@ -87,7 +87,7 @@ def main() -> None:
               f"{row['step_seconds']:.3f} s/step", flush=True)
         if k == 0:  # the control window, on the default variant
             for window_name, window in WINDOWS.items():
-                s = sample_scores(base, control, heldout, scoring, window)
+                s = score_control(base, control, heldout, scoring, seed=1, control_window=window).samples.mean
                 result["windows"][window_name] = {"window": list(window), "sampling": s}
                 print(f"{'window: ' + window_name:>32}: sampled IoU {s['disk_iou']:.3f}, edge F1 {s['edge_f1']:.3f}",
                       flush=True)

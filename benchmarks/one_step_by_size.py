@@ -5,7 +5,7 @@
 
 For the fidelity study's default Lite module and its best ControlNet (cubic timesteps), each
 seed's module at the end of training, scores the 64 held-out pairs one by one with the study's
-one-step score (`evaluate.one_step_pair_scores`, so the means are the study's), then groups the pairs into four
+one-step score (`scoring.one_step_pair_scores`, so the means are the study's), then groups the pairs into four
 equal groups by the circle's radius. `--run NAME=FOLDER` adds the runs of another study (the
 folder of seed 0; `FOLDER-seedN` for the others). Writes
 benchmarks/results/one-step-by-size-proxy-base.json.
@@ -22,8 +22,7 @@ from fill50k_splits import fill50k_splits
 
 from lite_controlnet import load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.evaluation.evaluate import one_step_pair_scores
-from lite_controlnet.evaluation.fidelity import ScoreSettings
+from lite_controlnet.evaluation.scoring import ScoreSettings, one_step_pair_scores
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"Lite (default)": "run-lite-lr0.003-cubic", "ControlNet, cubic timesteps": "run-controlnet-lr0.001-cubic"}
@@ -60,7 +59,7 @@ def main() -> None:
         per_seed = []
         for seed in args.seeds:
             folder = Path(run if seed == 0 else f"{run}-seed{seed}") / "final"
-            # the arguments of the study's one-step score (`fidelity.score_module`), pair by pair
+            # the arguments of the study's one-step score (`scoring.score_control`), pair by pair
             scores = one_step_pair_scores(base, load_control(folder).eval(), heldout, list(range(len(radii))),
                                           scoring.timestep, seed=1)
             per_seed.append([s["disk_iou"] for s in scores])

@@ -19,9 +19,9 @@ from PIL import Image
 
 from lite_controlnet import load_base, load_control
 from lite_controlnet.bases import PROXY_BASE_DIR
-from lite_controlnet.evaluation.evaluate import one_step_predictions, to_pil
-from lite_controlnet.evaluation.fidelity import ScoreSettings
+from lite_controlnet.bases.latents import to_pil
 from lite_controlnet.evaluation.metrics import fill50k_scores
+from lite_controlnet.evaluation.scoring import ScoreSettings, one_step_predictions
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"Lite (default)": "run-lite-lr0.003-cubic", "ControlNet": "run-controlnet-lr0.001-cubic"}

@@ -33,6 +33,7 @@ from lite_controlnet.bases import PROXY_BASE_DIR
 from lite_controlnet.data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from lite_controlnet.evaluation.metrics import ROUND_DISK_IOU, colour_errors, count_disks, disk_roundness, segment_disk
 from lite_controlnet.pipeline import LiteControlNetPipeline
+from lite_controlnet.sampling import SampleSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "proxy_base.json"
 
@@ -60,8 +61,8 @@ def score_images(images: np.ndarray, prompts: list[str]) -> dict:
     }
 
 
-def evaluate(base: str | Path, num: int = 64, steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
-             batch: int = 32) -> dict:
+def evaluate(base: str | Path, num: int = 64, steps: int = SampleSettings.steps,
+             guidance_scale: float = SampleSettings.guidance, seed: int = 0, batch: int = 32) -> dict:
     """Sample `num` held-out prompts three ways (real, shuffled, empty) and score the images."""
     pipe = LiteControlNetPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
@@ -91,8 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", nargs="?", default=str(PROXY_BASE_DIR), help="proxy base folder")
     parser.add_argument("--num", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5])
+    parser.add_argument("--steps", type=int, default=SampleSettings.steps)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0, SampleSettings.guidance])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS), help="JSON to write ('' to only print)")
     args = parser.parse_args()

@@ -8,6 +8,7 @@ one line, `error: ...`, with exit code 2 for usage errors and 1 when the run cou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from .bases.loading import DEFAULT_BASE
 from .errors import USAGE, UsageError, run_command
 from .presets import PRESETS, Preset
+from .sampling import EvaluateSettings, SampleSettings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,31 +104,37 @@ def _read_control_image(path: str):
                          "(PNG, JPEG, ...).") from None
 
 
+def _settings(args: argparse.Namespace, settings: type) -> Any:
+    """The dataclass `settings` of the flags `add_config_arguments` made for it."""
+    return settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings)})
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from .pipeline import check_sampling_args
 
     # 1. everything that can be checked before the models are loaded
-    check_sampling_args(args.steps, args.guidance, args.scale)  # height and width: by the base, once loaded
-    _check_seed(args.seed)
+    sampling = _settings(args, SampleSettings)
+    check_sampling_args(sampling.steps, sampling.guidance, sampling.scale)  # height and width: by the base, once loaded
+    _check_seed(sampling.seed)
     out = _new_output(args)
     device, dtype = _device(args)
     image = _read_control_image(args.image) if args.image else None
     # 2. sample
-    pipe = _pipeline(args, device, dtype, scheduler=args.scheduler)
+    pipe = _pipeline(args, device, dtype, scheduler=sampling.scheduler)
     result = pipe(
         args.prompt,
         image,
         negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        controlnet_conditioning_scale=args.scale,
-        control_guidance_start=args.control_start,
-        control_guidance_end=args.control_end,
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance,
+        controlnet_conditioning_scale=sampling.scale,
+        control_guidance_start=sampling.control_start,
+        control_guidance_end=sampling.control_end,
         height=args.height,
         width=args.width,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        generator=torch.Generator(device="cpu").manual_seed(sampling.seed),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     result.images[0].save(out)
@@ -142,37 +150,30 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .data.paired import PairedDataset
-    from .evaluation.evaluate import evaluate, native_resolution, one_step_scores, write_report
+    from .evaluation.scoring import evaluate, native_resolution, write_report
     from .pipeline import check_sampling_args
 
-    check_sampling_args(args.steps, args.guidance, args.scale)
-    _check_seed(args.seed)
-    if args.num < 1:
-        raise UsageError(f"--num {args.num} is invalid: expected a whole number >= 1.")
-    if args.resolution is not None and (args.resolution < 8 or args.resolution % 8):
-        raise UsageError(f"--resolution {args.resolution} is invalid: expected a multiple of 8 (e.g. 512).")
+    settings, sampling = _settings(args, EvaluateSettings), _settings(args, SampleSettings)
+    check_sampling_args(sampling.steps, sampling.guidance, sampling.scale)
+    _check_seed(sampling.seed)
+    if settings.num < 1:
+        raise UsageError(f"--num {settings.num} is invalid: expected a whole number >= 1.")
+    if settings.resolution is not None and (settings.resolution < 8 or settings.resolution % 8):
+        raise UsageError(f"--resolution {settings.resolution} is invalid: expected a multiple of 8 (e.g. 512).")
     out = _new_output(args, suffixes=(".json",))
-    pipe = _pipeline(args, *_device(args))
+    pipe = _pipeline(args, *_device(args), scheduler=sampling.scheduler)
     pipe.set_progress_bar_config(disable=True)
-    base = pipe.base_models()
-    if not 0 <= args.one_step_t < pipe.scheduler.config.num_train_timesteps:
-        raise UsageError(f"--one-step-t {args.one_step_t} is invalid: expected a timestep from 0 to "
+    if not 0 <= settings.one_step_t < pipe.scheduler.config.num_train_timesteps:
+        raise UsageError(f"--one-step-t {settings.one_step_t} is invalid: expected a timestep from 0 to "
                          f"{pipe.scheduler.config.num_train_timesteps - 1}.")
-    dataset = PairedDataset(args.data, resolution=args.resolution or native_resolution(base), manifest=args.manifest,
-                            convert_mode=args.convert_mode)
-    report, grid = evaluate(pipe, dataset, num=args.num, steps=args.steps, seed=args.seed,
-                            guidance=args.guidance, scale=args.scale)
-    indices = list(range(args.num))
-    report["one_step"] = {"timestep": args.one_step_t,
-                          "with_control": one_step_scores(base, pipe.controlnet, dataset, indices, args.one_step_t, args.seed)}
-    if pipe.controlnet is not None:
-        report["one_step"]["shuffled_control"] = one_step_scores(base, pipe.controlnet, dataset, indices,
-                                                                 args.one_step_t, args.seed, shuffle=True)
+    dataset = PairedDataset(settings.data, resolution=settings.resolution or native_resolution(pipe.base_models()),
+                            manifest=settings.manifest, convert_mode=settings.convert_mode)
+    report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t)
     report_path, grid_path = write_report(report, grid, out)
     mean = report["mean"]
     print(f"disk IoU {mean['disk_iou']:.3f}, circle colour error {mean['circle_colour_error'] or float('nan'):.1f}, "
           f"background colour error {mean['background_colour_error'] or float('nan'):.1f}, edge F1 {mean['edge_f1']:.3f} "
-          f"over {mean['count']} samples; one-step IoU (t={args.one_step_t}) "
+          f"over {mean['count']} samples; one-step IoU (t={settings.one_step_t}) "
           f"{report['one_step']['with_control']['disk_iou']:.3f}")
     print(f"Wrote {report_path} and {grid_path}")
 
@@ -192,7 +193,7 @@ def _preset_flags(preset: Preset) -> dict[str, dict[str, Any]]:
 
 def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     """The command-line parser; with `preset`, the flags it sets default to its values."""
-    from .training.config import add_config_arguments, parse_bool
+    from .training.config import add_config_arguments
 
     def add_preset(p: argparse.ArgumentParser, sets: str) -> None:
         p.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -233,15 +234,9 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="control image (e.g. a Fill50k source/N.png)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--scale", type=float, default=1.0, help="control strength (0: base model alone)")
-    p.add_argument("--control-start", type=float, default=0.0)
-    p.add_argument("--control-end", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scheduler", choices=["unipc", "ddim"], default="unipc")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_config_arguments(p, SampleSettings, defaults=True)
+    p.add_argument("--height", type=int, default=None, help="default: the control image's, else the base's size")
+    p.add_argument("--width", type=int, default=None, help="default: the control image's, else the base's size")
     p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
     p.add_argument("--out", default="out.png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -251,20 +246,11 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="sample held-out Fill50k pairs and score disk IoU, colours, edges")
     p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
-    p.add_argument("--data", required=True, help="held-out pairs (e.g. make-fill50k data/heldout --seed 1)")
-    p.add_argument("--manifest", default=None, help="the manifest file, when the data folder holds several")
-    p.add_argument("--convert-mode", type=parse_bool, default=False, metavar="{true,false}",
-                   help="convert grey, palette or RGBA images to RGB (default: false)")
-    p.add_argument("--num", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=None, help="default: the base's native size")
-    p.add_argument("--one-step-t", type=int, default=800, help="timestep of the one-step score")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="report.json")
-    p.add_argument("--overwrite", action="store_true")
+    add_config_arguments(p, EvaluateSettings, defaults=True)
+    add_config_arguments(p, SampleSettings, defaults=True)
+    p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
+    p.add_argument("--out", default="report.json", help="the JSON report; the grid of samples goes beside it (.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_preset(p, "--base and --guidance")
     p.set_defaults(func=_evaluate)
 

@@ -91,3 +91,25 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}: expected one of {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+def apply(preset: Preset | str, parameters: dict[str, Any]) -> None:
+    """Set the notebook parameters that `preset` decides, in `parameters` (a notebook's `globals()`).
+
+    Only the parameters the notebook defines are set: `BASE_MODEL`, `NUM_SAMPLES`, `RESOLUTION`,
+    `EPOCHS`, `BATCH_SIZE`, `GUIDANCE`, `COMPARE_STEPS` (the preset's steps) and `EVAL_EVERY` (a
+    quarter of them). `TRAIN_OVERRIDES` gains the preset's workers and, with `CONTROL_KIND`, that
+    kind's learning rate; `LEARNING_RATES` the rate of each of `KINDS`. What the notebook already
+    put in `TRAIN_OVERRIDES` or `LEARNING_RATES` wins.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    values = {"BASE_MODEL": preset.base, "NUM_SAMPLES": preset.num_samples, "RESOLUTION": preset.resolution,
+              "EPOCHS": preset.epochs, "BATCH_SIZE": preset.batch_size, "GUIDANCE": preset.guidance,
+              "COMPARE_STEPS": preset.steps, "EVAL_EVERY": preset.steps // 4}
+    parameters.update({name: value for name, value in values.items() if name in parameters})
+    if "TRAIN_OVERRIDES" in parameters:
+        rate = {"learning_rate": preset.learning_rate(parameters["CONTROL_KIND"])} if "CONTROL_KIND" in parameters else {}
+        parameters["TRAIN_OVERRIDES"] = {**rate, "num_workers": preset.num_workers, **parameters["TRAIN_OVERRIDES"]}
+    if "LEARNING_RATES" in parameters and "KINDS" in parameters:
+        parameters["LEARNING_RATES"] = {**{kind: preset.learning_rate(kind) for kind in parameters["KINDS"]},
+                                        **parameters["LEARNING_RATES"]}

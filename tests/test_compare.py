@@ -1,6 +1,7 @@
-"""The comparison's measurements: equal-budget configs, step time, peak memory, sampling, the table."""
+"""The comparison's measurements: equal-budget configs, step time, peak memory, timed sampling, the table."""
 
 import json
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -9,22 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from safetensors import safe_open
+
 from lite_controlnet import build_control
-from lite_controlnet.evaluation.compare import (
-    bar_plots,
-    count_parameters,
-    equal_budget_configs,
-    held_out_samples,
-    markdown_table,
-    pipeline_for,
-    result_rows,
-    sample_and_score,
-    sample_grid,
-    step_seconds,
-    train_measured,
-)
 from lite_controlnet.controls import load_control
 from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.data.heldout import held_out_pairs
+from lite_controlnet.evaluation.report import (FIDELITY_COLUMNS, bar_plots, count_parameters, markdown_table,
+                                              result_rows, sample_grid)
+from lite_controlnet.evaluation.scoring import pipeline_for, timed_samples
+from lite_controlnet.evaluation.study import equal_budget_configs, step_seconds, train_measured
 from lite_controlnet.training.logs import LossLog
 
 
@@ -33,9 +28,17 @@ def fill50k_small(tmp_path_factory):
     return make_fill50k(tmp_path_factory.mktemp("fill50k"), num=8, size=64, progress=False, workers=1)
 
 
-def test_count_parameters():
-    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False))
-    assert count_parameters(module) == 3 * 4 + 4 + 4 * 2
+def test_the_parameters_counted_are_the_values_the_module_saves(tiny_base, tmp_path):
+    module = build_control("lite", tiny_base.unet)
+    module.requires_grad_(False)  # frozen or not, every parameter counts
+    module.save_pretrained(tmp_path / "lite")
+    files = list((tmp_path / "lite").glob("*.safetensors"))
+    saved = 0
+    for path in files:
+        with safe_open(path, "pt") as weights:
+            saved += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    assert len(files) == 1 and count_parameters(module) == saved > 0
+    assert count_parameters(load_control(tmp_path / "lite")) == saved  # and as loaded again
 
 
 def test_step_seconds_is_the_median_step_of_the_cumulative_log(tmp_path):
@@ -85,27 +88,20 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
     configs = equal_budget_configs(fill50k_small, tmp_path, steps=2, base=str(tiny_base_dir), resolution=64,
                                    batch_size=4, num_workers=0, num_validation=1, validation_steps=1)
     training = {kind: train_measured(cfg, progress=False) for kind, cfg in configs.items()}
-    samples = held_out_samples(2, 64)
-    fake_metrics = SimpleNamespace(
-        fill50k_scores=lambda image, control, prompt: {"disk_iou": float(np.asarray(image).mean() / 255),
-                                                       "circle_colour_error": None},
-        aggregate_scores=lambda scores: {"disk_iou": {"mean": float(np.mean([s["disk_iou"] for s in scores]))},
-                                         "circle_colour_error": None, "circle_colour_error_none": len(scores),
-                                         "count": len(scores), "note": "text"},
-    )
+    samples = held_out_pairs(2, 64).pairs()
     sampling, parameters = {}, {}
     for kind, stats in training.items():
         assert stats.kind == kind and stats.steps == 2 and stats.step_seconds > 0 and stats.peak_memory > 0
         control = load_control(stats.final)
         parameters[kind] = count_parameters(control)
         pipe = pipeline_for(tiny_base, control)
-        sampling[kind] = sample_and_score(pipe, kind, samples, steps=2, metrics=fake_metrics)
+        sampling[kind] = timed_samples(pipe, samples, steps=2)
         # the k-th image is the pipeline's image for seed k
         again = pipe(samples[1][1], samples[1][0], num_inference_steps=2,
                      generator=torch.Generator().manual_seed(1)).images[0]
         assert np.array_equal(np.asarray(sampling[kind].images[1]), np.asarray(again))
-        # numbers only (a mean is taken from a dict)
-        assert set(sampling[kind].scores) == {"disk_iou", "circle_colour_error_none", "count"}
+        assert len(sampling[kind].scores) == 2 and sampling[kind].mean["count"] == 2  # each image scored
+        assert sampling[kind].seconds_per_image > 0
     for kind, count in parameters.items():  # what was trained and saved, counted as built
         assert count == sum(p.numel() for p in build_control(kind, tiny_base.unet).parameters()), kind
     assert parameters["controlnet"] > 3 * parameters["lite"]  # on the tiny base; at SD1.5 size 250x (test_model)
@@ -115,7 +111,7 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
 
     rows = result_rows(parameters, training, sampling)
     assert [row["module"] for row in rows] == ["lite", "controlnet"]
-    assert list(rows[0])[-1] == "disk IoU (higher is better)"  # the headline scores measured, named
+    assert list(rows[0])[5:] == list(FIDELITY_COLUMNS.values())  # the headline scores measured, named
     table = markdown_table(rows)
     assert table.splitlines()[0].startswith("| module | parameters | train s/step |")
     assert f"{parameters['controlnet']:,}" in table and len(table.splitlines()) == 4
@@ -129,16 +125,6 @@ def test_training_and_sampling_are_measured_for_both_kinds(tiny_base_dir, tiny_b
     assert not any(title.startswith("train memory") for title in titles)  # n/a is not plotted
     grid = sample_grid(samples, sampling, count=2)
     assert grid.size == (128 * 4, 20 + 128 * 2)  # 64 px enlarged to 128 px tiles
-
-
-def test_held_out_samples_are_new_circles():
-    from lite_controlnet.data.fill50k import render_fill50k_sample
-
-    samples = held_out_samples(3, 64)
-    assert len(samples) == 3 and all(control.size == (64, 64) and " circle with " in prompt
-                                     for control, prompt in samples)
-    first_training_sample = render_fill50k_sample(0, 64)[0]
-    assert not np.array_equal(np.asarray(samples[0][0]), np.asarray(first_training_sample))
 
 
 def test_markdown_table_formats_numbers():
@@ -161,16 +147,13 @@ class TargetPipe:
         return SimpleNamespace(images=[self.targets[(k + self.shift) % len(self.targets)] for k in ks])
 
 
-def test_scores_come_from_the_metrics_module():
-    from lite_controlnet.evaluation import metrics
-    from lite_controlnet.evaluation.compare import HELD_OUT_START
-    from lite_controlnet.data.fill50k import render_fill50k_sample
-
-    samples = held_out_samples(3, 64)
-    targets = [render_fill50k_sample(HELD_OUT_START + k, 64)[1] for k in range(3)]
-    perfect = sample_and_score(TargetPipe(samples, targets), "oracle", samples, steps=1, metrics=metrics)
-    assert perfect.scores["count"] == 3
-    assert perfect.scores["disk_iou"] > 0.95 and perfect.scores["edge_f1"] > 0.9
-    assert perfect.scores["circle_colour_error"] < 3  # each image scored against its own prompt's colours
-    misplaced = sample_and_score(TargetPipe(samples, targets, shift=1), "misplaced", samples, steps=1, metrics=metrics)
-    assert misplaced.scores["disk_iou"] < 0.5 and misplaced.scores["edge_f1"] < 0.5
+def test_timed_samples_are_scored_against_their_own_controls():
+    pairs = held_out_pairs(3, 64)
+    samples = pairs.pairs()
+    targets = [pairs.images(k)[1] for k in range(3)]
+    perfect = timed_samples(TargetPipe(samples, targets), samples, steps=1).mean
+    assert perfect["count"] == 3
+    assert perfect["disk_iou"] > 0.95 and perfect["edge_f1"] > 0.9
+    assert perfect["circle_colour_error"] < 3  # each image scored against its own prompt's colours
+    misplaced = timed_samples(TargetPipe(samples, targets, shift=1), samples, steps=1).mean
+    assert misplaced["disk_iou"] < 0.5 and misplaced["edge_f1"] < 0.5

@@ -6,12 +6,14 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from lite_controlnet.evaluation import evaluate as evaluate_module
+from lite_controlnet.bases.latents import to_pil
 from lite_controlnet.bases.loading import BaseModels
 from lite_controlnet.cli import main as cli_main
-from lite_controlnet.data.paired import PairedDataset
-from lite_controlnet.evaluation.evaluate import evaluate, one_step_scores
 from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.data.paired import PairedDataset
+from lite_controlnet.evaluation import scoring
+from lite_controlnet.evaluation.scoring import evaluate, one_step_scores, sample_pairs
+from lite_controlnet.sampling import SampleSettings
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +34,27 @@ class OraclePipe:
         self.calls = []
 
     def __call__(self, prompts, controls, generator=None, **kwargs):
-        from lite_controlnet.bases.latents import to_pil
-
         self.calls.append([g.initial_seed() for g in generator])
         return type("Out", (), {"images": to_pil(torch.stack([self.by_prompt[p] for p in prompts]))})
 
 
+def pairs_of(dataset, num):
+    """(control image, prompt) of the first `num` pairs, as `evaluate` samples them."""
+    return [(to_pil(dataset[i]["conditioning_pixel_values"][None] * 2 - 1)[0], dataset[i]["prompt"]) for i in range(num)]
+
+
 def test_true_targets_score_as_perfect_and_misplaced_ones_do_not(heldout):
     dataset = PairedDataset(heldout, resolution=64)
-    report, grid = evaluate(OraclePipe(dataset), dataset, num=10, batch_size=4, seed=5)
-    mean = report["mean"]
-    assert mean["count"] == 10 and mean["disk_iou"] >= 0.95 and mean["circle_colour_error"] < 3
-    assert [s["index"] for s in report["per_sample"]] == list(range(10))
-    assert grid.size[0] == 4 * 128  # Prompt, Control, Target, Sample
-    wrong, _ = evaluate(OraclePipe(dataset, offset=1), dataset, num=10, batch_size=4)
-    assert wrong["mean"]["disk_iou"] < 0.5
+    perfect = sample_pairs(OraclePipe(dataset), pairs_of(dataset, 10), batch_size=4, seed=5)
+    assert perfect.mean["count"] == 10 and perfect.mean["disk_iou"] >= 0.95 and perfect.mean["circle_colour_error"] < 3
+    wrong = sample_pairs(OraclePipe(dataset, offset=1), pairs_of(dataset, 10), batch_size=4)
+    assert wrong.mean["disk_iou"] < 0.5
 
 
 def test_each_sample_gets_its_own_seed(heldout):
     dataset = PairedDataset(heldout, resolution=64)
     pipe = OraclePipe(dataset)
-    evaluate(pipe, dataset, num=6, batch_size=4, seed=100)
+    sample_pairs(pipe, pairs_of(dataset, 6), batch_size=4, seed=100)
     assert pipe.calls == [[100, 101, 102, 103], [104, 105]]
 
 
@@ -72,8 +74,8 @@ def test_a_perfect_one_step_prediction_gives_back_the_target(tiny_base, heldout,
         return {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * clean, "sample": clean}[
             prediction_type]
 
-    monkeypatch.setattr(evaluate_module, "prepare_control", lambda control, controls, dtype: controls)
-    monkeypatch.setattr(evaluate_module, "controlled_unet", oracle)
+    monkeypatch.setattr(scoring, "prepare_control", lambda control, controls, dtype: controls)
+    monkeypatch.setattr(scoring, "controlled_unet", oracle)
     # in pixel space (no VAE), so that the target is what the UNet works on
     base = BaseModels(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.unet,
                       DDPMScheduler(prediction_type=prediction_type), vae=None)
@@ -94,11 +96,8 @@ def test_an_unknown_prediction_type_is_refused_by_name(tiny_base, heldout):
 
 
 def test_held_out_pairs_are_the_pairs_make_fill50k_writes(heldout):
-    """The in-memory held-out pairs are, tensor for tensor, the dataset seed 1 folder read back;
-    compare's held-out samples are samples 10,000,000... of seed 0."""
-    from lite_controlnet.evaluation.compare import held_out_samples
-    from lite_controlnet.data.fill50k import render_fill50k_sample
-    from lite_controlnet.data.heldout import COMPARE_START, held_out_pairs
+    """The in-memory held-out pairs are, tensor for tensor, the dataset seed 1 folder read back."""
+    from lite_controlnet.data.heldout import held_out_pairs
 
     folder, pairs = PairedDataset(heldout, resolution=64), held_out_pairs(12, 64)
     assert len(pairs) == 12 and pairs.resolution == 64
@@ -106,9 +105,7 @@ def test_held_out_pairs_are_the_pairs_make_fill50k_writes(heldout):
         for key in ("pixel_values", "conditioning_pixel_values"):
             assert torch.equal(pairs[i][key], folder[i][key]), (i, key)
         assert pairs[i]["prompt"] == folder[i]["prompt"] == pairs.prompts[i]
-    control, _, prompt = render_fill50k_sample(COMPARE_START + 1, 64, 0)
-    sample = held_out_samples(2, 64)[1]
-    assert np.array_equal(np.asarray(sample[0]), np.asarray(control)) and sample[1] == prompt
+    assert [control.tobytes() for control, _ in pairs.pairs()] == [pairs.images(i)[0].tobytes() for i in range(12)]
 
 
 def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, tiny_base, heldout, tmp_path, capsys):
@@ -133,3 +130,36 @@ def test_evaluate_cli_writes_report_and_grid(tiny_base_dir, tiny_base, heldout, 
     assert out.read_bytes() == written
     with pytest.raises(ValueError, match="only 12 pairs"):
         evaluate(OraclePipe(PairedDataset(heldout, resolution=64)), PairedDataset(heldout, resolution=64), num=20)
+
+
+def test_the_report_is_score_control_of_the_pairs(tiny_base, heldout):
+    """`evaluate` reports the one scoring path's numbers: sampled pair by pair with seed + k, and one step."""
+    dataset = PairedDataset(heldout, resolution=64)
+    pipe = scoring.pipeline_for(tiny_base, None)
+    sampling = SampleSettings(steps=2, guidance=3.0, seed=7)
+    report, grid = evaluate(pipe, dataset, num=3, sampling=sampling, timestep=600)
+    alone = sample_pairs(pipe, pairs_of(dataset, 3), steps=2, guidance=3.0, seed=7, size=64)
+    assert [s["disk_iou"] for s in report["per_sample"]] == [s["disk_iou"] for s in alone.scores]
+    assert [s["index"] for s in report["per_sample"]] == [0, 1, 2]
+    assert report["one_step"]["with_control"] == one_step_scores(tiny_base, None, dataset, [0, 1, 2], 600, 7)
+    assert report["settings"]["seed"] == 7 and grid.size[0] == 4 * 128  # Prompt, Control, Target, Sample
+
+
+def test_sample_and_evaluate_flags_are_the_settings_dataclasses_with_their_defaults():
+    import dataclasses
+
+    from lite_controlnet.cli import build_parser, parse_args
+    from lite_controlnet.sampling import EvaluateSettings
+
+    evaluate_args = parse_args(["evaluate", "--data", "d"])
+    sample_args = parse_args(["sample", "--prompt", "p", "--steps", "3"])
+    for f in dataclasses.fields(SampleSettings):
+        assert getattr(evaluate_args, f.name) == f.default, f.name
+        assert getattr(sample_args, f.name) == (3 if f.name == "steps" else f.default), f.name
+    assert {f.name: getattr(evaluate_args, f.name) for f in dataclasses.fields(EvaluateSettings)} == \
+        dataclasses.asdict(EvaluateSettings(data="d"))
+    commands = build_parser()._subparsers._group_actions[0].choices
+    text = commands["evaluate"].format_help()
+    assert "denoising steps; default: 20" in text and "default: 7.5" in text and "default: 800" in text
+    train_help = commands["train"].format_help()
+    assert "default: 512" in train_help and "default: None" not in train_help

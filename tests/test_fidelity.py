@@ -5,12 +5,13 @@ import json
 import pytest
 
 from lite_controlnet.data.paired import PairedDataset
-from lite_controlnet.evaluation.fidelity import (ProbeSettings, Variant, fidelity_curves, reached, summarize, training_stats,
-                                      variant_configs)
 from lite_controlnet.data.fill50k import make_fill50k
+from lite_controlnet.evaluation.scoring import ScoreSettings
+from lite_controlnet.evaluation.study import Variant, fidelity_curves, training_stats, variant_configs
+from lite_controlnet.evaluation.summary import combine_seeds, summarize
 from lite_controlnet.training.logs import LossLog
 
-PROBE = ProbeSettings(heldout=2, sample_num=2, sample_steps=2, guidance=3.0)
+SCORING = ScoreSettings(heldout=2, sample_num=2, sample_steps=2, guidance=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +54,12 @@ def test_variants_parse_and_name_their_runs():
         Variant.parse("lite:1e-3:cube")
 
 
-def test_reached_counts_the_gain_over_no_control():
-    curve = [{"step": s, "seconds": s / 10, "iou": v} for s, v in ((1, 0.61), (2, 0.68), (3, 0.70))]
-    assert reached(curve, "iou", start=0.60) == {"step": 3, "seconds": 0.3}  # step 2 made 0.08 of the 0.10
-    assert reached(curve, "iou", start=0.60, fraction=0.5) == {"step": 2, "seconds": 0.2}
-    assert reached(curve, "iou", start=0.0) == {"step": 2, "seconds": 0.2}  # counted from 0, step 2 looks done
-    assert reached(curve, "iou", start=0.75) is None  # never above no control
-    assert reached(curve, "iou", start=0.695) is None  # half an IoU point is noise, not a gain
-
-
 def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, tiny_base, splits, tmp_path):
     train_dir, heldout = splits
     configs = configs_for(tiny_base_dir, train_dir, tmp_path)
     state = tmp_path / "fidelity.json"
     lines = []
-    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE,
+    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, scoring=SCORING,
                              log=lines.append, state=state)
     assert {label: [p["step"] for p in curve] for label, curve in result["curves"].items()} == {
         "lite lr 0.001": [1, 2], "controlnet": [1, 2]}
@@ -78,11 +70,12 @@ def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, 
     assert json.loads(state.read_text())["curves"] == result["curves"]
     stats = training_stats(result, configs)
     assert stats["controlnet"].steps == 2 and stats["controlnet"].final.name == "final"
-    assert result["summary"]["best_variant_at_equal_wall_clock"] == {"lite": "lite lr 0.001", "controlnet": "controlnet"}
+    assert result["summary"]["best_variant"] == {"lite": "lite lr 0.001", "controlnet": "controlnet"}
+    assert result["summary"] == combine_seeds([result])["summary"]  # one definition of equal wall-clock
 
     # called again (a notebook after a disconnect): nothing is trained or scored twice
     logs = {label: LossLog(cfg.output).read() for label, cfg in configs.items()}
-    again = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE,
+    again = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, scoring=SCORING,
                             log=lines.append, state=state)
     assert again["curves"] == result["curves"] and len(lines) == 4
     assert {label: LossLog(cfg.output).read() for label, cfg in configs.items()} == logs
@@ -90,21 +83,21 @@ def test_curves_are_scored_per_chunk_and_resume_from_their_state(tiny_base_dir, 
     # the same study made longer continues from its points; cut shorter, the runs it trained past
     # cannot be scored at the new end
     longer = fidelity_curves(configs_for(tiny_base_dir, train_dir, tmp_path, steps=3), tiny_base, heldout,
-                             eval_every=1, sample_every=2, probe=PROBE, log=lines.append, state=state)
+                             eval_every=1, sample_every=2, scoring=SCORING, log=lines.append, state=state)
     assert [p["step"] for p in longer["curves"]["controlnet"]] == [1, 2, 3] and len(lines) == 6
     assert longer["curves"]["controlnet"][:2] == result["curves"]["controlnet"]
     assert "sampling" in longer["curves"]["controlnet"][2] and "no_prompt" in longer["curves"]["controlnet"][2]
     with pytest.raises(RuntimeError, match="no checkpoint of step 1"):
         fidelity_curves(configs_for(tiny_base_dir, train_dir, tmp_path, steps=1), tiny_base, heldout,
-                        eval_every=1, probe=PROBE, state=state)
+                        eval_every=1, scoring=SCORING, state=state)
 
     # other settings against the same state, or a run folder ahead of the first chunk, are refused
     with pytest.raises(ValueError, match="holds the scores of other settings"):
-        fidelity_curves(configs, tiny_base, heldout, eval_every=2, probe=PROBE, state=state)
+        fidelity_curves(configs, tiny_base, heldout, eval_every=2, scoring=SCORING, state=state)
     with pytest.raises(RuntimeError, match="holds 3 steps, not 1"):
-        fidelity_curves(configs, tiny_base, heldout, eval_every=1, probe=PROBE, state=tmp_path / "other.json")
+        fidelity_curves(configs, tiny_base, heldout, eval_every=1, scoring=SCORING, state=tmp_path / "other.json")
     with pytest.raises(ValueError, match="multiple of eval_every=3"):
-        fidelity_curves(configs, tiny_base, heldout, eval_every=3, probe=PROBE)
+        fidelity_curves(configs, tiny_base, heldout, eval_every=3, scoring=SCORING)
 
 
 def test_a_run_with_fewer_steps_stops_there_while_the_others_go_on(tiny_base_dir, tiny_base, splits, tmp_path):
@@ -112,7 +105,7 @@ def test_a_run_with_fewer_steps_stops_there_while_the_others_go_on(tiny_base_dir
     variants = [Variant.parse("lite:1e-3@1"), Variant.parse("controlnet")]
     configs = variant_configs(variants, train_dir, tmp_path, 2, base=str(tiny_base_dir), resolution=64, batch_size=4,
                               num_validation=1, validation_steps=1)
-    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, probe=PROBE, log=lambda _: None)
+    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, sample_every=2, scoring=SCORING, log=lambda _: None)
     lite, cn = result["curves"]["lite lr 0.001"], result["curves"]["controlnet"]
     assert [p["step"] for p in lite] == [1] and [p["step"] for p in cn] == [1, 2]
     assert "sampling" in lite[0] and "no_prompt" in lite[0]  # its end: scored in full
@@ -125,36 +118,33 @@ def test_a_study_can_gain_a_variant_and_keeps_the_points_it_has(tiny_base_dir, t
     settings = dict(base=str(tiny_base_dir), resolution=64, batch_size=4, num_validation=1, validation_steps=1)
     state = tmp_path / "state.json"
     first = fidelity_curves(variant_configs([Variant.parse("lite:1e-3")], train_dir, tmp_path, 1, **settings),
-                            tiny_base, heldout, eval_every=1, probe=PROBE, log=lambda _: None, state=state)
+                            tiny_base, heldout, eval_every=1, scoring=SCORING, log=lambda _: None, state=state)
     lines = []
     both = variant_configs([Variant.parse("lite:1e-3"), Variant.parse("lite:1e-3:uniform")], train_dir, tmp_path, 1,
                            **settings)
-    again = fidelity_curves(both, tiny_base, heldout, eval_every=1, probe=PROBE, log=lines.append, state=state)
+    again = fidelity_curves(both, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state)
     assert again["curves"]["lite lr 0.001"] == first["curves"]["lite lr 0.001"]
     assert len(lines) == 1 and "lite lr 0.001 uniform" in lines[0]  # only the new variant was trained
     assert again["variants"]["lite lr 0.001 uniform"]["timestep_sampling"] == "uniform"
     assert again["variants"]["lite lr 0.001"]["timestep_sampling"] == "cubic"  # the default Lite's
 
 
-def test_summary_answers_the_equal_budget_questions():
+def test_one_seeds_summary_reads_equal_wall_clock_where_controlnet_plateaus():
     def curve(points):
-        return [{"step": s, "seconds": t, "one_step_iou": v, "no_prompt": {"disk_iou": v - 0.05}} for s, t, v in points]
+        return [{"step": s, "seconds": t, "one_step_iou": v, "one_step_shuffled_iou": 0.60,
+                 "sampling": {"disk_iou": v - 0.5, "edge_f1": 0.1, "circle_colour_error": 5.0}} for s, t, v in points]
 
     result = {
-        "text_only": {"one_step": {"disk_iou": 0.60}, "no_prompt": {"disk_iou": 0.55}},
-        "variants": {"lite": {"kind": "lite"}, "cn slow": {"kind": "controlnet"}, "cn": {"kind": "controlnet"}},
-        "curves": {"lite": curve([(1, 10, 0.66), (2, 20, 0.68)]),
-                   "cn slow": curve([(1, 15, 0.60), (2, 30, 0.61)]),
-                   "cn": curve([(1, 15, 0.70), (2, 30, 0.80)])},
+        "text_only": {"one_step": {"disk_iou": 0.60}, "sampling": {"disk_iou": 0.05}},
+        "variants": {"lite": {"kind": "lite", "seed": 0}, "cn slow": {"kind": "controlnet", "seed": 0},
+                     "cn": {"kind": "controlnet", "seed": 0}},
+        "curves": {"lite": curve([(1, 10, 0.66), (2, 20, 0.68), (3, 30, 0.69)]),
+                   "cn slow": curve([(1, 15, 0.60), (2, 30, 0.61), (3, 45, 0.62)]),
+                   "cn": curve([(1, 15, 0.70), (2, 30, 0.80), (3, 45, 0.81)])},
     }
     s = summarize(result)
-    assert s["equal_wall_clock_seconds"] == 20  # the shortest run's training time
-    assert s["one_step_iou_at_equal_wall_clock"] == {"lite": 0.68, "cn slow": 0.60, "cn": 0.70}
-    assert s["best_variant_at_equal_wall_clock"] == {"lite": "lite", "controlnet": "cn"}
-    assert s["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"]  # 0.68 >= 0.63
-    assert s["lite_share_of_controlnet_gain_at_equal_wall_clock"] == pytest.approx(0.8)  # 0.08 of 0.10
-    assert s["no_prompt_one_step_iou"]["lite"] == pytest.approx(0.63)
-    result["curves"]["cn"] = curve([(1, 15, 0.60), (2, 30, 0.605)])  # ControlNet not yet moving
-    s = summarize(result)
-    assert s["lite_share_of_controlnet_gain_at_equal_wall_clock"] is None
-    assert s["reach_90pct_of_final_one_step_gain"]["cn"] is None
+    assert s["best_variant"] == {"lite": "lite", "controlnet": "cn"}  # each kind at its best final sampled IoU
+    # the best ControlNet's sampled IoU is within 5% of its best (0.31) from step 2, 30 s: Lite is read there
+    assert (s["controlnet_plateau"]["step"], s["controlnet_plateau"]["seconds"]) == (2, 30)
+    assert s["by_kind"]["lite"]["equal_wall_clock"]["step"] == 3
+    assert s["share_of_controlnet"]["lite"]["equal_wall_clock"]["one_step_gain"] == pytest.approx(0.45)  # .09 of .20

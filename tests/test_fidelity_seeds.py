@@ -2,7 +2,7 @@
 
 import pytest
 
-from lite_controlnet.evaluation.fidelity_seeds import combine_seeds, mean_curve
+from lite_controlnet.evaluation.summary import combine_seeds, mean_curve
 
 TEXT_ONLY = {"one_step": {"disk_iou": 0.60}, "sampling": {"disk_iou": 0.02, "edge_f1": 0.05}}
 

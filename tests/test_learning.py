@@ -15,7 +15,7 @@ The thresholds below leave about half of each gap as margin.
 import pytest
 
 from lite_controlnet import PairedDataset, TrainConfig, load_base, load_control, make_fill50k, train
-from lite_controlnet.evaluation.evaluate import one_step_scores
+from lite_controlnet.evaluation.scoring import one_step_scores
 
 STEPS = 200
 # The small module needs a larger step than the SD1.5 default 1e-4 on this base; the default

@@ -187,8 +187,8 @@ def test_compare_prints_the_table_for_both_modules(runs):
     state = json.loads((runs["output"] / "compare" / "fidelity.json").read_text())
     assert {label: [p["step"] for p in curve] for label, curve in state["curves"].items()} == {
         "lite": [2, 4], "controlnet": [2, 4]}
-    summary = [text for text in execute_results(nb) if "equal_wall_clock_seconds" in text]
-    assert summary and "lite_reaches_90pct_of_controlnet_at_equal_wall_clock" in summary[0]
+    summary = [text for text in execute_results(nb) if "controlnet_plateau" in text]
+    assert summary and "share_of_controlnet" in summary[0]  # Lite read at equal wall-clock
 
 
 def test_sample_shows_the_panel_an_image_and_a_strip(runs):
@@ -236,3 +236,22 @@ def test_notebooks_name_the_repository_of_the_readme():
         text = json.dumps(read(name))
         assert BADGE.format(repo=repo, name=name) in text
         assert f'REPO_URL = \\"https://github.com/{repo}\\"' in text
+
+
+def test_a_preset_sets_the_parameters_a_notebook_defines_and_its_overrides_win():
+    from lite_controlnet import presets
+
+    quick = presets.QUICK
+    train = {"BASE_MODEL": "sd", "NUM_SAMPLES": 50_000, "RESOLUTION": 512, "EPOCHS": 2, "BATCH_SIZE": 4,
+             "CONTROL_KIND": "controlnet", "TRAIN_OVERRIDES": {"num_workers": 1}}
+    presets.apply(quick, train)
+    assert (train["BASE_MODEL"], train["NUM_SAMPLES"], train["RESOLUTION"], train["EPOCHS"], train["BATCH_SIZE"]) == (
+        quick.base, quick.num_samples, quick.resolution, quick.epochs, quick.batch_size)
+    assert train["TRAIN_OVERRIDES"] == {"learning_rate": quick.learning_rate("controlnet"), "num_workers": 1}
+    assert "GUIDANCE" not in train and "COMPARE_STEPS" not in train  # only what the notebook defines
+    compare = {"KINDS": ["lite", "controlnet"], "LEARNING_RATES": {"lite": 1e-4}, "COMPARE_STEPS": 300,
+               "EVAL_EVERY": 100, "GUIDANCE": 7.5}
+    presets.apply("quick", compare)
+    assert compare["LEARNING_RATES"] == {"lite": 1e-4, "controlnet": quick.learning_rate("controlnet")}
+    assert (compare["COMPARE_STEPS"], compare["EVAL_EVERY"], compare["GUIDANCE"]) == (quick.steps, quick.steps // 4,
+                                                                                     quick.guidance)

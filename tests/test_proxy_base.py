@@ -22,7 +22,7 @@ SMALL = ProxyRecipe(block_out_channels=(16, 16, 32, 32), text_width=32, warmup_s
 def trained_dir(tmp_path_factory):
     lines = []
     folder = make_proxy_base(tmp_path_factory.mktemp("proxy"), steps=3, progress=False, recipe=SMALL,
-                             log=lines.append, log_every=1, probe_every=3)  # probe_every: check_every's old name
+                             log=lines.append, log_every=1, check_every=3)
     assert any("loss" in line for line in lines) and any("colour check" in line for line in lines)
     return folder
 
@@ -39,13 +39,26 @@ def test_a_few_steps_write_a_pixel_space_base_that_loads(trained_dir):
     assert len(ids) == 8 + 2  # one token per colour word
 
 
-def test_pipeline_and_a_lite_module_run_on_it(trained_dir):
+def test_a_lite_module_starts_as_the_base_and_then_steers_it(trained_dir):
     pipe = LiteControlNetPipeline.from_base(trained_dir)
     pipe.set_progress_bar_config(disable=True)
     control, _, prompt = render_fill50k_sample(0, 32)
-    pipe.controlnet = build_control("lite", pipe.unet, vae_scale_factor=1)
-    image = pipe(prompt, control, num_inference_steps=2, output_type="np").images
-    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+    def sample(controlnet):
+        pipe.controlnet = controlnet
+        return pipe(prompt, control if controlnet is not None else None, num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    alone = sample(None)
+    assert alone.shape == (1, 32, 32, 3) and np.isfinite(alone).all()
+    torch.manual_seed(0)
+    module = build_control("lite", pipe.unet, vae_scale_factor=1)
+    # its projections into the UNet start at zero: the untrained module leaves the base's image as it was
+    np.testing.assert_array_equal(sample(module), alone)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    assert np.abs(sample(module) - alone).max() > 1e-3  # once trained away from zero, the control shows
 
 
 def test_training_is_deterministic_for_a_seed(trained_dir, tmp_path):

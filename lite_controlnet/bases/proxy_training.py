@@ -28,13 +28,11 @@ from ..data.fill50k import render_fill50k_sample
 from ..data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from .proxy import ProxyModels, ProxyRecipe, build_proxy_models, save_proxy_base
 
-__all__ = ["PROBE_DATA_SEED", "PROXY_HELD_OUT_SEED", "TRAIN_DATA_SEED", "colour_check", "colour_probe", "lr_factor",
-           "make_proxy_base", "min_snr_weight"]
+__all__ = ["TRAIN_DATA_SEED", "colour_check", "lr_factor", "make_proxy_base", "min_snr_weight"]
 
 # The colour check and the base's evaluation draw held-out pairs (`heldout.held_out_pairs`) of
 # another dataset seed than training, so their exact (colours, circle) combinations were never seen.
 TRAIN_DATA_SEED = 0
-PROBE_DATA_SEED = PROXY_HELD_OUT_SEED  # the old name
 
 
 def render_targets(indices: range | list[int], recipe: ProxyRecipe, data_seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -141,9 +139,6 @@ def colour_check(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     return result
 
 
-colour_probe = colour_check  # the old name
-
-
 def make_proxy_base(
     out_dir: str | Path,
     steps: int = ProxyRecipe.steps,
@@ -155,7 +150,6 @@ def make_proxy_base(
     log_every: int = 100,
     check_every: int = 1000,
     save_every: int | None = None,
-    probe_every: int | None = None,
 ) -> Path:
     """Train the proxy base on in-memory Fill50k targets and save it to `out_dir`.
 
@@ -165,14 +159,13 @@ def make_proxy_base(
         progress: show a progress bar.
         recipe: everything else about the networks and the training (`ProxyRecipe()`).
         log: receives one line every `log_every` steps (loss, speed) and a colour check every
-            `check_every` steps (see `colour_check`; `probe_every` is its old name); None logs nothing.
+            `check_every` steps (see `colour_check`); None logs nothing.
         save_every: also save the EMA weights to `out_dir` every this many steps, so an
             interrupted run leaves a usable base.
 
     Returns:
         `out_dir` as a Path. Its `training.json` holds the recipe, the steps and the time taken.
     """
-    check_every = probe_every if probe_every is not None else check_every
     recipe = ProxyRecipe(**{**asdict(recipe or ProxyRecipe()), "steps": steps, "seed": seed, "resolution": resolution})
     out_dir = Path(out_dir)
     models = build_proxy_models(recipe, out_dir / "tokenizer")

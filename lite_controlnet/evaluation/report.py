@@ -1,4 +1,5 @@
-"""Tables, plots and pictures of measured control modules (`compare`'s results, in notebook 03)."""
+"""Tables, plots and pictures of measured control modules (`study.train_measured`'s and
+`scoring.timed_samples`' results, in notebook 03)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import PIL.Image
+import torch
 
 from ..training.grids import table_grid
 
 if TYPE_CHECKING:
-    from .compare import SamplingStats, TrainingStats
+    from .scoring import Samples
+    from .study import TrainingStats
 
 # The fidelity scores in the table (of `metrics.aggregate_scores`), with which way is better.
 FIDELITY_COLUMNS = {
@@ -24,9 +27,13 @@ FIDELITY_COLUMNS = {
 }
 
 
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters of `module` (all of them, trainable or not)."""
+    return sum(p.numel() for p in module.parameters())
+
 
 def result_rows(parameters: dict[str, int], training: dict[str, TrainingStats],
-                sampling: dict[str, SamplingStats]) -> list[dict[str, Any]]:
+                sampling: dict[str, Samples]) -> list[dict[str, Any]]:
     """One row per kind: parameters, training and sampling measurements, and the fidelity scores
     of `FIDELITY_COLUMNS` that were measured."""
     rows = []
@@ -35,8 +42,8 @@ def result_rows(parameters: dict[str, int], training: dict[str, TrainingStats],
         row = {"module": kind, "parameters": parameters[kind], "train s/step": t.step_seconds,
                f"train memory GiB ({t.memory_kind})": math.nan if t.peak_memory is None else t.peak_memory / 2**30,
                "sample s/image": s.seconds_per_image}
-        scores = s.scores or {}
-        row.update({title: scores[key] for key, title in FIDELITY_COLUMNS.items() if key in scores})
+        scores = s.mean if s.scores is not None else {}
+        row.update({title: scores[key] for key, title in FIDELITY_COLUMNS.items() if scores.get(key) is not None})
         rows.append(row)
     return rows
 
@@ -92,7 +99,7 @@ def bar_plots(rows: list[dict[str, Any]], label: str = "module") -> Any:
     return fig
 
 
-def sample_grid(samples: Sequence[tuple[PIL.Image.Image, str]], sampling: dict[str, SamplingStats],
+def sample_grid(samples: Sequence[tuple[PIL.Image.Image, str]], sampling: dict[str, Samples],
                 count: int = 4) -> PIL.Image.Image:
     """Prompt | control | one column per module, for the first `count` samples (same seed per row).
 

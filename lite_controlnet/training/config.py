@@ -239,24 +239,70 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     return problem
 
 
-def add_config_arguments(parser: Any) -> None:
-    """Add one `--flag` per `TrainConfig` field to an argparse parser (defaults: None = unset)."""
-    hints = get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+def add_config_arguments(parser: Any, settings: type | None = None, defaults: bool = False) -> None:
+    """Add one `--flag` per field of the dataclass `settings` (default: `TrainConfig`) to an argparse
+    parser; the help shows each field's real default and its comment in the dataclass.
+
+    Flags default to None (unset), so that a config file or a preset can fill them; with
+    `defaults`, to the fields' own defaults (a field without one is a required flag).
+    """
+    settings = TrainConfig if settings is None else settings
+    hints = get_type_hints(settings)
+    comments = _field_comments(settings)
+    for f in dataclasses.fields(settings):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         kind = hint
         if get_origin(hint) is not Literal:  # Optional[X] -> X
             kind = next((t for t in get_args(hint) if t is not type(None)), hint)
-        help_text = f"default: {f.default!r}" if f.default is not dataclasses.MISSING else "required"
+        help_text = _help(f, comments.get(f.name))
+        given = {"default": None}
+        if defaults:
+            required = f.default is dataclasses.MISSING
+            given = {"required": True} if required else {"default": f.default}
         if get_origin(kind) is Literal:
-            parser.add_argument(flag, dest=f.name, choices=get_args(kind), default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, choices=get_args(kind), help=help_text, **given)
         elif kind is bool:
-            parser.add_argument(flag, type=parse_bool, default=None, metavar="{true,false}", help=help_text)
+            parser.add_argument(flag, type=parse_bool, metavar="{true,false}", help=help_text, **given)
         elif kind is dict:
-            parser.add_argument(flag, type=_parse_json_object, default=None, metavar="JSON", help=help_text)
+            parser.add_argument(flag, type=_parse_json_object, metavar="JSON", help=help_text, **given)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, type=kind, help=help_text, **given)
+
+
+def _field_comments(settings: type) -> dict[str, str]:
+    """name -> the comment on a dataclass field's line, or on the comment lines just above it."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    lines = inspect.getsource(settings).splitlines()
+    body = next(k for k, line in enumerate(lines) if line.lstrip().startswith("class ")) + 1
+    for line in lines[body:]:
+        stripped = line.strip()
+        if stripped.startswith(("def ", "@")):  # the fields end where the methods begin
+            break
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        name, colon, rest = stripped.partition(":")
+        if colon and name.isidentifier() and "#" in rest:
+            comments[name] = rest.split("#", 1)[1].strip()
+        elif colon and name.isidentifier() and above:
+            comments[name] = " ".join(above)
+        above = []
+    return comments
+
+
+def _help(f: dataclasses.Field, comment: str | None) -> str:
+    """A flag's help: its comment and its default (where None means "choose", the comment says how)."""
+    if f.default is dataclasses.MISSING:
+        text = f"{comment}; required" if comment else "required"
+    elif f.default is None:
+        text = comment or "default: unset"
+    else:
+        text = f"{comment}; default: {f.default}" if comment else f"default: {f.default}"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def _parse_json_object(text: str) -> dict:

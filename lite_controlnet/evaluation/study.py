@@ -1,13 +1,19 @@
-"""Fidelity against steps and seconds: control modules trained side by side on one base and one
-dataset, in chunks that resume exactly, and scored after each chunk.
+"""Studies of control modules trained side by side: equal-budget runs measured for their step time
+and memory, and fidelity curves scored after each chunk of training, resumably.
 
-Each variant (a control kind and its learning rate) trains `eval_every` steps at a time, the
-variants taking turns so a busy machine slows all alike. After each chunk: the one-step disk
-IoU (held-out targets noised to `timestep`, predicted in one step; also with shuffled controls,
-which must not help) and, every `sample_every` chunks and at the end, full sampling (disk IoU,
-colour errors, edge F1). Wall-clock is the training time the trainer records (evaluation
-excluded). Also the text-only baseline and the no-prompt test (empty prompts).
-`benchmarks/fidelity.py` and the compare notebook call `fidelity_curves`.
+Equal budget (`equal_budget_configs`): the same base, data, resolution, batch, number of optimizer
+steps and seed; each module with its own learning rate (by default 1e-4 for Lite, as "A
+Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU" trains it; 1e-5 for
+ControlNet, as its paper). `train_measured` times a run's steps (the median of the steps in
+`<output>/logs/loss.csv`, whose `seconds` column is cumulative, so steps that also saved a
+checkpoint or drew a grid are left out) and its peak memory (`memory.PeakMemory`).
+
+Fidelity curves (`fidelity_curves`): each variant (a control kind and its learning rate) trains
+`eval_every` steps at a time, the variants taking turns so a busy machine slows all alike, and is
+scored after each chunk by `scoring.score_control` (the one-step disk IoU, also with shuffled
+controls, which must not help, and every `sample_every` chunks and at the end full sampling).
+Wall-clock is the training time the trainer records (evaluation excluded). Also the text-only
+baseline and the no-prompt test (empty prompts). The summary and the plots: `summary.py`.
 """
 
 from __future__ import annotations
@@ -15,19 +21,100 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
-from ..training.checkpoint import list_checkpoints
-from .compare import TrainingStats, pipeline_for, train_measured
-from ..training.config import TIMESTEP_SAMPLINGS, TrainConfig
 from ..controls import CONTROL_KINDS, load_control
 from ..data.paired import PairedDataset
-from .evaluate import evaluate, one_step_scores
+from ..training.checkpoint import list_checkpoints
+from ..training.config import TIMESTEP_SAMPLINGS, TrainConfig
 from ..training.logs import LossLog
+from ..training.trainer import train
+from .memory import PeakMemory
+from .scoring import ScoreSettings, score_control
+from .summary import summarize
+
+
+# -- equal-budget training, measured ----------------------------------------------------------------
+
+
+@dataclass
+class TrainingStats:
+    """What one training run measured."""
+
+    kind: str
+    steps: int  # optimizer steps in loss.csv
+    step_seconds: float  # median seconds per optimizer step
+    peak_memory: int | None  # bytes, while this call trained (None: the run was already complete)
+    memory_kind: str
+    final: Path  # the trained module's folder
+
+
+def step_seconds(output: str | Path) -> float:
+    """Median seconds per optimizer step from `<output>/logs/loss.csv` (NaN without steps)."""
+    seconds = [float(row["seconds"]) for row in LossLog(output).read()]
+    steps = [b - a for a, b in zip([0.0] + seconds, seconds)]
+    return statistics.median(steps) if steps else math.nan
+
+
+def equal_budget_configs(data: str | Path, output: str | Path, steps: int,
+                         kinds: Sequence[str] = ("lite", "controlnet"), learning_rates: dict[str, float] | None = None,
+                         **settings: Any) -> dict[str, TrainConfig]:
+    """One `TrainConfig` per control kind, the same in all but the kind and its learning rate.
+
+    Args:
+        data: the dataset folder.
+        output: the comparison's folder; kind `k` trains in `<output>/<k>`. Both share one cache
+            (`<output>/cache` unless `cache_dir` is given).
+        steps: optimizer steps for each kind (epochs are set to cover them).
+        kinds: the control kinds to train.
+        learning_rates: per kind; a kind left out gets `learning_rate` from `settings`, else its default.
+        settings: any other `TrainConfig` field (base, resolution, batch_size, seed, ...).
+    """
+    unknown = sorted(set(learning_rates or {}) - set(kinds))
+    if unknown:
+        raise ValueError(f"learning_rates names {unknown}, which are not among the kinds compared {list(kinds)}.")
+    output = Path(output)
+    settings.setdefault("cache_dir", str(output / "cache"))
+    batch_size = settings.get("batch_size", TrainConfig.batch_size)
+    pairs = len(PairedDataset(data, resolution=None))
+    epochs = max(1, math.ceil(steps / max(1, pairs // batch_size)))
+    rates = {kind: (learning_rates or {}).get(kind, settings.get("learning_rate")) for kind in kinds}
+    settings.pop("learning_rate", None)
+    return {kind: TrainConfig(data=str(data), output=str(output / kind), control_kind=kind, max_steps=steps,
+                              epochs=epochs, learning_rate=rates[kind], **settings) for kind in kinds}
+
+
+def train_measured(cfg: TrainConfig, progress: bool = True) -> TrainingStats:
+    """Train `cfg` (resuming if it was cut off) and measure its step time and peak memory.
+
+    The step time covers every step in the log; the peak memory only the steps trained by this
+    call, and is None when the run was already complete (a notebook run again after the end).
+    """
+    steps_before = len(LossLog(cfg.output).read())
+    with PeakMemory() as peak:
+        final = train(cfg, progress=progress)
+    steps = len(LossLog(cfg.output).read())
+    memory = peak.bytes if steps > steps_before else None
+    return TrainingStats(cfg.control_kind, steps, step_seconds(cfg.output), memory, peak.kind, final)
+
+
+def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, TrainingStats]:
+    """label -> `TrainingStats` of the runs `fidelity_curves` trained (peak memory over its chunks)."""
+    stats = {}
+    for label, cfg in configs.items():
+        t = result["training"][label]
+        stats[label] = TrainingStats(cfg.control_kind, t["steps"], t["step_seconds"], t["peak_memory"], t["memory_kind"],
+                                     Path(t["final"]))
+    return stats
+
+
+# -- fidelity curves --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -75,46 +162,6 @@ class Variant:
         return cls(kind, learning_rate, steps=int(steps) if steps else None, timesteps=timesteps or None)
 
 
-@dataclass
-class ScoreSettings:
-    """How a trained module is scored: the one-step scores and full sampling (see `evaluate`)."""
-
-    heldout: int = 64  # held-out pairs scored in one step
-    timestep: int = 800
-    sample_num: int = 32  # pairs sampled in full
-    sample_steps: int = 20
-    guidance: float = 3.0
-
-
-ProbeSettings = ScoreSettings  # the old name
-
-
-def sample_scores(base: Any, control_model: Any, heldout: PairedDataset, scoring: ScoreSettings,
-                  window: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """Mean full-sampling scores of the first `scoring.sample_num` held-out pairs, with control
-    applied on the `window` share of the schedule, sampled with the base's own scheduler."""
-    pipe = pipeline_for(base, control_model, scheduler=None)
-    return evaluate(pipe, heldout, num=scoring.sample_num, steps=scoring.sample_steps, seed=1,
-                    guidance=scoring.guidance, control_window=window)[0]["mean"]
-
-
-def score_module(base: Any, control_model: Any, heldout: PairedDataset, scoring: ScoreSettings, full: bool,
-                 no_prompt: bool = False) -> dict:
-    """One-step scores (also with shuffled controls); with `full`, full-sampling scores; with
-    `no_prompt`, one-step scores with empty prompts."""
-    indices = list(range(scoring.heldout))
-
-    def one_step(**kwargs: Any) -> dict:
-        return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=1, **kwargs)
-
-    out = {"one_step": one_step(), "one_step_shuffled": one_step(shuffle=True) if control_model is not None else None}
-    if full:
-        out["sampling"] = sample_scores(base, control_model, heldout, scoring)
-    if no_prompt:
-        out["no_prompt"] = one_step(empty_prompt=True)
-    return out
-
-
 def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | Path, steps: int,
                     **settings: Any) -> dict[str, TrainConfig]:
     """One `TrainConfig` per variant (`<work>/<variant.folder>`) for its steps (or `steps`), the same
@@ -138,37 +185,32 @@ def fidelity_curves(
     scoring: ScoreSettings | None = None,
     log: Callable[[str], None] = print,
     state: str | Path | None = None,
-    *,
-    probe: ScoreSettings | None = None,
 ) -> dict:
     """Train each run of `configs` to its `max_steps` in chunks of `eval_every`, taking turns,
     scoring after each chunk.
 
     Args:
-        configs: label -> the run's settings (`variant_configs`, or `compare.equal_budget_configs`);
+        configs: label -> the run's settings (`variant_configs`, or `equal_budget_configs`);
             each `max_steps` a multiple of `eval_every` (a run that stops sooner is scored at its end,
             the others go on).
         base: the runs' base, loaded (`load_base(cfg.base)`), for scoring.
         heldout: held-out pairs (not trained on; `heldout.held_out_pairs`).
         sample_every: full sampling after every this many chunks, and after the last.
-        scoring: how each point is scored (`ScoreSettings()`); `probe` is its old name.
+        scoring: how each point is scored (None: `ScoreSettings()`).
         state: a JSON file that keeps the scores as they come: called again (after a
             disconnect), the points already scored are kept and the runs resume.
     Returns:
         {"date", "variants", "text_only", "curves": {label: [point, ...]}, "training": {label:
         step seconds, peak memory, final folder}, "summary"}.
     """
-    if probe is not None and scoring is not None:
-        raise ValueError("give the score settings once: scoring= (probe= is its old name).")
-    scoring = scoring or probe or ScoreSettings()
+    scoring = scoring or ScoreSettings()
     max_steps = {label: cfg.max_steps for label, cfg in configs.items()}
     if any(n is None or n % eval_every for n in max_steps.values()):
         raise ValueError(f"every run needs max_steps, a multiple of eval_every={eval_every}; got {max_steps}.")
     steps = max(max_steps.values())
     # the number of steps is not part of the key: a study continues longer, or ends sooner, from
     # the same points; and it may gain variants (a run already scored keeps its folder)
-    # "probe": the score settings' key in state files written before they were renamed
-    key = {"eval_every": eval_every, "probe": dataclasses.asdict(scoring),
+    key = {"eval_every": eval_every, "scoring": dataclasses.asdict(scoring),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
     state = Path(state) if state else None
     result = json.loads(state.read_text()) if state and state.is_file() else None
@@ -176,7 +218,7 @@ def fidelity_curves(
         stored = result.get("key", {})
         moved = {label: folder for label, folder in stored.get("runs", {}).items()
                  if label in key["runs"] and key["runs"][label] != folder}
-        if [stored.get("eval_every"), stored.get("probe")] != [eval_every, key["probe"]] or moved:
+        if [stored.get("eval_every"), stored.get("scoring")] != [eval_every, key["scoring"]] or moved:
             raise ValueError(f"{state} holds the scores of other settings ({stored}); give another state file for "
                              f"these ({key}), or delete it.")
         result["key"]["runs"] = {**stored["runs"], **key["runs"]}
@@ -187,7 +229,7 @@ def fidelity_curves(
             "key": key,
             "date": datetime.date.today().isoformat(),
             "variants": {},
-            "text_only": score_module(base, None, heldout, scoring, full=True, no_prompt=True),
+            "text_only": _scores(base, None, heldout, scoring, sampled=True, no_prompt=True),
             "curves": {label: [] for label in configs},
             "training": {},
         }
@@ -212,7 +254,7 @@ def fidelity_curves(
                                          "memory_kind": stats.memory_kind, "final": str(stats.final)}
             control_model = load_control(stats.final).eval()
             point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
-                     **score_module(base, control_model, heldout, scoring, full, no_prompt=target == cfg.max_steps)}
+                     **_scores(base, control_model, heldout, scoring, full, no_prompt=target == cfg.max_steps)}
             point["one_step_iou"] = point["one_step"]["disk_iou"]
             point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
             result["curves"][label].append(point)
@@ -229,8 +271,8 @@ def fidelity_curves(
                 raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {cfg.max_steps} (it was trained past "
                                    "it): its module cannot be scored at that step; delete it, or give the steps it "
                                    "reached.")
-            scores = score_module(base, load_control(at_end[0].path / "control").eval(), heldout, scoring,
-                                  full=True, no_prompt=True)
+            scores = _scores(base, load_control(at_end[0].path / "control").eval(), heldout, scoring,
+                             sampled=True, no_prompt=True)
             point.update({k: v for k, v in scores.items() if k not in point})
             if state:
                 _write_json(state, result)
@@ -238,103 +280,13 @@ def fidelity_curves(
     return result
 
 
+def _scores(base: Any, control_model: Any, heldout: Any, scoring: ScoreSettings, sampled: bool,
+            no_prompt: bool) -> dict:
+    """A curve's point: `score_control` with the studies' seed (1), sampled with the base's own scheduler."""
+    return score_control(base, control_model, heldout, scoring, seed=1, sampled=sampled, no_prompt=no_prompt).to_dict()
+
+
 def _write_json(path: Path, value: dict) -> None:
     """Write `path` whole or not at all (a disconnect mid-write leaves the previous file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(value, indent=1) + "\n")
-
-
-def training_stats(result: dict, configs: dict[str, TrainConfig]) -> dict[str, TrainingStats]:
-    """label -> `TrainingStats` of the runs `fidelity_curves` trained (peak memory over its chunks)."""
-    stats = {}
-    for label, cfg in configs.items():
-        t = result["training"][label]
-        stats[label] = TrainingStats(cfg.control_kind, t["steps"], t["step_seconds"], t["peak_memory"], t["memory_kind"],
-                                     Path(t["final"]))
-    return stats
-
-
-MIN_GAIN = 0.01  # one IoU point: a smaller "gain" over no control is noise at these numbers of held-out pairs
-
-
-def reached(curve: list[dict], key: str, start: float, fraction: float = 0.9) -> dict | None:
-    """The first point of `curve` that has made `fraction` of its final gain over `start` (the
-    score without control: IoU does not start from 0); None if it gained less than `MIN_GAIN`."""
-    gain = curve[-1][key] - start
-    if gain < MIN_GAIN:
-        return None
-    for point in curve:
-        if point[key] - start >= fraction * gain:
-            return {"step": point["step"], "seconds": point["seconds"]}
-    return None
-
-
-def at_seconds(curve: list[dict], seconds: float, key: str) -> float:
-    """`key` of the last point trained for at most `seconds`."""
-    points = [p for p in curve if p["seconds"] <= seconds]
-    return points[-1][key] if points else curve[0][key]
-
-
-def summarize(result: dict) -> dict:
-    """The questions of the comparison, from the curves: each kind at its best learning rate at
-    equal wall-clock, how fast each makes 90% of its final gain, the no-prompt test."""
-    text_only = result["text_only"]["one_step"]["disk_iou"]
-    curves = result["curves"]
-    equal_seconds = min(curve[-1]["seconds"] for curve in curves.values())
-    at_equal = {label: at_seconds(curve, equal_seconds, "one_step_iou") for label, curve in curves.items()}
-    kinds = [k for k in CONTROL_KINDS if any(v["kind"] == k for v in result["variants"].values())]
-    best = {kind: max((label for label, v in result["variants"].items() if v["kind"] == kind), key=at_equal.get)
-            for kind in kinds}
-    summary = {
-        "reach_90pct_of_final_one_step_gain": {label: reached(curve, "one_step_iou", text_only)
-                                               for label, curve in curves.items()},
-        "equal_wall_clock_seconds": equal_seconds,
-        "one_step_iou_at_equal_wall_clock": at_equal,
-        "best_variant_at_equal_wall_clock": best,
-        "text_only_one_step_iou": text_only,
-        "no_prompt_one_step_iou": {label: curve[-1]["no_prompt"]["disk_iou"] for label, curve in curves.items()},
-        "text_only_no_prompt_one_step_iou": result["text_only"]["no_prompt"]["disk_iou"],
-    }
-    if {"lite", "controlnet"} <= set(best):
-        lite, cn = at_equal[best["lite"]], at_equal[best["controlnet"]]
-        summary["lite_reaches_90pct_of_controlnet_at_equal_wall_clock"] = lite >= 0.9 * cn
-        # IoU starts at the text-only level, not 0: the share of ControlNet's gain is the sterner
-        # ratio (None while ControlNet has not gained: a ratio of noise means nothing)
-        summary["lite_share_of_controlnet_gain_at_equal_wall_clock"] = (
-            round((lite - text_only) / (cn - text_only), 3) if cn - text_only >= MIN_GAIN else None)
-    return summary
-
-
-PANELS = (  # (y label, point -> value or None, text-only value)
-    ("one-step disk IoU", lambda p: p["one_step_iou"], lambda t: t["one_step"]["disk_iou"]),
-    ("sampled disk IoU", lambda p: p.get("sampling", {}).get("disk_iou"), lambda t: t["sampling"]["disk_iou"]),
-    ("sampled edge F1", lambda p: p.get("sampling", {}).get("edge_f1"), lambda t: t["sampling"]["edge_f1"]),
-    ("sampled disk colour error", lambda p: p.get("sampling", {}).get("circle_colour_error"),
-     lambda t: t["sampling"]["circle_colour_error"]),
-)
-
-
-def plot_fidelity(result: dict, title: str = "") -> Any:
-    """Scores against optimizer steps (top) and training seconds (bottom), one panel per score;
-    dotted: the one-step IoU with shuffled controls; dashed grey: no control."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4 * len(PANELS), 6.4))
-    axes = fig.subplots(2, len(PANELS))
-    for row, x in enumerate(("step", "seconds")):
-        for col, (name, value, baseline) in enumerate(PANELS):
-            ax = axes[row][col]
-            for label, curve in result["curves"].items():
-                points = [(p[x], value(p)) for p in curve if value(p) is not None]
-                line, = ax.plot(*zip(*points), marker="o", label=label) if points else ax.plot([], [], label=label)
-                if col == 0:
-                    ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":",
-                            color=line.get_color(), label=f"{label}, shuffled control")
-            ax.axhline(baseline(result["text_only"]), color="grey", ls="--", label="no control")
-            ax.set_xlabel("optimizer step" if x == "step" else "training seconds")
-            ax.set_ylabel(name)
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig

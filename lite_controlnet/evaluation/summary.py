@@ -1,9 +1,12 @@
-"""Fidelity curves of several seeds combined: mean and spread, ControlNet's plateau, and each
-kind read at equal wall-clock there and at the end of training.
+"""What fidelity curves answer: each kind read at equal wall-clock and at the end of training, the
+mean and spread over seeds, and the plots.
 
-`fidelity_curves` scores one seed's runs; `combine_seeds` takes one such result per seed (same
-variants, steps and score settings) and answers the comparison's questions with the mean of the seeds,
-giving min and max beside each mean. `benchmarks/fidelity.py --combine` calls it.
+Equal wall-clock has one definition here: where the best ControlNet's mean sampled disk IoU
+plateaus (first within 5% of its best), each variant read at its last point trained for at most
+that many seconds (`summarize_seeds`). `combine_seeds` takes one `study.fidelity_curves` result
+per seed (same variants, steps and score settings) and answers with the mean of the seeds,
+giving min and max beside each mean; `summarize` is one seed's answer, the same questions asked
+of that seed alone. `benchmarks/fidelity.py --combine` calls `combine_seeds`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .fidelity import MIN_GAIN
-
+MIN_GAIN = 0.01  # one IoU point: a smaller "gain" over no control is noise at these numbers of held-out pairs
 # (name, point -> value or None): the scores combined at each step
 SCORES: dict[str, Callable[[dict], float | None]] = {
     "one_step_iou": lambda p: p["one_step_iou"],
@@ -59,7 +61,7 @@ def _at(curve: list[dict], seconds: float, score: str) -> dict | None:
 
 
 def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None = None) -> dict:
-    """One `fidelity_curves` result per seed -> {"seeds", "variants", "text_only", "curves": {label:
+    """One `study.fidelity_curves` result per seed -> {"seeds", "variants", "text_only", "curves": {label:
     mean curve}, "summary"}.
 
     Args:
@@ -87,6 +89,11 @@ def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None
         combined["step_seconds"] = {kind: step_seconds[kind] for kind in kinds}
     combined["summary"] = summarize_seeds(combined)
     return combined
+
+
+def summarize(result: dict) -> dict:
+    """The summary of one seed's `fidelity_curves` result: `summarize_seeds` of it alone."""
+    return combine_seeds([result])["summary"]
 
 
 def summarize_seeds(combined: dict) -> dict:
@@ -173,6 +180,41 @@ def plot_seeds(combined: dict, title: str = "") -> Any:
             ax.axhline(baseline, color="grey", ls="--", label="no control")
             if plateau:
                 ax.axvline(plateau[x] if x == "step" else plateau["seconds"], color="black", ls=":", lw=1)
+            ax.set_xlabel("optimizer step" if x == "step" else "training seconds")
+            ax.set_ylabel(name)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+PANELS = (  # (y label, point -> value or None, text-only value)
+    ("one-step disk IoU", lambda p: p["one_step_iou"], lambda t: t["one_step"]["disk_iou"]),
+    ("sampled disk IoU", lambda p: p.get("sampling", {}).get("disk_iou"), lambda t: t["sampling"]["disk_iou"]),
+    ("sampled edge F1", lambda p: p.get("sampling", {}).get("edge_f1"), lambda t: t["sampling"]["edge_f1"]),
+    ("sampled disk colour error", lambda p: p.get("sampling", {}).get("circle_colour_error"),
+     lambda t: t["sampling"]["circle_colour_error"]),
+)
+
+
+def plot_fidelity(result: dict, title: str = "") -> Any:
+    """One seed's scores against optimizer steps (top) and training seconds (bottom), one panel per
+    score; dotted: the one-step IoU with shuffled controls; dashed grey: no control."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(PANELS), 6.4))
+    axes = fig.subplots(2, len(PANELS))
+    for row, x in enumerate(("step", "seconds")):
+        for col, (name, value, baseline) in enumerate(PANELS):
+            ax = axes[row][col]
+            for label, curve in result["curves"].items():
+                points = [(p[x], value(p)) for p in curve if value(p) is not None]
+                line, = ax.plot(*zip(*points), marker="o", label=label) if points else ax.plot([], [], label=label)
+                if col == 0:
+                    ax.plot([p[x] for p in curve], [p["one_step_shuffled_iou"] for p in curve], ls=":",
+                            color=line.get_color(), label=f"{label}, shuffled control")
+            ax.axhline(baseline(result["text_only"]), color="grey", ls="--", label="no control")
             ax.set_xlabel("optimizer step" if x == "step" else "training seconds")
             ax.set_ylabel(name)
     axes[0][0].legend(fontsize=7)
