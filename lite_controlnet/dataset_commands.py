@@ -54,7 +54,7 @@ def _condition_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_make_shapes(args: argparse.Namespace) -> None:
     """``make-shapes``: write a shapes dataset (see `data.shapes.make_shapes`)."""
-    from .data.shapes import make_shapes
+    from .conditions.shapes_dataset import make_shapes
 
     out = make_shapes(args.out_dir, num=args.num, size=args.size, objects=args.objects, condition=args.condition,
                       seed=args.seed, workers=args.workers, overwrite=args.overwrite, **_condition_params(args))

@@ -10,13 +10,13 @@ from PIL import Image
 
 from lite_controlnet.cli import main
 from lite_controlnet.conditions import get_condition
+from lite_controlnet.conditions.shapes_dataset import make_shapes
 from lite_controlnet.data.dataset_folder import dataset_condition, dataset_info
 from lite_controlnet.data.paired import PairedDataset
 from lite_controlnet.data.shapes import (
     MIN_COLOUR_DISTANCE,
     MIN_VISIBLE_SHARE,
     SHAPE_KINDS,
-    make_shapes,
     parse_shapes_prompt,
     shapes_scene,
 )
