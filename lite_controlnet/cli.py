@@ -76,10 +76,17 @@ def _check_seed(seed: int) -> None:
 
 def _device(args: argparse.Namespace) -> tuple[str, Any]:
     """`--device`, checked (a device this machine has; default: cuda when available, else cpu), and
-    the dtype to sample in there."""
+    the dtype to sample in there; on a CPU, the threads (`--threads`) set and said."""
     from .training.hardware import inference_device
+    from .training.threads import apply_threads
 
-    return inference_device(args.device, what="--device")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} is invalid: expected a whole number >= 1, or leave it unset.")
+    device, dtype = inference_device(args.device, what="--device")
+    threads = apply_threads(device, args.threads)
+    if threads is not None:
+        print(f"CPU threads: {threads.threads} ({threads.reason})")
+    return device, dtype
 
 
 def _pipeline(args: argparse.Namespace, device: str, dtype: Any, **kwargs):
@@ -168,7 +175,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                          f"{pipe.scheduler.config.num_train_timesteps - 1}.")
     dataset = PairedDataset(settings.data, resolution=settings.resolution or native_resolution(pipe.base_models()),
                             manifest=settings.manifest, convert_mode=settings.convert_mode)
-    report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t)
+    report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t,
+                            progress=True)
     report_path, grid_path = write_report(report, grid, out)
     mean = report["mean"]
     print(f"disk IoU {mean['disk_iou']:.3f}, circle colour error {mean['circle_colour_error'] or float('nan'):.1f}, "
@@ -238,6 +246,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="default: the control image's, else the base's size")
     p.add_argument("--width", type=int, default=None, help="default: the control image's, else the base's size")
     p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: chosen from the cores and the load, as training does)")
     p.add_argument("--out", default="out.png")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_preset(p, "--base and --guidance")
@@ -249,6 +259,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     add_config_arguments(p, EvaluateSettings, defaults=True)
     add_config_arguments(p, SampleSettings, defaults=True)
     p.add_argument("--device", default=None, help="cuda, cpu or mps (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: chosen from the cores and the load, as training does)")
     p.add_argument("--out", default="report.json", help="the JSON report; the grid of samples goes beside it (.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_preset(p, "--base and --guidance")

@@ -28,6 +28,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
 
 from ..bases.latents import decode_latents, encode_images, encode_text, to_pil
 from ..bases.loading import BaseModels, check_prediction_type
@@ -163,6 +164,7 @@ def sample_pairs(
     control_window: tuple[float, float] = SampleSettings().control_window,
     score: bool = True,
     warm_up: bool = False,
+    progress: bool = False,
 ) -> Samples:
     """Sample one image per (control image, prompt) with `pipe`, in batches, and score each against
     its control (`metrics.fill50k_scores`): the one sampling-and-scoring path.
@@ -178,6 +180,7 @@ def sample_pairs(
         control_window: the share of the schedule, (start, end), where control applies.
         score: score each image; False: only sample and time them.
         warm_up: first sample the first batch once, untimed (kernels, allocator).
+        progress: a progress bar over the images (sampling many takes minutes on a CPU).
     """
     with_control = getattr(pipe, "controlnet", None) is not None
 
@@ -193,6 +196,8 @@ def sample_pairs(
     if warm_up and pairs:
         generate(0)
     images, seconds = [], []
+    bar = tqdm(total=len(pairs), desc="sampling" + (" with control" if with_control else " text only"),
+               unit="image", disable=not progress, leave=False, dynamic_ncols=True)
     for start in range(0, len(pairs), batch_size):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -202,6 +207,8 @@ def sample_pairs(
             torch.cuda.synchronize()
         seconds.append((time.perf_counter() - started) / len(batch))
         images.extend(batch)
+        bar.update(len(batch))
+    bar.close()
     scores = None
     if score:
         scores = [fill50k_scores(image, control, None if empty_prompt else prompt)
@@ -272,6 +279,7 @@ def score_control(
     scale: float = SampleSettings.scale,
     control_window: tuple[float, float] = SampleSettings().control_window,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> ControlScores:
     """Score a control module on held-out pairs: one step (also with shuffled controls) on the first
     `scoring.heldout` pairs, and, with `sampled`, full sampling of the first `scoring.sample_num`.
@@ -289,6 +297,7 @@ def score_control(
             base's own scheduler).
         scale, control_window: control strength, and the share of the schedule where it applies.
         batch_size: images per pipeline call.
+        progress: say what is being scored (a line for the one-step scores, a bar for sampling).
     """
     for name, count in (("heldout", scoring.heldout), ("sample_num", scoring.sample_num if sampled else 0)):
         if count > len(heldout):
@@ -296,6 +305,9 @@ def score_control(
     indices = list(range(scoring.heldout))
 
     def one_step(**kwargs: Any) -> dict[str, Any]:
+        if progress:
+            what = ", shuffled controls" if kwargs.get("shuffle") else ", empty prompts" if kwargs.get("empty_prompt") else ""
+            tqdm.write(f"one-step scores of {len(indices)} pairs{what}")
         return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=seed, **kwargs)
 
     samples = None
@@ -304,7 +316,7 @@ def score_control(
         pairs = [(to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0], it["prompt"]) for it in items]
         samples = sample_pairs(pipe if pipe is not None else pipeline_for(base, control_model, scheduler=None),
                                pairs, scoring.sample_steps, scoring.guidance, seed, scale, batch_size,
-                               heldout.resolution, control_window=control_window)
+                               heldout.resolution, control_window=control_window, progress=progress)
     return ControlScores(one_step(), one_step(shuffle=True) if control_model is not None else None, samples,
                          one_step(empty_prompt=True) if no_prompt else None)
 
@@ -316,6 +328,7 @@ def evaluate(
     sampling: SampleSettings = SampleSettings(),
     timestep: int = ScoreSettings.timestep,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], PIL.Image.Image]:
     """Score the first `num` pairs of `dataset` (`score_control`) and report it: what the `evaluate`
     command writes.
@@ -328,6 +341,7 @@ def evaluate(
         sampling: steps, guidance, control strength and window, seed (pair `i` uses `seed + i`).
         timestep: noise level of the one-step scores.
         batch_size: images per pipeline call.
+        progress: say what is being scored and how far sampling is.
     Returns:
         (report with the settings, the "mean" and "per_sample" sampled scores and the "one_step"
         scores, a grid PNG of the first 8 samples)
@@ -337,7 +351,8 @@ def evaluate(
     scoring = ScoreSettings(heldout=num, timestep=timestep, sample_num=num, sample_steps=sampling.steps,
                             guidance=sampling.guidance)
     scores = score_control(pipe.base_models(), pipe.controlnet, dataset, scoring, sampling.seed, pipe=pipe,
-                           scale=sampling.scale, control_window=sampling.control_window, batch_size=batch_size)
+                           scale=sampling.scale, control_window=sampling.control_window, batch_size=batch_size,
+                           progress=progress)
     items = [dataset[i] for i in range(num)]
     samples = scores.samples
     per_sample = [{"index": k, "prompt": item["prompt"], **score}
