@@ -18,17 +18,39 @@ start=$(date +%s)
     --num "$HELDOUT" --seed 1
 "$PY" -m lite_controlnet train --preset demo ${BASE:+--base "$BASE"} ${LR:+--learning-rate "$LR"} \
     --data "$OUT/fill50k" --output "$OUT/run"
-prompt=$(head -n 1 "$OUT/fill50k/prompt.json" | "$PY" -c "import json,sys; print(json.loads(sys.stdin.readline())['prompt'])")
+# control strength 0 (text only) and 1, on the held-out pair whose circle is largest (visible at 32 px)
+pick=$("$PY" - "$OUT/heldout" "$HELDOUT" <<'EOF'
+import json, sys
+from PIL import Image
+from lite_controlnet.data.fill50k import fill50k_spec
+folder, count = sys.argv[1], int(sys.argv[2])
+rows = [json.loads(line) for line in open(f"{folder}/prompt.json")][:count]
+size = Image.open(f"{folder}/{rows[0]['source']}").width
+best = max(range(count), key=lambda i: fill50k_spec(i, size, seed=1).radius)  # the held-out set's seed
+print(f"{best}\t{rows[best]['prompt']}")
+EOF
+)
+index=${pick%%$'\t'*}
+prompt=${pick#*$'\t'}
 for scale in 0 1; do
   "$PY" -m lite_controlnet sample --preset demo ${BASE:+--base "$BASE"} --control-model "$OUT/run/final" \
-      --image "$OUT/fill50k/source/0.png" --prompt "$prompt" --scale "$scale" --seed 0 \
+      --image "$OUT/heldout/source/$index.png" --prompt "$prompt" --scale "$scale" --seed 0 \
       --out "$OUT/sample-scale-$scale.png" --overwrite
 done
+"$PY" - "$OUT" "$index" "$prompt" <<'EOF'
+import sys
+from PIL import Image
+from lite_controlnet.training.grids import table_grid
+out, index, prompt = sys.argv[1:]
+cells = [prompt, Image.open(f"{out}/heldout/source/{index}.png"), Image.open(f"{out}/sample-scale-0.png"),
+         Image.open(f"{out}/sample-scale-1.png")]
+table_grid(["Prompt", "Control", "Strength 0 (text only)", "Strength 1"], [cells]).save(f"{out}/strength.png")
+EOF
 # fidelity on held-out pairs: the text-only baseline, then the trained module
 "$PY" -m lite_controlnet evaluate --preset demo ${BASE:+--base "$BASE"} --data "$OUT/heldout" --num "$HELDOUT" \
     --out "$OUT/eval-text-only.json" --overwrite
 "$PY" -m lite_controlnet evaluate --preset demo ${BASE:+--base "$BASE"} --control-model "$OUT/run/final" \
     --data "$OUT/heldout" --num "$HELDOUT" --out "$OUT/eval-lite.json" --overwrite
 echo "Done in $(( $(date +%s) - start )) s. Grids per epoch: $OUT/run/samples/, loss: $OUT/run/logs/loss.png,"
-echo "samples at control strength 0 and 1: $OUT/sample-scale-0.png, $OUT/sample-scale-1.png,"
+echo "control strength 0 (text only) and 1 side by side: $OUT/strength.png,"
 echo "scores: $OUT/eval-text-only.json, $OUT/eval-lite.json (grids beside them)"
