@@ -236,9 +236,9 @@ def _(c):
     return train_args(c, c.tmp / "out", "--control-options", '{"width": 3}'), ["'width'", "level_channels"]
 
 
-@case("control-option-bad-value")
+@case("control-option-value-the-module-cannot-build")
 def _(c):
-    return train_args(c, c.tmp / "out", "--control-options", '{"level_channels": "big"}'), \
+    return train_args(c, c.tmp / "out", "--control-options", '{"level_channels": -8}'), \
         ["--control-options", "level_channels", "cannot build a lite module"]
 
 
