@@ -724,7 +724,7 @@ for value in ("nan", "inf"):
     case(f"control-model-with-{value}-weights", code=1)(make)
 
 
-def nested(depth, yaml=False):
+def nested(depth):
     return "[" * depth + "]" * depth
 
 
