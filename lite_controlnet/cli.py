@@ -110,7 +110,10 @@ def _read_control_image(path: str):
 def _check_default_size(pipe: Any, image: Any, args: argparse.Namespace) -> None:
     """Refuse to sample, by default, at the size of a control image far larger than the base's own
     (a 2000x2000 image takes 15x as long as 512x512 on SD1.5): the size is then asked for."""
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    native = pipe.unet.config.sample_size
+    if not isinstance(native, int):  # a UNet with a non-square native size: not judged
+        return
+    native *= pipe.vae_scale_factor
     if image is None or args.height is not None or args.width is not None or image.width * image.height <= 4 * native**2:
         return
     raise UsageError(f"--image {args.image} is {image.width}x{image.height}, over 4x the pixels of the base's own "
