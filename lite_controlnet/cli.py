@@ -103,9 +103,14 @@ def _pipeline(args: argparse.Namespace, device: str, dtype: Any, **kwargs):
 def _read_control_image(path: str):
     import PIL.Image
 
+    from .data.paired import check_image_file, exif_upright
+
     try:
+        problem = check_image_file(path)  # a FIFO would block, /dev/zero never end
+        if problem:
+            raise UsageError(f"Cannot read control image {path}: it {problem}.")
         with PIL.Image.open(path) as opened:
-            return opened.convert("RGB")
+            return exif_upright(opened).convert("RGB")
     except (OSError, PIL.Image.DecompressionBombError) as error:
         raise UsageError(f"Cannot read control image {path}: {error}. Expected an image file Pillow can open "
                          "(PNG, JPEG, ...).") from None
@@ -116,12 +121,30 @@ def _settings(args: argparse.Namespace, settings: type) -> Any:
     return settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings)})
 
 
+def _check_default_size(pipe: Any, image: Any, args: argparse.Namespace) -> None:
+    """Refuse to sample, by default, at the size of a control image far larger than the base's own
+    (a 2000x2000 image takes 15x as long as 512x512 on SD1.5): the size is then asked for."""
+    native = pipe.unet.config.sample_size
+    if not isinstance(native, int):  # a UNet with a non-square native size: not judged
+        return
+    native *= pipe.vae_scale_factor
+    if image is None or args.height is not None or args.width is not None or image.width * image.height <= 4 * native**2:
+        return
+    raise UsageError(f"--image {args.image} is {image.width}x{image.height}, over 4x the pixels of the base's own "
+                     f"{native}x{native}, and would be sampled at that size: pass --height and --width (e.g. "
+                     f"--height {native} --width {native}; the control image is resized to them), or --height "
+                     f"{image.height} --width {image.width} to sample it as it is.")
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from .pipeline import check_sampling_args
 
     # 1. everything that can be checked before the models are loaded
+    if args.control_model is not None and not args.image:
+        raise UsageError(f"--control-model {args.control_model} needs --image (the control image it follows); "
+                         "without --control-model the base samples alone.")
     sampling = _settings(args, SampleSettings)
     check_sampling_args(sampling.steps, sampling.guidance, sampling.scale)  # height and width: by the base, once loaded
     _check_seed(sampling.seed)
@@ -130,6 +153,7 @@ def _sample(args: argparse.Namespace) -> None:
     image = _read_control_image(args.image) if args.image else None
     # 2. sample
     pipe = _pipeline(args, device, dtype, scheduler=sampling.scheduler)
+    _check_default_size(pipe, image, args)
     result = pipe(
         args.prompt,
         image,

@@ -61,14 +61,99 @@ class ControlResiduals:
 
 
 def _check_options(target: Any, options: dict[str, Any], fixed: tuple[str, ...]) -> None:
-    """Unknown module settings fail with the list of those accepted."""
+    """Unknown module settings, and values not of the type `target`'s signature gives them (a JSON
+    or YAML value: `true` for a bool, a whole number for an int, a list for a tuple), fail with
+    what is accepted."""
     import inspect
+    from typing import get_type_hints
 
     accepted = [name for name in inspect.signature(target).parameters if name not in ("self", "cls", *fixed)]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"Unknown control option(s) {unknown}; {getattr(target, '__qualname__', target)} accepts "
                          f"{accepted}.")
+    try:
+        hints = get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # a signature whose hints cannot be resolved here: its values go unchecked  # noqa: BLE001
+        hints = {}
+    for name, value in options.items():
+        if name in hints and not _has_type(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ValueError(f"{name}={shown} is not of the type {getattr(target, '__qualname__', target)} takes: "
+                             f"{_type_name(hints[name])}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON or YAML is of type `hint` (unknown kinds of hint: accepted)."""
+    import math
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in args)
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+        return all(_has_type(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    """`hint` in the words of a JSON or YAML value."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    names = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a text",
+             type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if origin in (tuple, list):
+        return f"a list of {_type_name(args[0]).removeprefix('a ')}s" if args else "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_control_options(kind: str, options: dict[str, Any]) -> None:
+    """Check a control kind's module settings (names and types) before anything is built.
+
+    Args:
+        kind: the control kind.
+        options: the module's own settings, as `build_control` takes them.
+    """
+    if kind in LITE_KINDS:  # the settings `build_control` fixes itself are not the user's to give
+        _check_options(LiteControlNetModel, options, ("residual_channels", "residual_levels", "mid_channels",
+                                                      "vae_scale_factor", "design"))
+    elif kind == "controlnet":
+        _check_options(ControlNetModel.from_unet, options, ("unet",))
+    elif kind == "t2i-adapter":
+        _check_options(T2IAdapter, options, ("channels", "downscale_factor"))
+    else:
+        raise ValueError(f"Unknown control kind {kind!r}: use one of {CONTROL_KINDS}.")
 
 
 def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwargs: Any) -> torch.nn.Module:
@@ -128,14 +213,35 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
     for cls in CONTROL_CLASSES.values():
         if cls.__name__ == class_name:
             try:
-                return cls.from_pretrained(path, **kwargs)
+                module, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
             except UsageError:  # a readable file this version refuses: its own message says why
                 raise
             except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a damaged or foreign folder
                 first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
                 raise OSError(f"Cannot load the control module in {path} ({first}): {expected}.") from error
+            # a tensor missing from the weights would be left unset (on the meta device) and fail later
+            missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
+            if missing:
+                raise OSError(f"Cannot load the control module in {path}: its weights lack {len(missing)} of the "
+                              f"tensors its config.json describes ({', '.join(map(str, missing[:3]))}"
+                              f"{', ...' if len(missing) > 3 else ''}): {expected}.")
+            check_finite(module, str(path))
+            return module
     raise ValueError(f"{config_file} describes a {class_name!r}, which is not a control module: "
                      f"expected one of {[c.__name__ for c in CONTROL_CLASSES.values()]}.")
+
+
+def check_finite(module: torch.nn.Module, where: str) -> None:
+    """Refuse a module whose weights hold NaN or inf: it would sample black images without a word."""
+    from .errors import NonFiniteWeightsError
+
+    bad = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise NonFiniteWeightsError(f"The control module in {where} has NaN or infinite weights ({len(bad)} "
+                                    f"tensor(s), e.g. {bad[0]}): it cannot sample. Use an earlier checkpoint "
+                                    "(<output>/checkpoints/step-N/control), or train again with a lower "
+                                    "--learning-rate.")
 
 
 def _unwrap(control: torch.nn.Module) -> torch.nn.Module:

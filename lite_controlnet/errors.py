@@ -44,6 +44,20 @@ class TrainingError(ReportedError, RuntimeError):
     exit_code = FAILED
 
 
+class NonFiniteWeightsError(ReportedError, ValueError):
+    """A saved module whose weights hold NaN or inf: it would sample black or noise images."""
+
+    exit_code = FAILED
+
+
+def is_disk_full(error: OSError) -> bool:
+    """Whether `error` says the disk (or quota) is full: ENOSPC and kin, or numpy's short write
+    ("N requested and M written"), which carries no errno."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return error.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(error)) is not None
+
+
 def disk_full(where: Any, needed: int | None = None, free: int | None = None, what: str = "") -> OSError:
     """An `OSError(ENOSPC)` that says where, how much is needed and how much is free."""
     amounts = ""
@@ -76,7 +90,7 @@ def exit_code(error: BaseException) -> int | None:
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED
     if isinstance(error, OSError):
-        return FAILED if error.errno in _ENVIRONMENT_ERRNOS else USAGE
+        return FAILED if error.errno in _ENVIRONMENT_ERRNOS or is_disk_full(error) else USAGE
     if isinstance(error, ValueError):
         return USAGE
     try:

@@ -34,6 +34,30 @@ def tiny_base(tiny_base_dir):
     return load_base(tiny_base_dir)
 
 
+# A small run: 32 px, batches of 2, one validation row of one step.
+SMALL = dict(resolution=32, batch_size=2, num_workers=0, num_validation=1, validation_steps=1)
+SMALL_FLAGS = ["--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--num-validation", "1",
+               "--validation-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_base_dir):
+    """A dataset of 8 pairs (32 px), and a run of 2 steps with a checkpoint after each and a final/
+    module, made once per test module: tests that damage or extend them work on copies."""
+    from types import SimpleNamespace
+
+    from lite_controlnet.data.fill50k import make_fill50k
+    from lite_controlnet.training.config import TrainConfig
+    from lite_controlnet.training.trainer import train
+
+    root = tmp_path_factory.mktemp("world")
+    data = make_fill50k(root / "data", num=8, size=32, progress=False)
+    run = root / "run"
+    train(TrainConfig(data=str(data), output=str(run), base=str(tiny_base_dir), max_steps=2, checkpoint_every=1,
+                      **SMALL), progress=False)
+    return SimpleNamespace(root=root, data=data, run=run, base=Path(tiny_base_dir), image=data / "source" / "0.png")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     # Generated models ("tiny") go to a per-test folder, never the user's ~/.cache.

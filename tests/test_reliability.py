@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -28,22 +27,11 @@ from lite_controlnet import LiteControlNetModel, cli
 from lite_controlnet.training.checkpoint import latest_control, list_checkpoints
 from lite_controlnet.training.lock import RunLock, RunLockedError
 from lite_controlnet.training.config import TrainConfig
-from lite_controlnet.data.fill50k import make_fill50k
 from lite_controlnet.training.trainer import train
 
 SMALL = dict(resolution=32, batch_size=2, num_workers=0, num_validation=1, validation_steps=1)
 SMALL_FLAGS = ["--resolution", "32", "--batch-size", "2", "--num-workers", "0", "--num-validation", "1",
                "--validation-steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_base_dir):
-    root = tmp_path_factory.mktemp("reliability")
-    data = make_fill50k(root / "data", num=8, size=32, progress=False)
-    run = root / "run"
-    train(TrainConfig(data=str(data), output=str(run), base=str(tiny_base_dir), max_steps=2, checkpoint_every=1,
-                      **SMALL), progress=False)
-    return SimpleNamespace(root=root, data=data, run=run, base=Path(tiny_base_dir))
 
 
 def train_cli(world, output, *extra, data=None):

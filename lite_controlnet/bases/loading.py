@@ -115,8 +115,8 @@ def load_base(
         device: where to put the networks.
         load_kwargs: passed to every `from_pretrained` (e.g. `revision`, `variant`, `cache_dir`).
     """
-    # the shipped and generated bases hold safetensors: never let diffusers try a pickled .bin
-    ours = {"use_safetensors": True} if str(base) in (TINY_BASE, PROXY_BASE) else {}
+    # weights are read from safetensors only: unpickling a .bin can run any code it holds
+    ours = {"use_safetensors": True}
     base = resolve_base(base)
     local = Path(base).expanduser().is_dir()
     if local:
@@ -131,11 +131,17 @@ def load_base(
         raise BaseModelError(f"Base model folder {base} does not exist.")
 
     def load(component: str, cls: Any, **kwargs: Any) -> Any:
+        weights = "use_safetensors" in kwargs
+        if local:
+            _check_local_component(Path(base) / component, cls, weights)
         try:
-            return cls.from_pretrained(base, subfolder=component, **load_kwargs, **kwargs)
+            loaded = cls.from_pretrained(base, subfolder=component, **load_kwargs, **kwargs,
+                                         **({"output_loading_info": True} if weights else {}))
         except (OSError, ValueError, SafetensorError) as error:
             if local:
-                raise BaseModelError(f"Could not load {component}/ of the base model folder {base}: {error}") from error
+                first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                raise BaseModelError(f"Could not load {component}/ of the base model folder {base}: {first}") \
+                    from error
             raise BaseModelError(
                 f"Could not load the {component} of base model {base!r} from the Hugging Face Hub "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
@@ -144,6 +150,16 @@ def load_base(
                 f"download it once where there is internet (`huggingface-cli download {base} "
                 "--local-dir sd15`) and pass --base sd15, or use --base tiny for the offline test model."
             ) from error
+        if not weights:
+            return loaded
+        model, info = loaded
+        # a tensor missing from the weights would be left random (a text encoder) or unset (a UNet)
+        missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
+        if missing:
+            raise BaseModelError(f"Could not load {component}/ of the base model {base}: its weights lack "
+                                 f"{len(missing)} of the tensors its config.json describes "
+                                 f"({', '.join(map(str, missing[:3]))}{', ...' if len(missing) > 3 else ''}).")
+        return model
 
     dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
     scheduler = _scheduler(load("scheduler", _SchedulerConfig), f"{base}/scheduler")
@@ -158,6 +174,30 @@ def load_base(
     if device is not None:
         models.to(device=device)
     return models
+
+
+def _check_local_component(folder: Path, cls: Any, weights: bool) -> None:
+    """Refuse a component folder that describes another class, or whose weights are only pickles."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as error:
+            raise BaseModelError(f"{config_file} is unreadable ({type(error).__name__}); expected the config "
+                                 f"of a {cls.__name__}.") from None
+        named = config.get("_class_name") if isinstance(config, dict) else None
+        architectures = config.get("architectures") if isinstance(config, dict) else None
+        if isinstance(named, str) and named != cls.__name__ or \
+                isinstance(architectures, list) and architectures and cls.__name__ not in architectures:
+            raise BaseModelError(f"{config_file} describes a {named or architectures[0]!r}; expected a "
+                                 f"{cls.__name__} there (the diffusers layout of a Stable Diffusion model).")
+    if weights and folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles:
+            raise BaseModelError(f"{folder}/ holds only pickled weights ({', '.join(pickles)}), which are not "
+                                 "loaded: unpickling a file can run any code it holds. Convert them to safetensors "
+                                 "where you trust them (from_pretrained, then save_pretrained(..., "
+                                 "safe_serialization=True)).")
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # those of diffusers' DDPMScheduler

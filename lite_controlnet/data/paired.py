@@ -21,20 +21,43 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-__all__ = ["MANIFEST_NAMES", "DatasetError", "PairRecord", "DataProblem", "DataReport", "PairedDataset"]
+__all__ = ["MANIFEST_NAMES", "MAX_IMAGE_BYTES", "check_image_file", "DatasetError", "PairRecord", "DataProblem", "DataReport", "PairedDataset"]
 
 # Looked for in this order when no manifest is named.
 MANIFEST_NAMES = ("prompt.json", "metadata.jsonl", "train.jsonl")
+# An image file larger than this is refused before it is read (a 4096x4096 RGB PNG is at most 48 MB).
+MAX_IMAGE_BYTES = 512 * 2**20
+
+
+def check_image_file(path: str | os.PathLike) -> str | None:
+    """Why `path` (symlinks followed) cannot be an image file to read, or None if it can: only
+    regular files are read (a FIFO would block forever, /dev/zero never end), up to
+    `MAX_IMAGE_BYTES`. A missing file raises `FileNotFoundError`."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a FIFO, device or socket); expected an image file"
+    if info.st_size > MAX_IMAGE_BYTES:
+        return f"is {info.st_size / 2**20:.0f} MB; image files over {MAX_IMAGE_BYTES // 2**20} MB are not read"
+    return None
+
+
+def exif_upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says (a phone photo as viewers show it), as
+    diffusers' `load_image` does; an image without that tag is returned as it is."""
+    if image.getexif().get(0x0112, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 @dataclass(frozen=True)
@@ -261,6 +284,9 @@ class PairedDataset(Dataset):
     def _resolve(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise DatasetError(f"{key!r} must be an image path relative to {self.root}, got {value!r}.")
+        if "\0" in value:
+            raise DatasetError(f"{key!r} path {value!r} holds a NUL byte; expected an image path relative to "
+                               f"{self.root}.")
         path = os.path.normpath(os.path.join(self._root_str, value))
         if not path.startswith(self._root_prefix):
             raise DatasetError(
@@ -290,9 +316,12 @@ class PairedDataset(Dataset):
     def _open_rgb(self, record: PairRecord, path: Path, role: str) -> tuple[Image.Image, bool]:
         """Open an image as RGB; return it and whether it had to be converted."""
         try:
+            problem = check_image_file(path)
+            if problem:
+                raise DatasetError(f"{role} image {path} {problem}.", self.manifest, record.line, path)
             with Image.open(path) as opened:
                 opened.load()  # read now, so a truncated file fails here, with its name
-                image = opened
+                image = exif_upright(opened)
         except FileNotFoundError:
             raise DatasetError(f"{role} image {path} not found.", self.manifest, record.line, path) from None
         except (OSError, Image.DecompressionBombError) as error:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,8 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write, write_atomic
 from ..bases.loading import BaseModels
-from ..data.paired import DatasetError, PairedDataset
-from ..errors import disk_full, require_space
+from ..data.paired import DatasetError, PairedDataset, check_image_file
+from ..errors import disk_full, is_disk_full, require_space
 from ..bases.latents import encode_text
 
 TEXT_CACHE_LIMIT = 4 * 2**30  # above this many bytes of embeddings, the text encoder runs per step
@@ -97,34 +98,54 @@ def build_cache(
     folder = Path(folder) / cache_key(dataset, dataset.resolution, base_name)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
+    size = dataset.resolution // base.vae_scale_factor
+    latent_shape = (base.vae.config.latent_channels if base.vae is not None else 3, size, size)
+    text_shape = (base.tokenizer.model_max_length, base.text_encoder.config.hidden_size)
+    latents_file, done_file, text_file = folder / "latents.npy", folder / "latents_done.npy", folder / "text.npy"
+
+    # 0. a damaged file (a disconnect on Drive, a disk that filled up, a hand edit) is named,
+    # removed and built again: the cache holds only what can be encoded again
+    wanted = list(dict.fromkeys([""] + [r.prompt for r in dataset.records]))
+    prompts = _read_json(folder / "prompts.json", lambda v: _prompts_problem(v, wanted), [text_file])
+    _check_npy(latents_file, (n, *latent_shape), np.float16, [done_file])
+    _check_npy(done_file, (n,), np.bool_)
+    if prompts is not None:
+        _check_npy(text_file, (len(prompts), *text_shape), np.float16)
 
     # 1. prompts: distinct ones, the empty prompt first (for prompt dropout)
     prompts_file = folder / "prompts.json"
-    if prompts_file.is_file():
-        prompts = json.loads(prompts_file.read_text())
-    else:
-        prompts = list(dict.fromkeys([""] + [r.prompt for r in dataset.records]))
+    if prompts is None:
+        prompts = wanted
         write_atomic(prompts_file, json.dumps(prompts))
     ids = {p: i for i, p in enumerate(prompts)}
     prompt_ids = np.array([ids[r.prompt] for r in dataset.records], dtype=np.int32)
 
+    # what is still to be written must fit, before any of it is: refused up front, in one line
+    text_bytes = len(prompts) * math.prod(text_shape) * 2
+    cache_text = text_bytes <= TEXT_CACHE_LIMIT
+    needed = (text_bytes + 4096 if cache_text and not text_file.is_file() else 0) + \
+        (math.prod((n, *latent_shape)) * 2 + 4096 if not latents_file.is_file() else 0)
+    if needed:
+        require_space(folder, needed, f" for the latent cache of {n} images and {len(prompts)} prompts")
+
     # 2. text embeddings, unless too large to keep
     text = None
-    text_bytes = len(prompts) * base.tokenizer.model_max_length * base.text_encoder.config.hidden_size * 2
-    if text_bytes <= TEXT_CACHE_LIMIT:
-        text_file = folder / "text.npy"
+    if cache_text:
         if not text_file.is_file():
             chunks = []
             for start in tqdm(range(0, len(prompts), 64), desc="Encoding prompts", disable=not progress):
                 emb = encode_text(base.tokenizer, base.text_encoder, prompts[start : start + 64], device)
                 chunks.append(emb.float().cpu().numpy().astype(np.float16))
-            _atomic_write_npy(text_file, np.concatenate(chunks))
+            try:
+                _atomic_write_npy(text_file, np.concatenate(chunks))
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                raise disk_full(folder, text_bytes, shutil.disk_usage(folder).free,
+                                f" for the text embeddings of {len(prompts)} prompts (latent cache)") from error
         text = np.load(text_file, mmap_mode="r")
 
     # 3. latents, in chunks, resumable; those whose target changed since are encoded again
-    size = dataset.resolution // base.vae_scale_factor
-    latent_shape = (base.vae.config.latent_channels if base.vae is not None else 3, size, size)
-    latents_file, done_file = folder / "latents.npy", folder / "latents_done.npy"
     if not latents_file.is_file():
         _create_latents_file(latents_file, (n, *latent_shape))
     done = np.load(done_file) if done_file.is_file() else np.zeros(n, dtype=bool)
@@ -191,24 +212,28 @@ def _target_stamps(dataset: PairedDataset, previous: list | None, progress: bool
     stamps = []
     for record in tqdm(dataset.records, desc="Checking targets", disable=not progress or len(dataset) < 1000):
         try:
-            stat = os.stat(record.target)
+            info = os.stat(record.target)
+            problem = check_image_file(record.target)
         except OSError as error:
             raise DatasetError(f"target image {record.target} cannot be read ({error.strerror}); the latent cache "
                                "is keyed on the images it encodes.", dataset.manifest, record.line,
                                record.target) from None
+        if problem:
+            raise DatasetError(f"target image {record.target} {problem}.", dataset.manifest, record.line,
+                               record.target)
         old = previous[record.index] if previous else None
-        if old and old[:2] == [stat.st_size, stat.st_mtime_ns]:
+        if old and old[:2] == [info.st_size, info.st_mtime_ns]:
             stamps.append(old)
         else:
             digest = hashlib.sha256(Path(record.target).read_bytes()).hexdigest()
-            stamps.append([stat.st_size, stat.st_mtime_ns, digest])
+            stamps.append([info.st_size, info.st_mtime_ns, digest])
     return stamps
 
 
 def _forget_stale(dataset: PairedDataset, folder: Path, done: np.ndarray, done_file: Path, progress: bool) -> None:
     """Mark as not done the latents whose target image changed since they were encoded."""
     stamps_file = folder / "targets.json"
-    previous = json.loads(stamps_file.read_text()) if stamps_file.is_file() else None
+    previous = _read_json(stamps_file, _stamps_problem)
     if previous is not None and len(previous) != len(dataset):
         previous = None
     stamps = _target_stamps(dataset, previous, progress)
@@ -235,3 +260,54 @@ def _encode(base: BaseModels, pixels: torch.Tensor, device: torch.device | str) 
 def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
     with atomic_write(path) as partial, open(partial, "wb") as file:
         np.save(file, array)  # a file object: given a name without .npy, np.save would add it
+
+
+def _damaged(path: Path, why: str, also: list[Path] = ()) -> None:
+    """Warn that the cache file `path` is damaged; remove it (and what was built from it)."""
+    warnings.warn(f"The latent cache file {path} is damaged ({why}): building it again.", stacklevel=3)
+    for file in (path, *also):
+        file.unlink(missing_ok=True)
+
+
+def _read_json(path: Path, problem, also: list[Path] = ()):
+    """The JSON value in `path` (None if absent, or damaged: then removed, with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+        why = problem(value)
+    except (OSError, ValueError, RecursionError) as error:
+        why = f"not readable JSON: {type(error).__name__}"
+    if why:
+        _damaged(path, why, also)
+        return None
+    return value
+
+
+def _prompts_problem(value, wanted: list[str]) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value) or value[:1] != [""]:
+        return "expected a list of prompts, the empty one first"
+    missing = set(wanted) - set(value)
+    return f"{len(missing)} prompt(s) of the manifest missing" if missing else None
+
+
+def _stamps_problem(value) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(s, list) and len(s) == 3 for s in value)
+    return None if ok else "expected [size, time, sha256] per target"
+
+
+def _check_npy(path: Path, shape: tuple[int, ...], dtype, also: list[Path] = ()) -> None:
+    """Remove (with a warning) a cache array that cannot be read or is not of `shape` and `dtype`."""
+    if not path.is_file():
+        return
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        why = None if array.shape == shape and array.dtype == dtype else \
+            f"holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}"
+        del array
+    except (OSError, ValueError, EOFError) as error:  # cut short, not a .npy file, empty
+        why = f"{type(error).__name__}: {' '.join(str(error).split())[:80]}"
+        if "pickle" in why:  # numpy's hint to load it unsafely is no help here
+            why = "not a numpy array file"
+    if why:
+        _damaged(path, why, also)

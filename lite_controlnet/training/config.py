@@ -10,6 +10,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import re
+import reprlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -75,13 +79,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
             flag = "--" + name.replace("_", "-")
-            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} ({flag}) is invalid: expected {accepted}.")
+            value = _SHORT.repr(getattr(self, name))  # a value from a file may be huge: shown cut short
+            return ValueError(f"TrainConfig.{name}={value} ({flag}) is invalid: expected {accepted}.")
 
         # 1. types: what a JSON or YAML file can get wrong (flags arrive typed)
         for f in dataclasses.fields(self):
             problem = _type_problem(getattr(self, f.name), _HINTS[f.name])
             if problem:
                 raise bad(f.name, problem)
+        # a path from a file or an --flag=~/x (which no shell expands) means the home folder, as in a shell
+        for name in ("data", "output", "cache_dir", "resume"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
         # 2. ranges
         for name, (low, high) in _WHOLE_RANGES.items():
             value = getattr(self, name)
@@ -102,6 +112,14 @@ class TrainConfig:
         # 3. settings that depend on each other, or name things
         if self.control_options is not None and not all(isinstance(k, str) for k in self.control_options):
             raise bad("control_options", 'a mapping of module settings, e.g. {"level_channels": 192}, or None')
+        if self.control_options:
+            from ..controls import check_control_options
+
+            try:  # against the module's own signature, as these settings are checked against theirs
+                check_control_options(self.control_kind, self.control_options)
+            except ValueError as error:
+                raise ValueError(f"TrainConfig.control_options={_SHORT.repr(self.control_options)} "
+                                 f"(--control-options) is invalid: {str(error).rstrip('.')}.") from None
         if self.micro_batch is not None and self.batch_size % self.micro_batch:
             raise bad("micro_batch", f"a divisor of batch_size={self.batch_size}")
         if self.resolution % 8:
@@ -152,6 +170,13 @@ class TrainConfig:
         """The settings in a JSON or YAML file, as written (`from_dict` checks them)."""
         path = Path(path)
         try:
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"Cannot read the config file {path}: not a regular file (a FIFO, device or "
+                                 "folder); expected a JSON or YAML file.")
+            if info.st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"{path}: a config file of {info.st_size} bytes; expected at most "
+                                 f"{MAX_CONFIG_BYTES // 2**20} MB of JSON or YAML settings.")
             text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ValueError(f"Cannot read the config file {path}: {error.strerror or error}.") from error
@@ -159,24 +184,12 @@ class TrainConfig:
             raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected JSON or "
                              "YAML settings.") from error
         if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError as error:
-                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON.") from error
-            try:
-                values = yaml.safe_load(text) or {}
-            except yaml.YAMLError as error:
-                mark = getattr(error, "problem_mark", None)
-                where = f", line {mark.line + 1}" if mark is not None else ""
-                problem = getattr(error, "problem", None) or type(error).__name__
-                raise ValueError(f"{path}{where}: not valid YAML ({problem}).") from error
+            values = _parse_yaml(text, str(path))
         else:
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+            values = parse_json(text, str(path))
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
+        _check_bounds(values, str(path))
         return values
 
 _HINTS = get_type_hints(TrainConfig)
@@ -306,13 +319,15 @@ def _help(f: dataclasses.Field, comment: str | None) -> str:
 
 
 def _parse_json_object(text: str) -> dict:
+    example = "expected a JSON object such as '{\"level_channels\": 192}'"
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r} "
-                                         f"({error.msg})") from None
+        value = parse_json(text, "")
+        if isinstance(value, dict):
+            _check_bounds(value, "")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{example}, got {_SHORT.repr(text)} ({error})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"level_channels\": 192}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"{example}, got {_SHORT.repr(text)}")
     return value
 
 
@@ -340,3 +355,151 @@ def config_from_args(args: Any) -> TrainConfig:
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)} (or a --config file that sets them).")
     return TrainConfig(**values)
+
+
+# -- bounded parsing: a settings file is small and flat; a hostile one must not hang, crash or flood --
+
+MAX_CONFIG_BYTES = 2**20
+MAX_DEPTH = 16  # nesting of values; settings need 3 (a list inside control_options)
+MAX_VALUES = 10_000  # values in all, counted as written out: YAML aliases repeat what they name
+MAX_DIGITS = 100  # of a whole number (seed takes 19)
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 8
+_SHORT.maxlevel = 3
+
+
+class _SettingsProblem(ValueError):
+    """A problem a parser hook finds; `line` when it is known."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+class _LongNumber(int):
+    """A whole number too long to convert, kept as its digit count until its setting is known."""
+
+
+def _where(source: str, line: int | None = None) -> str:
+    return (f"{source}, line {line}: " if line else f"{source}: ") if source else ""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = next((key for i, key in enumerate(keys) if key in keys[:i]), None)
+    if twice is not None:
+        raise _SettingsProblem(f"setting {twice!r} is given twice; give each setting once")
+    return dict(pairs)
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON settings, with bounded nesting and numbers, and no key given twice.
+
+    Args:
+        text: the JSON text.
+        source: the file it came from, for the messages ("" for a command-line value).
+    """
+    depth, key, last = 0, None, None
+    for token in _JSON_TOKENS.finditer(text):  # before parsing: the parser itself recurses
+        value = token.group()
+        if value in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, token.start()) + 1
+                named = f"setting {key!r} " if key else ""
+                raise ValueError(f"{_where(source, line)}{named}is nested more than {MAX_DEPTH} deep; settings "
+                                 "are plain values, lists or one mapping (control_options).")
+        elif value in "]}":
+            depth -= 1
+        elif value == ":" and depth == 1 and last and last.startswith('"'):
+            key = last[1:-1]
+        last = value
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates,
+                          parse_int=lambda digits: _LongNumber(len(digits)) if len(digits) > MAX_DIGITS
+                          else int(digits))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{_where(source, error.lineno)}not valid JSON ({error.msg}).") from error
+    except RecursionError:
+        raise ValueError(f"{_where(source)}nested too deeply to read.") from None
+    except _SettingsProblem as error:
+        raise ValueError(f"{_where(source)}{error}.") from None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """YAML settings (the safe loader), with bounded nesting and numbers, and no key given twice."""
+    try:
+        import yaml
+    except ImportError as error:
+        raise ValueError(f"{source}: reading YAML needs PyYAML (pip install pyyaml), or use JSON.") from error
+
+    class Loader(yaml.SafeLoader):
+        path: list[Any] = []
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.path.append(index)
+            try:
+                if len(self.path) > MAX_DEPTH + 1:
+                    key = self.path[1] if len(self.path) > 1 else None
+                    named = f"setting {key.value!r} " if isinstance(key, yaml.ScalarNode) else ""
+                    raise _SettingsProblem(f"{named}is nested more than {MAX_DEPTH} deep; settings are plain "
+                                           "values, lists or one mapping (control_options)",
+                                           self.peek_event().start_mark.line + 1)
+                return super().compose_node(parent, index)
+            finally:
+                self.path.pop()
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in seen:
+                    raise _SettingsProblem(f"setting {key!r} is given twice (lines {seen[key]} and {line}); give "
+                                           "each setting once", line)
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node: Any) -> Any:
+            digits = sum(c.isdigit() for c in str(node.value))
+            return _LongNumber(digits) if digits > MAX_DIGITS else super().construct_yaml_int(node)
+
+    Loader.path = []
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    Loader.add_constructor("tag:yaml.org,2002:map", Loader.construct_yaml_map)
+    try:
+        return yaml.load(text, Loader=Loader) or {}
+    except _SettingsProblem as error:
+        raise ValueError(f"{_where(source, error.line)}{error}.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{_where(source, mark.line + 1 if mark is not None else None)}not valid YAML "
+                         f"({problem}).") from error
+    except RecursionError:
+        raise ValueError(f"{_where(source)}nested too deeply to read.") from None
+
+
+def _check_bounds(values: dict[str, Any], source: str) -> None:
+    """Refuse settings nested too deep, holding too many values (as written out) or too long a number."""
+    stack = [(key, value, 1) for key, value in values.items()]
+    count = 0
+    while stack:
+        key, value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            what = f"more than {MAX_VALUES} values" if count > MAX_VALUES else f"values nested more than {MAX_DEPTH} deep"
+            raise ValueError(f"{_where(source)}setting {key!r} holds {what} (YAML aliases count each time they are "
+                             "used); settings are plain values, lists or one mapping (control_options).")
+        if isinstance(value, _LongNumber):
+            raise ValueError(f"{_where(source)}setting {key!r} holds a whole number of {int(value)} digits; expected "
+                             f"at most {MAX_DIGITS}.")
+        if isinstance(value, dict):
+            stack.extend((key, v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((key, v, depth + 1) for v in value)
