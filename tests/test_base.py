@@ -36,6 +36,7 @@ def test_unreachable_hub_says_how_to_pass_a_local_folder():
     with pytest.raises(BaseModelError, match="local folder") as info:
         load_base("no-such-user/no-such-model")
     assert "no-such-user/no-such-model" in str(info.value)
+    assert "--base proxy" in str(info.value)  # what works offline: the base the package ships
 
 
 def test_folder_that_is_not_a_model_is_explained(tmp_path):

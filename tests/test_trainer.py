@@ -223,6 +223,13 @@ def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
     lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time() - 1000}))
     with pytest.warns(UserWarning, match="stale lock"):
         RunLock(tmp_path).acquire().release()
+    # a heartbeat far in the future (a wrong clock) is judged by the file's time: silent long enough, it is stale
+    lock.path.write_text(json.dumps({"host": "other-runtime", "pid": 1, "heartbeat": time.time() + 10**6}))
+    with pytest.raises(RunLockedError, match="expires in"):
+        RunLock(tmp_path).acquire()  # the file was just written
+    os.utime(lock.path, (time.time() - 1000, time.time() - 1000))
+    with pytest.warns(UserWarning, match="stale lock"):
+        RunLock(tmp_path).acquire().release()
 
 
 def test_cache_is_built_once_and_reused(tiny_base_dir, fill50k_small, tmp_path, monkeypatch):
@@ -461,3 +468,38 @@ def test_a_stall_is_said_once(tiny_base_dir, fill50k_small, tmp_path, monkeypatc
     train(config(tiny_base_dir, fill50k_small, tmp_path / "run", max_steps=6), progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if "longer than at the start" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: Training steps take") and "--threads 1" in lines[0]
+
+
+def test_a_resume_that_changes_how_the_run_learns_says_so(tiny_base_dir, fill50k_small, tmp_path, capsys):
+    """Allowed (a run may go on at another rate on purpose), but never unnoticed: a forgotten
+    --preset would change the learning rate 30x."""
+    out = tmp_path / "run"
+    train(config(tiny_base_dir, fill50k_small, out, max_steps=2, learning_rate=3e-3), progress=False)
+    capsys.readouterr()
+    train(config(tiny_base_dir, fill50k_small, out, max_steps=3, learning_rate=3e-3), progress=False)
+    assert "warning: resuming" not in capsys.readouterr().out  # the same settings: nothing to say
+    train(config(tiny_base_dir, fill50k_small, out, max_steps=4, timestep_sampling="uniform"), progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: resuming")]
+    assert len(lines) == 2
+    assert "learning rate 0.0001 where it trained with 0.003" in lines[0] and "--learning-rate 0.003" in lines[0]
+    assert "timestep sampling uniform where it trained with cubic" in lines[1]
+
+
+def test_04_sample_finds_the_run_s_module_else_the_demo_s(tmp_path, monkeypatch):
+    from lite_controlnet import LiteControlNetModel
+    from lite_controlnet.notebook.colab import DEMO_RUN, trained_control
+    from lite_controlnet.training.checkpoint import publish_final
+
+    module = LiteControlNetModel(residual_channels=(8, 8), residual_levels=(0, 1), mid_channels=8,
+                                 decoder_channels=(8, 8), pixel_mlp_channels=(4,), level_channels=8,
+                                 feedback_channels=8, level_kernel_size=(1, 3), vae_scale_factor=1)
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    run = repo / "outputs" / "fill50k-lite"
+    monkeypatch.chdir(repo / "notebooks")  # a notebook opened locally runs in notebooks/
+    assert trained_control(run, "proxy") is None
+    publish_final(repo / DEMO_RUN, module, step=400)
+    assert trained_control(run, "proxy") == Path("..") / DEMO_RUN / "final"
+    assert trained_control(run, "stable-diffusion-v1-5/stable-diffusion-v1-5") is None  # the demo's is for its base
+    publish_final(run, module, step=10)
+    assert trained_control(run, "proxy") == run / "final"  # the run's own comes first

@@ -148,7 +148,8 @@ def load_base(
                 "The hub may be unreachable (no internet, or HF_HUB_OFFLINE=1), the id may be wrong, "
                 "or the model may need a login. Pass a local folder in the diffusers layout instead: "
                 f"download it once where there is internet (`huggingface-cli download {base} "
-                "--local-dir sd15`) and pass --base sd15, or use --base tiny for the offline test model."
+                "--local-dir sd15`) and pass --base sd15, or try the package offline with --base proxy (the small "
+                "base it ships, 32 px)."
             ) from error
         if not weights:
             return loaded

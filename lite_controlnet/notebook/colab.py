@@ -14,6 +14,8 @@ from pathlib import Path
 from ..atomic import atomic_write
 
 DRIVE_MOUNT = Path("/content/drive")
+DEMO_RUN = Path("outputs") / "demo" / "run"  # where scripts/demo.sh trains, from the repository root
+DEMO_BASE = "proxy"  # the base the demo trains on
 
 
 def in_colab() -> bool:
@@ -47,6 +49,21 @@ def run_folder(name: str, local_root: str | Path = "outputs", output: str | Path
         folder = (drive / "lite-controlnet" if drive is not None else Path(local_root)) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def trained_control(output: str | Path, base: str) -> Path | None:
+    """The control module to sample from: the run folder's newest (`latest_control`), else, on the
+    demo's base, the module `scripts/demo.sh` trained (looked for from here and from the parent
+    folder, where a notebook opened from `notebooks/` finds the repository); None if neither."""
+    from ..training.checkpoint import latest_control
+
+    found = latest_control(output)
+    if found is not None or base != DEMO_BASE:
+        return found
+    for root in (Path("."), Path("..")):
+        if (root / DEMO_RUN).is_dir() and (found := latest_control(root / DEMO_RUN)) is not None:
+            return found
+    return None
 
 
 def copy_to_local(source: str | Path, destination: str | Path) -> Path:

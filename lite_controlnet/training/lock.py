@@ -110,6 +110,11 @@ class RunLock:
             beat = float(held.get("heartbeat", 0)) if held else self.path.stat().st_mtime
         except (OSError, TypeError, ValueError):
             beat = 0.0
+        if beat > time.time() + self.stale_after:  # a heartbeat far in the future (a bad clock, an edit) would
+            try:                                   # never go stale: the file's own time is judged instead
+                beat = self.path.stat().st_mtime
+            except OSError:
+                beat = 0.0
         age = time.time() - beat
         host, pid = (held or {}).get("host"), (held or {}).get("pid")
         try:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -64,7 +65,7 @@ from .checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from .config import TIMESTEP_SAMPLINGS, TrainConfig
+from .config import DEFAULT_LEARNING_RATE, DEFAULT_TIMESTEP_SAMPLING, TIMESTEP_SAMPLINGS, TrainConfig
 from ..atomic import clean_stale_staging
 from ..controls import build_control, controlled_unet, prepare_control
 from ..data.paired import PairedDataset
@@ -116,6 +117,21 @@ def draw_timesteps(sampling: str, count: int, num_train_timesteps: int, generato
         u = torch.rand(count, generator=generator)
         return ((1 - u**3) * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
     raise ValueError(f"timestep sampling {sampling!r} is unknown: use one of {TIMESTEP_SAMPLINGS}.")
+
+
+def changed_schedule(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """What a resume changes of how the run learns (allowed: a run may be continued at another learning
+    rate on purpose), each said, since forgetting a flag such as `--preset` changes it unnoticed."""
+    lines = []
+    kind = saved.get("control_kind", cfg.control_kind)
+    before = {"learning rate": (saved.get("learning_rate") or DEFAULT_LEARNING_RATE.get(kind), cfg.lr, "--learning-rate"),
+              "timestep sampling": (saved.get("timestep_sampling") or DEFAULT_TIMESTEP_SAMPLING.get(kind), cfg.timesteps,
+                                    "--timestep-sampling")}
+    for what, (old, new, flag) in before.items():
+        if old is not None and old != new:
+            lines.append(f"with {what} {new} where it trained with {old}: the run goes on with {new} "
+                         f"(pass {flag} {old} to keep the old one).")
+    return lines
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
@@ -183,6 +199,9 @@ class Trainer:
                                      convert_mode=cfg.convert_mode)
         self.identity = run_identity(cfg, self.dataset)
         resume = find_resume(self.output, cfg.resume, self.identity)
+        if resume is not None:
+            for line in changed_schedule(resume.config, cfg):
+                self._log(f"warning: resuming {resume.checkpoint.path} {line}")
         # 1. the hardware plan: reused from the checkpoint unless the device changed
         plan = self.forced_plan
         if plan is None and resume is not None:
