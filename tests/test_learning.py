@@ -7,7 +7,7 @@ steadier than full sampling this early. A shuffled control (each sample given an
 outline) must not help, which separates following the control from drawing any disk.
 Measured on this 2-core machine with the shipped base (7,000 steps), module seed 0, lr 3e-3
 (the default design, cubic timesteps): one-step disk IoU 0.643 without control, 0.726 with the
-trained module, 0.616 with shuffled controls; edge F1 0.574, 0.726 and 0.516. (The seed's design
+trained module, 0.616 with shuffled controls; edge F1 0.574, 0.726 and 0.516. (The pixel-MLP design
 at 1e-3 gave 0.709 and 0.698.)
 The thresholds below leave about half of each gap as margin.
 """
@@ -19,7 +19,7 @@ from lite_controlnet.evaluation.scoring import one_step_scores
 
 STEPS = 200
 # The small module needs a larger step than the SD1.5 default 1e-4 on this base; the default
-# design starts slower than the seed's (its zero projections sit behind more layers) and learns
+# design starts slower than the pixel-MLP design (its zero projections sit behind more layers) and learns
 # fastest at 3e-3 of the rates tried (benchmarks/fidelity.py).
 LEARNING_RATE = 3e-3
 SEED = 0

@@ -23,7 +23,8 @@ from ..bases.loading import DEFAULT_BASE
 from ..presets import get_preset
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-# The Lite code the seed cites trains its small module at 1e-4; ControlNet uses 1e-5.
+# The Lite code that "A Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU" cites trains
+# its small module at 1e-4; ControlNet uses 1e-5.
 DEFAULT_LEARNING_RATE = {"lite": 1e-4, "lite-static": 1e-4, "lite-mlp": 1e-4, "controlnet": 1e-5, "t2i-adapter": 1e-5}
 # The default Lite module trains on T2I-Adapter's cubic draw of timesteps: on the proxy base it
 # gets most of its sampled disk IoU from it (benchmarks/lite_designs.py); the other kinds keep
@@ -43,9 +44,9 @@ class TrainConfig:
     control_kind: Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"] = "lite"
     control_options: dict | None = None  # the module's own settings, e.g. {"level_channels": 192} (lite)
     resolution: int = 512
-    epochs: int = 2  # the seed trained 2 epochs of Fill50k
+    epochs: int = 2  # the paper trained 2 epochs of Fill50k
     max_steps: int | None = None  # stop after this many optimizer steps (all epochs together)
-    batch_size: int = 4  # effective batch per optimizer step, as in the seed
+    batch_size: int = 4  # effective batch per optimizer step, as in the paper
     micro_batch: int | None = None  # per forward pass; None: the largest that fits (probed)
     learning_rate: float | None = None  # None: 1e-4 for the lite kinds, 1e-5 for controlnet and t2i-adapter
     lr_warmup_steps: int = 0

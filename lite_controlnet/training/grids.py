@@ -5,7 +5,7 @@ The per-epoch picture (`make_grid`): one row per validation sample, with the col
 Prompt | Control | Reconstruction | Text only | Samples.
 
 - Reconstruction: the target through the VAE, as ControlNet's image logger shows it;
-- Text only: the base model without control (what the seed's figures call reconstruction);
+- Text only: the base model without control (what the paper's figures call reconstruction);
 - Samples: with control.
 """
 
