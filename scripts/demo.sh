@@ -18,7 +18,7 @@ start=$(date +%s)
     --num "$HELDOUT" --seed 1
 "$PY" -m lite_controlnet train --preset demo ${BASE:+--base "$BASE"} ${LR:+--learning-rate "$LR"} \
     --data "$OUT/fill50k" --output "$OUT/run"
-# control strength 0 (text only) and 1, on the held-out pair whose circle is largest (visible at 32 px)
+# control strength 0 (text only) and 1, on the held-out pair with the largest circle inside the image (visible at 32 px)
 pick=$("$PY" - "$OUT/heldout" "$HELDOUT" <<'EOF'
 import json, sys
 from PIL import Image
@@ -26,7 +26,9 @@ from lite_controlnet.data.fill50k import fill50k_spec
 folder, count = sys.argv[1], int(sys.argv[2])
 rows = [json.loads(line) for line in open(f"{folder}/prompt.json")][:count]
 size = Image.open(f"{folder}/{rows[0]['source']}").width
-best = max(range(count), key=lambda i: fill50k_spec(i, size, seed=1).radius)  # the held-out set's seed
+specs = [fill50k_spec(i, size, seed=1) for i in range(count)]  # the held-out set's seed
+inside = [i for i, s in enumerate(specs) if min(*s.centre, size - s.centre[0], size - s.centre[1]) >= s.radius]
+best = max(inside or range(count), key=lambda i: specs[i].radius)
 print(f"{best}\t{rows[best]['prompt']}")
 EOF
 )
@@ -44,7 +46,7 @@ from lite_controlnet.training.grids import table_grid
 out, index, prompt = sys.argv[1:]
 cells = [prompt, Image.open(f"{out}/heldout/source/{index}.png"), Image.open(f"{out}/sample-scale-0.png"),
          Image.open(f"{out}/sample-scale-1.png")]
-table_grid(["Prompt", "Control", "Strength 0 (text only)", "Strength 1"], [cells]).save(f"{out}/strength.png")
+table_grid(["Prompt", "Control", "Text only", "Strength 1"], [cells]).save(f"{out}/strength.png")
 EOF
 # fidelity on held-out pairs: the text-only baseline, then the trained module
 "$PY" -m lite_controlnet evaluate --preset demo ${BASE:+--base "$BASE"} --data "$OUT/heldout" --num "$HELDOUT" \

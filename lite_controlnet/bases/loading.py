@@ -73,7 +73,7 @@ def cache_dir() -> Path:
 
 
 def resolve_base(base: str | Path) -> str:
-    """Turn the aliases ("tiny", "proxy") into a folder; pass hub ids and folders through."""
+    """Turn the short names ("tiny", "proxy") into a folder; pass hub ids and folders through."""
     if str(base) == PROXY_BASE:
         from . import PROXY_BASE_DIR
 

@@ -106,7 +106,7 @@ def list_checkpoints(output: str | Path) -> list[Checkpoint]:
 
 
 def base_id(base: str) -> str:
-    """The base as a run records it: a hub id or alias as given, a local folder by its full path."""
+    """The base as a run records it: a hub id or short name as given, a local folder by its full path."""
     path = Path(base).expanduser()
     if base in (TINY_BASE, PROXY_BASE) or not path.is_dir():
         return base
