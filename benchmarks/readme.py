@@ -36,6 +36,55 @@ def fill50k_block() -> str:
             f"{r['cpu']} machine, {r['date'][:10]} (`python benchmarks/fill50k_speed.py`).")
 
 
+def demo_block() -> str:
+    """README's first command: how long the demo took and what it scored, alone and beside a competitor."""
+    path = RESULTS / "demo.json"
+    if not path.is_file():
+        return _missing("the demo's time", "python benchmarks/demo_time.py")
+    rows = {r["competitor"]: r for r in json.loads(path.read_text())["rows"]}
+    alone = rows.get("none")
+    if alone is None:
+        return _missing("the demo's time alone", "python benchmarks/demo_time.py")
+    lite, text = alone["scores"]["lite"], alone["scores"]["text-only"]
+    line = (f"On {alone['cores']} {alone['machine']} cores ({alone['date']}, {alone['threads']} CPU thread"
+            f"{'s' if alone['threads'] != 1 else ''}, the package's choice) it took {alone['seconds']} s; sampled disk "
+            f"IoU on the held-out pairs {lite['disk_iou']:.3f} with the module, {text['disk_iou']:.3f} without "
+            f"(edge F1 {lite['edge_f1']:.3f} and {text['edge_f1']:.3f}). The scores are the same for the same "
+            "seed and thread count (`--threads`).")
+    beside = rows.get("training")
+    if beside is not None:
+        line += (f" Beside a second training of the package it took {beside['seconds']} s "
+                 f"({beside['seconds'] / alone['seconds']:.1f}x).")
+    return line + " (`python benchmarks/demo_time.py [--competitor training]`.)"
+
+
+def cpu_sharing_block() -> str:
+    """The demo's training step alone and beside competing processes, per thread setting."""
+    path = RESULTS / "cpu-sharing.json"
+    if not path.is_file():
+        return _missing("sharing a CPU", "python benchmarks/cpu_sharing.py")
+    r = json.loads(path.read_text())
+    competitors = list(dict.fromkeys(row["competitors"] for row in r["rows"]))
+    settings = list(dict.fromkeys(row["setting"] for row in r["rows"]))
+    cell = {(row["setting"], row["competitors"]): row for row in r["rows"]}
+    names = {"torch-default": "torch's default (one thread per core)", "one-thread": "one thread (`--threads 1`)",
+             "package-default": "the package's choice (`training/threads.py`)"}
+    lines = ["| threads | " + " | ".join("alone" if c == "none" else f"beside {c.replace('+', ' + ')}" for c in competitors)
+             + " |", "|---|" + "---:|" * len(competitors)]
+    for setting in settings:
+        values = []
+        for c in competitors:
+            row = cell.get((setting, c))
+            values.append("" if row is None else f"{row['step_seconds']:.2f} s" +
+                          (f" ({row['slowdown']:.1f}x)" if c != "none" and "slowdown" in row else "")
+                          + (f", {row['threads']} thread(s)" if c == "none" else ""))
+        lines.append(f"| {names.get(setting, setting)} | " + " | ".join(values) + " |")
+    return ("The demo's training step (`--preset quick`, median of "
+            f"{r['steps']} steps) on {r['cores']} {r['machine']} cores, {r['date']}; a competing training runs with "
+            "the same setting, the burner is one busy Python loop (`python benchmarks/cpu_sharing.py`):\n\n"
+            + "\n".join(lines))
+
+
 def _missing(what: str, command: str) -> str:
     return f"Not measured yet: run `{command}` ({what})."
 
@@ -372,10 +421,11 @@ def shown(text: str) -> str:
 
 # Which blocks each file holds, each made from the committed results.
 BLOCKS = {
-    "README.md": {"results": frontier_block},
+    "README.md": {"demo": demo_block, "results": frontier_block},
     "benchmarks/RESULTS.md": {"params": params_block, "benchmarks": benchmarks_block, "suite": suite_block,
                               "fidelity": fidelity_block, "proxy": proxy_block, "designs": designs_block,
-                              "by_size": by_size_block, "variants": variants_block, "fill50k": fill50k_block},
+                              "by_size": by_size_block, "variants": variants_block, "fill50k": fill50k_block,
+                              "cpu_sharing": cpu_sharing_block},
 }
 
 

@@ -71,7 +71,7 @@ from ..controls import build_control, controlled_unet, prepare_control
 from ..data.paired import PairedDataset
 from ..errors import TrainingError
 from .stall import StallWatch
-from .threads import apply_threads
+from .threads import apply_threads, governor_for
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .lock import RunLock
 from .logs import LossLog
@@ -433,6 +433,7 @@ class Trainer:
                   and not (self.output / "samples" / f"epoch-{state.epoch:03d}.png").exists()):
                 self._epoch_grid(state.epoch)  # cut off between the epoch's checkpoint and its grid
             self.stall = StallWatch(device=self.info.kind)
+            self.governor = governor_for(self.threads)
             bar = tqdm(total=self.total_steps, initial=state.global_step, disable=not (self.progress and self.main),
                        desc=f"train {cfg.control_kind}", dynamic_ncols=True)
             try:
@@ -472,6 +473,7 @@ class Trainer:
             slow = self.stall.step(time.monotonic() - started)
             if slow:
                 self._log(f"warning: {slow}")
+            self.governor.update()  # fewer CPU threads while other processes need cores, all when they leave
             state.elapsed += time.monotonic() - started  # training time: loading and stepping, not saving or sampling
             state.global_step += 1
             state.step_in_epoch += 1
@@ -483,6 +485,8 @@ class Trainer:
                            state.elapsed)
                 bar.update(1)
                 postfix = {"loss": f"{loss:.4f}"}
+                if self.governor.enabled:
+                    postfix["threads"] = torch.get_num_threads()
                 if torch.cuda.is_available():
                     postfix["VRAM"] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
                 bar.set_postfix(postfix)
