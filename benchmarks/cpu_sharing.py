@@ -10,9 +10,9 @@ each set of competitors, interleaved setting by setting, so a slow minute of the
 all settings alike.
 
     python benchmarks/cpu_sharing.py                    # all settings, ~10 min on 2 cores (run it quiet)
-    python benchmarks/cpu_sharing.py --settings package-default --competitors none training
+    python benchmarks/cpu_sharing.py --settings package-default --competitors none training  # those rows only
 
-Writes benchmarks/results/cpu-sharing.json (and prints a table).
+Writes benchmarks/results/cpu-sharing.json (and prints a table); rows measured again replace theirs.
 """
 
 from __future__ import annotations
@@ -167,6 +167,12 @@ def main() -> None:
                 print(f"{row['setting']:<16} beside {row['competitors']:<16} {row['step_seconds']:.3f} s/step "
                       f"({row['threads']} thread(s))", flush=True)
                 rows.append(row)
+    out = Path(args.out)
+    if out.is_file():  # the rows measured now replace theirs; the others stay
+        measured = {(r["setting"], r["competitors"]) for r in rows}
+        kept = [r for r in json.loads(out.read_text())["rows"] if (r["setting"], r["competitors"]) not in measured]
+        order = {(s, c): k for k, (c, s) in enumerate((c, s) for c in COMPETITORS for s in SETTINGS)}
+        rows = sorted(kept + rows, key=lambda r: order.get((r["setting"], r["competitors"]), len(order)))
     alone = {r["setting"]: r["step_seconds"] for r in rows if r["competitors"] == "none"}
     for r in rows:
         if r["setting"] in alone:

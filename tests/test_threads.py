@@ -23,7 +23,7 @@ def test_threads_start_from_cores_and_load(cores, load, threads):
     assert choice.threads == threads and choice.follow
     assert f"{cores} cores" in choice.reason
     if threads < cores:
-        assert f"load {load:.1f}" in choice.reason
+        assert f"{load:.1f} in use by other processes" in choice.reason
 
 
 class Machine:
@@ -98,6 +98,27 @@ def test_requested_and_environment_win():
     assert not choose_threads(2, 0.0, requested=2).follow and not choose_threads(8, 0.0, environment="2").follow
     with pytest.raises(ValueError, match="threads=0 is invalid"):
         choose_threads(2, 0.0, requested=0)
+
+
+def test_busy_cores_counts_other_processes_not_this_one():
+    from lite_controlnet.training.threads import busy_cores
+
+    import subprocess
+    import sys
+    import time
+
+    started = time.process_time()
+    while time.process_time() - started < 0.3:  # this process busy: not counted
+        pass
+    quiet = busy_cores(window=0.5)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = busy_cores(window=0.5)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy > quiet + 0.5  # one busy loop elsewhere: most of a core
 
 
 def test_apply_sets_torch_threads(monkeypatch):

@@ -7,7 +7,7 @@ burn the time the other process needed. Measured on 2 cores (`benchmarks/cpu_sha
 demo's step became many times slower beside a second run with torch's default, while one thread
 fewer per busy core shared the machine at about its fair cost; alone, every core is fastest.
 
-So on a CPU a run starts with the cores the load average leaves free (`choose_threads`), and
+So on a CPU a run starts with the cores the other processes leave free (`choose_threads`), and
 while it trains a `ThreadGovernor` re-reads how busy the other processes keep the machine
 (Linux's /proc/stat, less this process's own CPU time) and follows it, one step at a time: fewer
 threads when a competitor arrives, all of them again when it leaves. A GPU run keeps torch's
@@ -45,8 +45,19 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores() -> float:
-    """Cores other processes keep busy: the 1-minute load average (0 where it is unknown)."""
+def busy_cores(window: float = 0.25) -> float:
+    """Cores' worth of CPU time the other processes use now: measured over `window` seconds from
+    /proc/stat (less this process's time), else the 1-minute load average (0 where both are unknown).
+
+    A load average still counts a command that just ended (the training before a `sample`), so it
+    is used only where the machine's own counters cannot be read."""
+    busy, own, start = _busy_seconds(), time.process_time(), time.monotonic()
+    if busy is not None:
+        time.sleep(window)
+        later = _busy_seconds()
+        if later is not None:
+            others = (later - busy) - (time.process_time() - own)
+            return max(0.0, others / (time.monotonic() - start))
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -59,7 +70,7 @@ def choose_threads(cores: int, load: float = 0.0, device: str = "cpu", requested
 
     Args:
         cores: cores the process may use (`cpu_cores()`).
-        load: cores other processes keep busy now (`busy_cores()`, before the run starts).
+        load: cores' worth of CPU time other processes use now (`busy_cores()`, before the run starts).
         device: "cpu", "cuda" or "mps": only a CPU run's threads are chosen.
         requested: `--threads`, which wins over everything.
         environment: the value of `OMP_NUM_THREADS`, which wins over the choice.
@@ -77,7 +88,7 @@ def choose_threads(cores: int, load: float = 0.0, device: str = "cpu", requested
         return None
     busy = busy_count(load)
     threads = free_cores(cores, load)
-    reason = f"{cores} cores" + (f", {busy} busy (load {load:.1f})" if busy else "") + ", follows the load"
+    reason = f"{cores} cores" + (f", {busy} busy ({load:.1f} in use by other processes)" if busy else "") + ", follows the load"
     return ThreadChoice(threads, reason, follow=True)
 
 
