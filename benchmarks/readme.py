@@ -46,15 +46,16 @@ def demo_block() -> str:
     if alone is None:
         return _missing("the demo's time alone", "python benchmarks/demo_time.py")
     lite, text = alone["scores"]["lite"], alone["scores"]["text-only"]
-    line = (f"On {alone['cores']} {alone['machine']} cores ({alone['date']}, {alone['threads']} CPU thread"
-            f"{'s' if alone['threads'] != 1 else ''}, the package's choice) it took {alone['seconds']} s; sampled disk "
-            f"IoU on the held-out pairs {lite['disk_iou']:.3f} with the module, {text['disk_iou']:.3f} without "
-            f"(edge F1 {lite['edge_f1']:.3f} and {text['edge_f1']:.3f}). The scores are the same for the same "
-            "seed and thread count (`--threads`).")
+    line = (f"On {alone['cores']} cores ({alone['machine']}, {alone['date']}) it took {alone['seconds']} s with "
+            f"{alone['threads']} CPU thread{'s' if alone['threads'] != 1 else ''} (the package's choice); sampled "
+            f"disk IoU on the held-out pairs {lite['disk_iou']:.3f} with the module, {text['disk_iou']:.3f} without "
+            f"(edge F1 {lite['edge_f1']:.3f} and {text['edge_f1']:.3f}).")
     beside = rows.get("training")
     if beside is not None:
         line += (f" Beside a second training of the package it took {beside['seconds']} s "
-                 f"({beside['seconds'] / alone['seconds']:.1f}x).")
+                 f"({beside['seconds'] / alone['seconds']:.1f}x), its threads following the load (from "
+                 f"{beside['threads']}), and scored {beside['scores']['lite']['disk_iou']:.3f}: the scores depend on "
+                 "the seed and on the threads used, which `--threads N` fixes for a bit-for-bit repeat.")
     return line + " (`python benchmarks/demo_time.py [--competitor training]`.)"
 
 
