@@ -25,6 +25,7 @@ from .training.checkpoint import verify_module_folder
 from .controls import controlled_unet, load_control, prepare_control
 from .bases.latents import decode_latents, encode_text
 from .model import LiteControlNetModel, unet_residual_layout
+from .sampling import SampleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
         prompt: str | Sequence[str],
         image: Any = None,
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int = SampleSettings.steps,
+        guidance_scale: float = SampleSettings.guidance,
         controlnet_conditioning_scale: float = 1.0,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,

@@ -31,6 +31,7 @@ from PIL import ImageDraw
 
 from ..training.grids import table_grid
 from ..training.logs import LossLog
+from ..sampling import SampleSettings
 
 __all__ = [
     "EpochViewer",
@@ -297,8 +298,8 @@ class SamplePanel:
 
         # 2. sampling settings
         self.strength = w.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="control strength", **slider)
-        self.guidance = w.FloatSlider(value=7.5, min=1.0, max=15.0, step=0.5, description="guidance", **slider)
-        self.steps = w.IntSlider(value=20, min=1, max=100, description="steps", **slider)
+        self.guidance = w.FloatSlider(value=SampleSettings.guidance, min=1.0, max=15.0, step=0.5, description="guidance", **slider)
+        self.steps = w.IntSlider(value=SampleSettings.steps, min=1, max=100, description="steps", **slider)
         self.seed = w.IntText(value=0, description="seed", style=_SLIDER_STYLE, layout=w.Layout(width="240px"))
         self.window = w.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05,
                                          description="control window", **slider)

@@ -21,6 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..bases.loading import DEFAULT_BASE
 from ..presets import get_preset
+from ..sampling import SampleSettings
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # The Lite code that "A Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU" cites trains
@@ -68,8 +69,8 @@ class TrainConfig:
     resume: str = "auto"  # "auto" (newest complete checkpoint), "never", or a checkpoint folder
     validation_every: int | None = None  # grids every N steps, besides every epoch end
     num_validation: int = 4  # rows of the grid
-    validation_steps: int = 20  # denoising steps of validation samples
-    validation_guidance: float = 7.5
+    validation_steps: int = SampleSettings.steps  # denoising steps of validation samples
+    validation_guidance: float = SampleSettings.guidance  # guidance scale of validation samples
     cache_dir: str | None = None  # latent/text cache; None: <output>/cache
     num_workers: int = 2  # data loader processes
     threads: int | None = None  # CPU threads; None: chosen from the cores and the load (training/threads.py)

@@ -15,6 +15,7 @@ from ..data.paired import PairedDataset
 from .grids import GridRow, make_grid
 from ..bases.latents import decode_latents, to_pil
 from ..pipeline import LiteControlNetPipeline
+from ..sampling import SampleSettings
 
 
 @torch.no_grad()
@@ -24,8 +25,8 @@ def validation_grid(
     dataset: PairedDataset,
     cache: TrainingCache,
     indices: list[int],
-    steps: int = 20,
-    guidance: float = 7.5,
+    steps: int = SampleSettings.steps,
+    guidance: float = SampleSettings.guidance,
     seed: int = 0,
     title: str | None = None,
     progress: bool = False,
