@@ -55,7 +55,7 @@ def demo_block() -> str:
         line += (f" Beside a second training of the package it took {beside['seconds']} s "
                  f"({beside['seconds'] / alone['seconds']:.1f}x), its threads following the load (from "
                  f"{beside['threads']}), and scored {beside['scores']['lite']['disk_iou']:.3f}: the scores depend on "
-                 "the seed and on the threads used, which `--threads N` fixes for a bit-for-bit repeat.")
+                 "the random seed and on the threads used, which `--threads N` fixes for a bit-for-bit repeat.")
     return line + " (`python benchmarks/demo_time.py [--competitor training]`.)"
 
 
