@@ -102,6 +102,16 @@ def start_competitor(kind: str, setting: str, data: Path, work: Path) -> subproc
                             start_new_session=True)
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Kill competitors and everything they started."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, 9)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
 def wait_until_training(work: Path, timeout: float = 300) -> None:
     """Until every competing training has logged a few steps (past its loading)."""
     deadline = time.monotonic() + timeout
@@ -139,12 +149,7 @@ def measure(setting: str, competitors: list[str], data: Path, work: Path) -> dic
         return {"setting": setting, "competitors": "+".join(competitors) or "none", "step_seconds": step_seconds(out),
                 "wall_seconds": round(wall, 1), "threads": threads}
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, 9)
-            except ProcessLookupError:
-                pass
-            p.wait()
+        stop(procs)
         for run in work.glob("competitor-*"):
             shutil.rmtree(run, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from cpu_sharing import clean_env, lc, start_competitor, wait_until_training  # noqa: E402
+from cpu_sharing import clean_env, lc, start_competitor, stop, wait_until_training  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
@@ -62,12 +62,7 @@ def main() -> None:
         try:
             row = run_demo(work / "demo")
         finally:
-            for p in procs:
-                try:
-                    os.killpg(p.pid, 9)
-                except ProcessLookupError:
-                    pass
-                p.wait()
+            stop(procs)
     row = {"competitor": args.competitor, **row, "machine": cpu_model(), "cores": len(os.sched_getaffinity(0)),
            "date": time.strftime("%Y-%m-%d")}
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
