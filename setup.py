@@ -10,7 +10,7 @@ for line in Path("lite_controlnet/__init__.py").read_text().splitlines():
 setup(
     name="lite-controlnet",
     version=version["__version__"],
-    description="A lightweight ControlNet (pixel-wise MLPs) for Stable Diffusion 1.5 that trains on a free Colab GPU.",
+    description="A lightweight ControlNet-style control module for Stable Diffusion 1.5 that trains on a free Colab GPU.",
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
