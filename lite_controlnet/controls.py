@@ -34,7 +34,7 @@ from diffusers import ControlNetModel, T2IAdapter
 from safetensors import SafetensorError
 
 from .errors import UsageError
-from .model import LiteControlNetModel
+from .model import FeedbackHooks, LiteControlNetModel
 
 ControlKind = Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"]
 CONTROL_KINDS = ("lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
@@ -300,6 +300,10 @@ def controlled_unet(
     """
     kwargs: dict[str, Any] = {}
     context: Any = contextlib.nullcontext()
+    # the feedback hooks are on the UNet from its first call, controlled or not: a compiled UNet
+    # traces them (doing nothing) on an uncontrolled call, and recompiles when control comes
+    if getattr(unet, "mid_block", None) is not None and hasattr(unet, "up_blocks"):
+        FeedbackHooks.of(unet)
     if prepared is not None:
         module, dtype = _unwrap(prepared.control), prepared.unet_dtype
         scale = conditioning_scale
