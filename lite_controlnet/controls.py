@@ -24,6 +24,7 @@ on Colab GPU", as published.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,10 +301,7 @@ def controlled_unet(
     """
     kwargs: dict[str, Any] = {}
     context: Any = contextlib.nullcontext()
-    # the feedback hooks are on the UNet from its first call, controlled or not: a compiled UNet
-    # traces them (doing nothing) on an uncontrolled call, and recompiles when control comes
-    if getattr(unet, "mid_block", None) is not None and hasattr(unet, "up_blocks"):
-        FeedbackHooks.of(unet)
+    install_control_hooks(unet)
     if prepared is not None:
         module, dtype = _unwrap(prepared.control), prepared.unet_dtype
         scale = conditioning_scale
@@ -325,27 +323,75 @@ def controlled_unet(
         return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kwargs)[0]
 
 
+def install_control_hooks(unet: torch.nn.Module) -> None:
+    """Register, once per UNet, the hooks through which Lite feedback and T2I-Adapter act inside
+    its forward; with no control active they change nothing.
+
+    `controlled_unet` calls it at every call, controlled or not, and the pipeline when it is built,
+    so the hooks are there before the UNet first runs: `torch.compile` does not re-check a module's
+    hooks, and a UNet compiled without them would keep running without control. A UNet compiled
+    and run elsewhere first needs this call before that run (or `torch._dynamo.reset()` after it).
+    """
+    if getattr(unet, "mid_block", None) is not None and hasattr(unet, "up_blocks"):
+        FeedbackHooks.of(unet)
+        _AdapterHooks.of(unet)
+
+
 @contextlib.contextmanager
 def _adapter_hooks(unet: torch.nn.Module, features: list[torch.Tensor]) -> Any:
     """Add T2I-Adapter's features inside the UNet's encoder, where diffusers adds them for a
     cross-attention block: to the output of each down block's last layer, before its downsampler
     (so into the skip and everything after). Hooks, because diffusers' own path adds them after
     the downsampler of a block without cross-attention, where the sizes differ."""
-    if len(features) != len(unet.down_blocks):
-        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {len(unet.down_blocks)} down "
+    hooks = _AdapterHooks.of(unet)
+    if len(features) != len(hooks.blocks):
+        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {len(hooks.blocks)} down "
                          "blocks: build it with build_control('t2i-adapter', unet).")
-    handles = []
-    for block, feature in zip(unet.down_blocks, features):
-        if getattr(block, "attentions", None):
-            hook = lambda m, a, out, f=feature: (out[0] + f, *out[1:])  # noqa: E731
-            handles.append(block.attentions[-1].register_forward_hook(hook))
-        else:
-            handles.append(block.resnets[-1].register_forward_hook(lambda m, a, out, f=feature: out + f))
+    hooks.run_last()
+    hooks.active = tuple(features)
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.active = ()
+
+
+class _AdapterHooks:
+    """A forward hook on the last layer of each of a UNet's down blocks, registered once per UNet
+    and kept (as `FeedbackHooks`, so that a compiled UNet traces them from its first call and is
+    guarded on `active`), adding `active[i]` to block i's output; with nothing active, nothing."""
+
+    _ATTRIBUTE = "_lite_adapter_hooks"
+
+    def __init__(self, unet: torch.nn.Module):
+        self.active: tuple[torch.Tensor, ...] = ()
+        self.blocks = list(unet.down_blocks)
+        self._registered = []
+        for index, block in enumerate(self.blocks):
+            cross_attention = bool(getattr(block, "attentions", None))
+            layer = block.attentions[-1] if cross_attention else block.resnets[-1]
+            handle = layer.register_forward_hook(functools.partial(self._add, index=index, tupled=cross_attention))
+            self._registered.append((layer._forward_hooks, handle.id))
+
+    @classmethod
+    def of(cls, unet: torch.nn.Module) -> _AdapterHooks:
+        unet = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
+        hooks = unet.__dict__.get(cls._ATTRIBUTE)
+        if hooks is None:
+            hooks = cls(unet)
+            object.__setattr__(unet, cls._ATTRIBUTE, hooks)
+        return hooks
+
+    def run_last(self) -> None:
+        """After every other hook of their layers, as if registered now."""
+        for hooks, hook_id in self._registered:
+            if next(reversed(hooks)) != hook_id:
+                hooks.move_to_end(hook_id)
+
+    def _add(self, layer: torch.nn.Module, args: tuple, out: Any, *, index: int, tupled: bool) -> Any:
+        if not self.active:
+            return None
+        feature = self.active[index]
+        return (out[0] + feature, *out[1:]) if tupled else out + feature
 
 
 def control_residuals(

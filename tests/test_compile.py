@@ -45,6 +45,7 @@ def outputs(unet, prepared, inputs):
     ("lite", "eager", True),
     ("lite", "aot_eager", False),
     ("lite-static", "eager", True),
+    ("t2i-adapter", "eager", True),
 ])
 def test_compiled_unet_matches_eager_for_every_sequence_of_controls(kind, backend, fullgraph):
     unet = tiny_unet()
