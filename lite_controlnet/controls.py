@@ -344,29 +344,31 @@ def _adapter_hooks(unet: torch.nn.Module, features: list[torch.Tensor]) -> Any:
     (so into the skip and everything after). Hooks, because diffusers' own path adds them after
     the downsampler of a block without cross-attention, where the sizes differ."""
     hooks = _AdapterHooks.of(unet)
-    if len(features) != len(hooks.blocks):
-        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {len(hooks.blocks)} down "
+    if len(features) != hooks.num_blocks:
+        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {hooks.num_blocks} down "
                          "blocks: build it with build_control('t2i-adapter', unet).")
+    entry = tuple(features)
     hooks.run_last()
-    hooks.active = tuple(features)
+    hooks.active = (*hooks.active, entry)  # after any adapter already active on the UNet
     try:
         yield
     finally:
-        hooks.active = ()
+        hooks.active = tuple(e for e in hooks.active if e is not entry)
 
 
 class _AdapterHooks:
     """A forward hook on the last layer of each of a UNet's down blocks, registered once per UNet
     and kept (as `FeedbackHooks`, so that a compiled UNet traces them from its first call and is
-    guarded on `active`), adding `active[i]` to block i's output; with nothing active, nothing."""
+    guarded on `active`), adding each active adapter's feature i to block i's output; with none
+    active, nothing."""
 
     _ATTRIBUTE = "_lite_adapter_hooks"
 
     def __init__(self, unet: torch.nn.Module):
-        self.active: tuple[torch.Tensor, ...] = ()
-        self.blocks = list(unet.down_blocks)
+        self.active: tuple[tuple[torch.Tensor, ...], ...] = ()  # one feature per down block, per adapter
+        self.num_blocks = len(unet.down_blocks)
         self._registered = []
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(unet.down_blocks):
             cross_attention = bool(getattr(block, "attentions", None))
             layer = block.attentions[-1] if cross_attention else block.resnets[-1]
             handle = layer.register_forward_hook(functools.partial(self._add, index=index, tupled=cross_attention))
@@ -390,8 +392,9 @@ class _AdapterHooks:
     def _add(self, layer: torch.nn.Module, args: tuple, out: Any, *, index: int, tupled: bool) -> Any:
         if not self.active:
             return None
-        feature = self.active[index]
-        return (out[0] + feature, *out[1:]) if tupled else out + feature
+        for features in self.active:
+            out = (out[0] + features[index], *out[1:]) if tupled else out + features[index]
+        return out
 
 
 def control_residuals(
