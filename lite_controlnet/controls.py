@@ -298,6 +298,10 @@ def controlled_unet(
         sample, timestep, encoder_hidden_states: as for the UNet.
         prepared: `prepare_control`'s output.
         conditioning_scale: control strength, a float or one value per sample, shape (B,).
+
+    `unet` may be compiled (`torch.compile`, with or without `fullgraph`): the hooks through which
+    Lite feedback and T2I-Adapter act are registered once (`install_control_hooks`) and the graphs
+    are guarded on the control, so every call gives the eager output.
     """
     kwargs: dict[str, Any] = {}
     context: Any = contextlib.nullcontext()

@@ -61,6 +61,8 @@ def test_compiled_unet_matches_eager_for_every_sequence_of_controls(kind, backen
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"scale {scale}")
     # the control acts, so an uncontrolled graph reused for a controlled call would fail above
     assert (eager[1] - eager[0]).abs().max() > 1e-2
+    # the hooks were registered once, not once per call
+    assert len(unet.mid_block._forward_hooks) == 1 and len(unet.up_blocks[0]._forward_pre_hooks) == 1
 
 
 def test_compiled_pipeline_keeps_a_late_control_window(tiny_base_dir, tiny_base):
