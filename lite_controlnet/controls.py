@@ -35,7 +35,7 @@ from diffusers import ControlNetModel, T2IAdapter
 from safetensors import SafetensorError
 
 from .errors import UsageError
-from .model import FeedbackHooks, LiteControlNetModel
+from .model import FeedbackHooks, LiteControlNetModel, forget_graphs_without_hooks
 
 ControlKind = Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"]
 CONTROL_KINDS = ("lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
@@ -333,8 +333,9 @@ def install_control_hooks(unet: torch.nn.Module) -> None:
 
     `controlled_unet` calls it at every call, controlled or not, and the pipeline when it is built,
     so the hooks are there before the UNet first runs: `torch.compile` does not re-check a module's
-    hooks, and a UNet compiled without them would keep running without control. A UNet compiled
-    and run elsewhere first needs this call before that run (or `torch._dynamo.reset()` after it).
+    hooks, and a UNet compiled without them would keep running without control. Registered on a
+    UNet already compiled (and maybe run elsewhere), they make Dynamo drop its compiled graphs,
+    once (`forget_graphs_without_hooks`).
     """
     if getattr(unet, "mid_block", None) is not None and hasattr(unet, "up_blocks"):
         FeedbackHooks.of(unet)
@@ -380,11 +381,12 @@ class _AdapterHooks:
 
     @classmethod
     def of(cls, unet: torch.nn.Module) -> _AdapterHooks:
-        unet = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
-        hooks = unet.__dict__.get(cls._ATTRIBUTE)
+        module = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
+        hooks = module.__dict__.get(cls._ATTRIBUTE)
         if hooks is None:
-            hooks = cls(unet)
-            object.__setattr__(unet, cls._ATTRIBUTE, hooks)
+            hooks = cls(module)
+            object.__setattr__(module, cls._ATTRIBUTE, hooks)
+            forget_graphs_without_hooks(unet)
         return hooks
 
     def run_last(self) -> None:

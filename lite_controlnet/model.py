@@ -598,11 +598,12 @@ class FeedbackHooks:
     def of(cls, unet: nn.Module) -> FeedbackHooks:
         """The hooks of `unet` (the module a `torch.compile` wraps, for a compiled one), registered
         on first use."""
-        unet = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
-        hooks = unet.__dict__.get(cls._ATTRIBUTE)
+        module = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
+        hooks = module.__dict__.get(cls._ATTRIBUTE)
         if hooks is None:
-            hooks = cls(unet)
-            object.__setattr__(unet, cls._ATTRIBUTE, hooks)  # a plain attribute: no weights, no config
+            hooks = cls(module)
+            object.__setattr__(module, cls._ATTRIBUTE, hooks)  # a plain attribute: no weights, no config
+            forget_graphs_without_hooks(unet)
         return hooks
 
     def _correct_mid(self, block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -620,6 +621,15 @@ class FeedbackHooks:
         for module, features, scale in active:
             args, kwargs = module._correct_skips(block, args, kwargs, indices=indices, features=features, scale=scale)
         return args, kwargs
+
+
+def forget_graphs_without_hooks(unet: nn.Module) -> None:
+    """After hooks are first registered on a UNet already compiled, drop the graphs Dynamo compiled:
+    it does not re-check hooks, and a graph compiled before them (the UNet run elsewhere first)
+    would run without them. Dynamo keeps no graphs per module, so all are dropped, once per UNet;
+    those of other modules compile again at their next call."""
+    if unet is not getattr(unet, "_orig_mod", unet) or getattr(unet, "_compiled_call_impl", None) is not None:
+        torch._dynamo.reset()
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -82,3 +82,17 @@ def test_compiled_pipeline_keeps_a_late_control_window(tiny_base_dir, tiny_base)
     for want, got in zip(eager, compiled):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(eager[0] - eager[1]).max() > 1e-3
+
+
+def test_a_unet_compiled_and_run_before_the_hooks_still_takes_control():
+    unet = tiny_unet()
+    control = randomize_(build_control("lite", unet), std=0.3).eval()
+    torch.manual_seed(1)
+    inputs = (torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), torch.randn(2, 77, 32))
+    with torch.no_grad():
+        prepared = prepare_control(control, torch.rand(2, 3, 64, 64), torch.float32)
+        compiled = torch.compile(unet, backend="eager")
+        compiled(*inputs[:2], encoder_hidden_states=inputs[2], return_dict=False)  # without this package: no hooks yet
+        got = controlled_unet(compiled, *inputs, prepared)
+        want = controlled_unet(unet, *inputs, prepared)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
