@@ -24,6 +24,7 @@ on Colab GPU", as published.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from diffusers import ControlNetModel, T2IAdapter
 from safetensors import SafetensorError
 
 from .errors import UsageError
-from .model import LiteControlNetModel
+from .model import FeedbackHooks, LiteControlNetModel, forget_graphs_without_hooks
 
 ControlKind = Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"]
 CONTROL_KINDS = ("lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
@@ -297,9 +298,14 @@ def controlled_unet(
         sample, timestep, encoder_hidden_states: as for the UNet.
         prepared: `prepare_control`'s output.
         conditioning_scale: control strength, a float or one value per sample, shape (B,).
+
+    `unet` may be compiled (`torch.compile`, with or without `fullgraph`): the hooks through which
+    Lite feedback and T2I-Adapter act are registered once (`install_control_hooks`) and the graphs
+    are guarded on the control, so every call gives the eager output.
     """
     kwargs: dict[str, Any] = {}
     context: Any = contextlib.nullcontext()
+    install_control_hooks(unet)
     if prepared is not None:
         module, dtype = _unwrap(prepared.control), prepared.unet_dtype
         scale = conditioning_scale
@@ -321,27 +327,80 @@ def controlled_unet(
         return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kwargs)[0]
 
 
+def install_control_hooks(unet: torch.nn.Module) -> None:
+    """Register, once per UNet, the hooks through which Lite feedback and T2I-Adapter act inside
+    its forward; with no control active they change nothing.
+
+    `controlled_unet` calls it at every call, controlled or not, and the pipeline when it is built,
+    so the hooks are there before the UNet first runs: `torch.compile` does not re-check a module's
+    hooks, and a UNet compiled without them would keep running without control. Registered on a
+    UNet already compiled (and maybe run elsewhere), they make Dynamo drop its compiled graphs,
+    once (`forget_graphs_without_hooks`).
+    """
+    if getattr(unet, "mid_block", None) is not None and hasattr(unet, "up_blocks"):
+        FeedbackHooks.of(unet)
+        _AdapterHooks.of(unet)
+
+
 @contextlib.contextmanager
 def _adapter_hooks(unet: torch.nn.Module, features: list[torch.Tensor]) -> Any:
     """Add T2I-Adapter's features inside the UNet's encoder, where diffusers adds them for a
     cross-attention block: to the output of each down block's last layer, before its downsampler
     (so into the skip and everything after). Hooks, because diffusers' own path adds them after
     the downsampler of a block without cross-attention, where the sizes differ."""
-    if len(features) != len(unet.down_blocks):
-        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {len(unet.down_blocks)} down "
+    hooks = _AdapterHooks.of(unet)
+    if len(features) != hooks.num_blocks:
+        raise ValueError(f"the adapter gives {len(features)} features for a UNet of {hooks.num_blocks} down "
                          "blocks: build it with build_control('t2i-adapter', unet).")
-    handles = []
-    for block, feature in zip(unet.down_blocks, features):
-        if getattr(block, "attentions", None):
-            hook = lambda m, a, out, f=feature: (out[0] + f, *out[1:])  # noqa: E731
-            handles.append(block.attentions[-1].register_forward_hook(hook))
-        else:
-            handles.append(block.resnets[-1].register_forward_hook(lambda m, a, out, f=feature: out + f))
+    entry = tuple(features)
+    hooks.run_last()
+    hooks.active = (*hooks.active, entry)  # after any adapter already active on the UNet
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        hooks.active = tuple(e for e in hooks.active if e is not entry)
+
+
+class _AdapterHooks:
+    """A forward hook on the last layer of each of a UNet's down blocks, registered once per UNet
+    and kept (as `FeedbackHooks`, so that a compiled UNet traces them from its first call and is
+    guarded on `active`), adding each active adapter's feature i to block i's output; with none
+    active, nothing."""
+
+    _ATTRIBUTE = "_lite_adapter_hooks"
+
+    def __init__(self, unet: torch.nn.Module):
+        self.active: tuple[tuple[torch.Tensor, ...], ...] = ()  # one feature per down block, per adapter
+        self.num_blocks = len(unet.down_blocks)
+        self._registered = []
+        for index, block in enumerate(unet.down_blocks):
+            cross_attention = bool(getattr(block, "attentions", None))
+            layer = block.attentions[-1] if cross_attention else block.resnets[-1]
+            handle = layer.register_forward_hook(functools.partial(self._add, index=index, tupled=cross_attention))
+            self._registered.append((layer._forward_hooks, handle.id))
+
+    @classmethod
+    def of(cls, unet: torch.nn.Module) -> _AdapterHooks:
+        module = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
+        hooks = module.__dict__.get(cls._ATTRIBUTE)
+        if hooks is None:
+            hooks = cls(module)
+            object.__setattr__(module, cls._ATTRIBUTE, hooks)
+            forget_graphs_without_hooks(unet)
+        return hooks
+
+    def run_last(self) -> None:
+        """After every other hook of their layers, as if registered now."""
+        for hooks, hook_id in self._registered:
+            if next(reversed(hooks)) != hook_id:
+                hooks.move_to_end(hook_id)
+
+    def _add(self, layer: torch.nn.Module, args: tuple, out: Any, *, index: int, tupled: bool) -> Any:
+        if not self.active:
+            return None
+        for features in self.active:
+            out = (out[0] + features[index], *out[1:]) if tupled else out + features[index]
+        return out
 
 
 def control_residuals(

@@ -501,8 +501,14 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         control `features` (`forward`'s output) and the UNet's own features, to the skips its up
         blocks consume and to its mid block's output.
 
+        The hooks that do it are registered once per UNet (`FeedbackHooks.of`) and stay; this
+        context only sets what they apply. So a compiled UNet (`torch.compile`) sees the same hooks
+        at every call, and its graphs are guarded on what is active: each call runs the graph of
+        its own control, as eager does.
+
         Args:
-            unet: the base `UNet2DConditionModel` the module was made for (`from_unet`).
+            unet: the base `UNet2DConditionModel` the module was made for (`from_unet`), or the
+                UNet compiled.
             features: `forward(controlnet_cond).features`, batch as the UNet's.
             conditioning_scale: control strength (0: the UNet's own output), a float or a tensor
                 that broadcasts over (B, C, H, W).
@@ -511,29 +517,21 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         if self.step_invariant:
             raise ValueError("feedback needs a module built with feedback=True; this one's residuals come from "
                              "forward() alone.")
+        hooks = FeedbackHooks.of(unet)
         num_skips = len(self.config.residual_levels)
-        # the up blocks consume the skips from the last: each takes the last len(resnets) left
-        consumed, left = [], num_skips
-        for block in unet.up_blocks:
-            consumed.append((block, range(left - len(block.resnets), left)))
-            left -= len(block.resnets)
-        if left != 0 or unet.mid_block is None:
+        if hooks.num_skips != num_skips:
             raise ValueError(f"this module was made for a UNet with {num_skips} skip connections and a mid block; "
-                             f"the UNet given consumes {num_skips - left}. Build it with from_unet(unet).")
+                             f"the UNet given consumes {hooks.num_skips}. Build it with from_unet(unet).")
 
-        # 2. hooks: the mid block's output corrected as it is made, each up block's skips as it starts
-        handles = [unet.mid_block.register_forward_hook(functools.partial(
-            self._correct_mid, features=features, scale=conditioning_scale))]
-        for block, indices in consumed:
-            handles.append(block.register_forward_pre_hook(functools.partial(
-                self._correct_skips, indices=indices, features=features, scale=conditioning_scale), with_kwargs=True))
-
-        # 3. the UNet runs (as often as the caller wants); 4. the hooks go
+        # 2. the UNet's hooks apply this module (after any already active on it) while the UNet
+        # runs, as often as the caller wants; 3. then no longer
+        entry = (self, tuple(features), conditioning_scale)
+        hooks.run_last()
+        hooks.active = (*hooks.active, entry)
         try:
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            hooks.active = tuple(e for e in hooks.active if e is not entry)
 
     def _correct_mid(self, block: nn.Module, args: tuple, out: torch.Tensor, *, features: Sequence[torch.Tensor],
                      scale: float | torch.Tensor) -> torch.Tensor:
@@ -553,6 +551,85 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             corrected.append(skip + (correction * scale).to(skip.dtype))
         kwargs["res_hidden_states_tuple"] = tuple(corrected)
         return args, kwargs
+
+
+class FeedbackHooks:
+    """The hooks through which feedback modules act inside a UNet's forward: a forward hook on its
+    mid block and a forward pre-hook on each up block (which consume the skips), registered once
+    per UNet and kept. They apply the modules in `active`, each a (module, features, scale) that
+    `LiteControlNetModel.feedback` sets for the time of its context; with none active they change
+    nothing.
+
+    Registered once rather than per call because `torch.compile` does not re-check a module's
+    hooks: a graph compiled without them would be reused once they were added. Fixed hooks that
+    read `active` make Dynamo guard on it (how many are active, which modules, the features' shapes
+    and the scale), so a compiled UNet recompiles when the control changes from none to some, or
+    back, and otherwise reuses the graph of that control.
+    """
+
+    _ATTRIBUTE = "_lite_feedback_hooks"
+
+    def __init__(self, unet: nn.Module):
+        if getattr(unet, "mid_block", None) is None or not hasattr(unet, "up_blocks"):
+            raise ValueError(f"feedback needs a UNet2DConditionModel with a mid block and up blocks; got "
+                             f"{type(unet).__name__}.")
+        self.active: tuple[tuple[LiteControlNetModel, tuple[torch.Tensor, ...], float | torch.Tensor], ...] = ()
+        # the up blocks consume the skips from the last: each takes the last len(resnets) left
+        self.num_skips = sum(len(block.resnets) for block in unet.up_blocks)
+        left = self.num_skips
+        handle = unet.mid_block.register_forward_hook(self._correct_mid)
+        self._registered = [(unet.mid_block._forward_hooks, handle.id)]
+        for block in unet.up_blocks:
+            indices = range(left - len(block.resnets), left)
+            handle = block.register_forward_pre_hook(functools.partial(self._correct_skips, indices=indices),
+                                                     with_kwargs=True)
+            self._registered.append((block._forward_pre_hooks, handle.id))
+            left -= len(block.resnets)
+
+    def run_last(self) -> None:
+        """Put these hooks after every other hook of their blocks, as if registered now: hooks
+        registered before a `feedback` context see the UNet's own features, those registered in it
+        the corrected ones."""
+        for hooks, hook_id in self._registered:
+            if next(reversed(hooks)) != hook_id:
+                hooks.move_to_end(hook_id)
+
+    @classmethod
+    def of(cls, unet: nn.Module) -> FeedbackHooks:
+        """The hooks of `unet` (the module a `torch.compile` wraps, for a compiled one), registered
+        on first use."""
+        module = getattr(unet, "_orig_mod", unet)  # torch.compile's OptimizedModule
+        hooks = module.__dict__.get(cls._ATTRIBUTE)
+        if hooks is None:
+            hooks = cls(module)
+            object.__setattr__(module, cls._ATTRIBUTE, hooks)  # a plain attribute: no weights, no config
+            forget_graphs_without_hooks(unet)
+        return hooks
+
+    def _correct_mid(self, block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        active = self.active
+        if not active:
+            return None
+        for module, features, scale in active:
+            out = module._correct_mid(block, args, out, features=features, scale=scale)
+        return out
+
+    def _correct_skips(self, block: nn.Module, args: tuple, kwargs: dict, *, indices: range) -> tuple | None:
+        active = self.active
+        if not active:
+            return None
+        for module, features, scale in active:
+            args, kwargs = module._correct_skips(block, args, kwargs, indices=indices, features=features, scale=scale)
+        return args, kwargs
+
+
+def forget_graphs_without_hooks(unet: nn.Module) -> None:
+    """After hooks are first registered on a UNet already compiled, drop the graphs Dynamo compiled:
+    it does not re-check hooks, and a graph compiled before them (the UNet run elsewhere first)
+    would run without them. Dynamo keeps no graphs per module, so all are dropped, once per UNet;
+    those of other modules compile again at their next call."""
+    if unet is not getattr(unet, "_orig_mod", unet) or getattr(unet, "_compiled_call_impl", None) is not None:
+        torch._dynamo.reset()
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .bases.loading import DEFAULT_BASE, BaseModels, load_base
 from .training.checkpoint import verify_module_folder
-from .controls import controlled_unet, load_control, prepare_control
+from .controls import controlled_unet, install_control_hooks, load_control, prepare_control
 from .bases.latents import decode_latents, encode_text
 from .model import LiteControlNetModel, unet_residual_layout
 from .sampling import SampleSettings
@@ -107,6 +107,8 @@ class LiteControlNetPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
         )
+        if unet is not None:  # before the UNet is compiled or run (see install_control_hooks)
+            install_control_hooks(unet)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_image_processor = VaeImageProcessor(
