@@ -11,6 +11,7 @@ controllability score (higher is better).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..evaluation.metrics import to_rgb_array
 __all__ = ["Condition", "as_rgb_image", "same_size"]
 
 
-class Condition:
+class Condition(ABC):
     """A condition; subclasses set the class attributes and implement what they support.
 
     Attributes:
@@ -55,10 +56,10 @@ class Condition:
         """The control image of any RGB image (PIL, or an (H, W, 3) array in [0, 1])."""
         raise ValueError(f"the {self.name!r} condition needs a shapes scene: it cannot be made from an image.")
 
+    @abstractmethod
     def score(self, image: Any, control: Any, prompt: str | None = None) -> dict[str, Any]:
         """Scores of a generated ``image`` against its ``control`` (and ``prompt``, where the
         score needs the prompt's colours); ``result[self.metric]`` is the controllability."""
-        raise NotImplementedError
 
     def controllability(self, image: Any, control: Any, prompt: str | None = None) -> float | None:
         """`score`'s headline: how well ``image`` obeys ``control``, higher is better."""

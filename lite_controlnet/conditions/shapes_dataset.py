@@ -5,13 +5,11 @@ It sits above both: conditions draw from scenes, and the dataset needs a conditi
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ..data.chunks import write_chunks
 from ..data.dataset_folder import new_dataset_folder, write_metadata
 from ..data.shapes import _CHUNK, _MIN_SIZE, _PNG_COMPRESS_LEVEL, DEFAULT_SIZE, _check_int, _check_objects, shapes_scene
 from . import CONDITIONS, get_condition
@@ -90,18 +88,7 @@ def make_shapes(
         (partial / "conditioning_image").mkdir()
         tasks = [(str(partial), start, min(start + _CHUNK, num), size, objects, seed, chosen.name, chosen.params)
                  for start in range(0, num, _CHUNK)]
-        prompts: list[str] = [""] * num
-        with tqdm(total=num, desc="shapes", unit="pair", disable=not progress) as bar:
-            if workers == 1 or len(tasks) == 1:
-                results = map(_write_chunk, tasks)
-                for start, chunk in results:
-                    prompts[start : start + len(chunk)] = chunk
-                    bar.update(len(chunk))
-            else:
-                with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
-                    for start, chunk in pool.imap_unordered(_write_chunk, tasks):
-                        prompts[start : start + len(chunk)] = chunk
-                        bar.update(len(chunk))
+        prompts = write_chunks(_write_chunk, tasks, num, workers, "shapes", "pair", progress)
         rows = [(f"image/{i}.png", f"conditioning_image/{i}.png", prompt) for i, prompt in enumerate(prompts)]
         info = {"condition": chosen.name, "condition_params": chosen.params, "generator": "make_shapes",
                 "num": num, "size": size, "objects": list(objects), "seed": seed}

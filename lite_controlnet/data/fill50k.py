@@ -15,16 +15,15 @@ so sample ``i`` is the same whatever the number of samples or workers.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
+from .chunks import write_chunks
 from .colours import COLOURS, NamedColour
 
 __all__ = [
@@ -214,17 +213,7 @@ def make_fill50k(
     manifest.unlink(missing_ok=True)
 
     tasks = [(str(out_dir), start, min(start + _CHUNK, num), size, seed) for start in range(0, num, _CHUNK)]
-    prompts: list[str] = [""] * num
-    with tqdm(total=num, desc="Fill50k", unit="sample", disable=not progress) as bar:
-        if workers == 1 or len(tasks) == 1:
-            for start, chunk in map(_write_chunk, tasks):
-                prompts[start : start + len(chunk)] = chunk
-                bar.update(len(chunk))
-        else:
-            with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
-                for start, chunk in pool.imap_unordered(_write_chunk, tasks):
-                    prompts[start : start + len(chunk)] = chunk
-                    bar.update(len(chunk))
+    prompts = write_chunks(_write_chunk, tasks, num, workers, "Fill50k", "sample", progress)
 
     # prompt.json last, whole or not at all: a folder with it holds every pair
     with atomic_write(manifest) as partial, open(partial, "w", encoding="utf-8") as file:
