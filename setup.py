@@ -33,10 +33,12 @@ setup(
         "ipywidgets>=7.6,<9",
     ],
     extras_require={
-        # opencv: the canny condition (lite_controlnet.conditions.canny), which is optional to use
+        # opencv: the canny condition (lite_controlnet.conditions.canny), which is optional to use;
+        # datasets (Hub and local HF datasets as --data), tensorboard (--report-to tensorboard) and
+        # peft (the pipeline's LoRA loaders) are optional too, detected where they are used
         # the browser tests (tests/browser/) also serve the notebooks with Notebook 7 and drive
         # Debian's Chromium with Playwright (no browser download: `apt-get install chromium`)
-        "dev": ["pytest>=7", "opencv-python-headless>=4.5", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "notebook>=7,<8", "playwright>=1.40"],
+        "dev": ["pytest>=7", "opencv-python-headless>=4.5", "datasets>=2.18", "tensorboard>=2.14", "peft>=0.10", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "notebook>=7,<8", "playwright>=1.40"],
         "colab": ["bitsandbytes>=0.43"],
     },
     entry_points={"console_scripts": ["lite-controlnet=lite_controlnet.cli:main"]},
