@@ -199,15 +199,43 @@ def _evaluate(args: argparse.Namespace) -> None:
                          f"{pipe.scheduler.config.num_train_timesteps - 1}.")
     dataset = PairedDataset(settings.data, resolution=settings.resolution or native_resolution(pipe.base_models()),
                             manifest=settings.manifest, convert_mode=settings.convert_mode)
+    condition = _scoring_condition(settings)
     report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t,
-                            progress=True)
+                            progress=True, condition=condition)
     report_path, grid_path = write_report(report, grid, out)
     mean = report["mean"]
+    if condition is not None:
+        print(f"{condition.name} controllability ({condition.metric}) {mean['controllability']:.3f} over "
+              f"{mean['count']} samples; one-step (t={settings.one_step_t}) "
+              f"{report['one_step']['with_control']['controllability']:.3f}")
+        print(f"Wrote {report_path} and {grid_path}")
+        return
     print(f"disk IoU {mean['disk_iou']:.3f}, circle colour error {mean['circle_colour_error'] or float('nan'):.1f}, "
           f"background colour error {mean['background_colour_error'] or float('nan'):.1f}, edge F1 {mean['edge_f1']:.3f} "
           f"over {mean['count']} samples; one-step IoU (t={settings.one_step_t}) "
           f"{report['one_step']['with_control']['disk_iou']:.3f}")
     print(f"Wrote {report_path} and {grid_path}")
+
+
+def _scoring_condition(settings: Any) -> Any:
+    """The condition `evaluate` scores as: --condition, else the one the dataset records (with the
+    settings it was made with), else None (Fill50k's disk scores)."""
+    from .conditions import get_condition
+    from .data.dataset_folder import dataset_condition, dataset_info
+
+    name, params = settings.condition, {}
+    if Path(settings.data).is_dir():
+        recorded = dataset_condition(settings.data)
+        if recorded is not None and name in (None, recorded):
+            name, params = recorded, dict((dataset_info(settings.data) or {}).get("condition_params") or {})
+    if name is None:
+        return None
+    try:
+        condition = get_condition(name, **params)
+        condition.check_available()
+    except ValueError as error:
+        raise UsageError(f"--condition {name}: {error}") from None
+    return condition
 
 
 def _make_proxy_base(args: argparse.Namespace) -> None:

@@ -37,3 +37,4 @@ class EvaluateSettings:
     num: int = 64  # pairs scored, the first of the data
     resolution: int | None = None  # None: the base's native size
     one_step_t: int = 800  # timestep of the one-step score (of the base's 1000)
+    condition: str | None = None  # score as this condition (canny, segmentation, ...); None: the one the data records, else Fill50k's disk

@@ -581,7 +581,13 @@ def _(c):
             "--out", c.tmp / "r.json"], ["--one-step-t 5000", "from 0 to 999"]
 
 
-# issue 25: hostile inputs, second round
+@case("evaluate-unknown-condition")
+def _(c):
+    return ["evaluate", "--base", c.w.base, "--data", c.w.data, "--num", "1", "--condition", "edgez",
+            "--out", c.tmp / "r.json"], ["--condition edgez", "unknown condition", "canny"]
+
+
+# hostile inputs, second round
 
 
 def absent(*paths):

@@ -163,3 +163,42 @@ def test_sample_and_evaluate_flags_are_the_settings_dataclasses_with_their_defau
     assert "denoising steps; default: 20" in text and "default: 7.5" in text and "default: 800" in text
     train_help = commands["train"].format_help()
     assert "default: 512" in train_help and "default: None" not in train_help
+
+
+@pytest.fixture(scope="module")
+def canny_shapes(tmp_path_factory):
+    from lite_controlnet.conditions.shapes_dataset import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "canny", num=8, size=64, condition="canny", seed=2,
+                       workers=1, progress=False, low_threshold=50, high_threshold=150)
+
+
+def test_scores_follow_the_condition_true_targets_near_perfect_and_others_low(canny_shapes):
+    """With a condition, sampled images are scored by re-detecting it (canny here): the true
+    targets obey their edges almost perfectly, other samples' targets do not."""
+    from lite_controlnet.conditions import get_condition
+
+    canny = get_condition("canny", low_threshold=50, high_threshold=150)
+    dataset = PairedDataset(canny_shapes, resolution=64)
+    perfect = sample_pairs(OraclePipe(dataset), pairs_of(dataset, 8), batch_size=4, condition=canny)
+    wrong = sample_pairs(OraclePipe(dataset, offset=1), pairs_of(dataset, 8), batch_size=4, condition=canny)
+    assert all(s["controllability"] == s["edge_f1"] for s in perfect.scores)
+    assert perfect.mean["controllability"] > 0.9 and wrong.mean["controllability"] < 0.5
+    assert "disk_iou" not in perfect.mean
+
+
+def test_evaluate_cli_scores_as_the_condition_the_dataset_records(tiny_base_dir, canny_shapes, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    args = ["evaluate", "--base", str(tiny_base_dir), "--data", str(canny_shapes), "--num", "2", "--steps", "1",
+            "--resolution", "64", "--out", str(out)]
+    cli_main(args)
+    report = json.loads(out.read_text())
+    # the dataset's dataset.json names canny and its thresholds: the report scores with both
+    assert report["settings"]["condition"] == {"name": "canny", "metric": "edge_f1", "low_threshold": 50,
+                                               "high_threshold": 150}
+    assert [s["controllability"] for s in report["per_sample"]] == [s["edge_f1"] for s in report["per_sample"]]
+    assert "canny controllability (edge_f1)" in capsys.readouterr().out
+    cli_main(args[:-2] + ["--condition", "outline", "--out", str(tmp_path / "outline.json")])
+    outline = json.loads((tmp_path / "outline.json").read_text())
+    assert outline["settings"]["condition"]["metric"] == "outline_iou"
+    assert [s["controllability"] for s in outline["per_sample"]] == [s["outline_iou"] for s in outline["per_sample"]]

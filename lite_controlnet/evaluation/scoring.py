@@ -1,4 +1,4 @@
-"""Fidelity of a control module as numbers: the one path that scores it on held-out Fill50k pairs.
+"""Fidelity of a control module as numbers: the one path that scores it on held-out pairs.
 
 `score_control` measures, on the same pairs:
 - one-step scores (`one_step_scores`): a steady measure early in training. Held-out targets are
@@ -9,6 +9,10 @@
   rise; that separates following the control from drawing any disk;
 - full sampling from noise (`sample_pairs`, the pipeline as a user samples), each image scored
   against its control.
+
+Given a condition (`lite_controlnet.conditions`: canny, segmentation, outline, ...), every score
+is that condition's instead (`pair_scores`): it re-detects the condition in the image and reports
+its ``controllability``.
 
 The `evaluate` command (`evaluate`), the studies (`study.fidelity_curves`), the compare notebook
 and the benchmarks all score through it. Which pairs are held out: `data.heldout.held_out_pairs`.
@@ -22,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
@@ -38,7 +42,21 @@ from ..sampling import EvaluateSettings, SampleSettings
 from ..training.grids import table_grid
 from .metrics import aggregate_scores, fill50k_scores
 
+if TYPE_CHECKING:
+    from ..conditions.base import Condition
+
 SCORE_COLUMNS = ("Prompt", "Control", "Target", "Sample")
+
+
+def pair_scores(image: Any, control: Any, prompt: str | None, condition: Condition | None = None) -> dict[str, Any]:
+    """Scores of a generated (or one-step predicted) image against its control: Fill50k's
+    (`metrics.fill50k_scores`: disk IoU, colours, edge F1) without a condition; with one, its
+    `score` (ControlNet++'s re-detection) and ``controllability``, the condition's headline."""
+    if condition is None:
+        return fill50k_scores(image, control, prompt)
+    scores = dict(condition.score(image, control, prompt))
+    scores["controllability"] = scores[condition.metric]
+    return scores
 
 
 def native_resolution(base: BaseModels) -> int:
@@ -98,14 +116,16 @@ def one_step_scores(
     shuffle: bool = False,
     batch_size: int = 32,
     empty_prompt: bool = False,
+    condition: Condition | None = None,
 ) -> dict[str, Any]:
-    """Mean `fill50k_scores` of one-step predictions of `indices` (see `one_step_predictions`).
+    """Mean `pair_scores` of one-step predictions of `indices` (see `one_step_predictions`).
 
     With `shuffle=True` the module sees the next sample's control, while the score is still
     taken against each sample's own control. `empty_prompt=True` predicts without the prompts.
+    `condition`: score as this condition does (None: Fill50k's disk scores).
     """
     return aggregate_scores(one_step_pair_scores(base, control_model, dataset, indices, timestep, seed, shuffle,
-                                                 batch_size, empty_prompt))
+                                                 batch_size, empty_prompt, condition))
 
 
 def one_step_pair_scores(
@@ -118,8 +138,9 @@ def one_step_pair_scores(
     shuffle: bool = False,
     batch_size: int = 32,
     empty_prompt: bool = False,
+    condition: Condition | None = None,
 ) -> list[dict[str, Any]]:
-    """`fill50k_scores` of the one-step prediction of each of `indices`, in their order (the
+    """`pair_scores` of the one-step prediction of each of `indices`, in their order (the
     pairs `one_step_scores` averages, with the same arguments)."""
     scores = []
     for start in range(0, len(indices), batch_size):
@@ -131,7 +152,7 @@ def one_step_pair_scores(
         preds = one_step_predictions(base, control_model, targets, seen, prompts, timestep, seed + start)
         for pred, item in zip(to_pil(preds), items):
             control_image = to_pil(item["conditioning_pixel_values"][None] * 2 - 1)[0]
-            scores.append(fill50k_scores(pred, control_image, None if empty_prompt else item["prompt"]))
+            scores.append(pair_scores(pred, control_image, None if empty_prompt else item["prompt"], condition))
     return scores
 
 
@@ -165,9 +186,10 @@ def sample_pairs(
     score: bool = True,
     warm_up: bool = False,
     progress: bool = False,
+    condition: Condition | None = None,
 ) -> Samples:
     """Sample one image per (control image, prompt) with `pipe`, in batches, and score each against
-    its control (`metrics.fill50k_scores`): the one sampling-and-scoring path.
+    its control (`pair_scores`): the one sampling-and-scoring path.
 
     Args:
         pipe: a `LiteControlNetPipeline` (without `controlnet`: the text-only baseline).
@@ -181,6 +203,7 @@ def sample_pairs(
         score: score each image; False: only sample and time them.
         warm_up: first sample the first batch once, untimed (kernels, allocator).
         progress: a progress bar over the images (sampling many takes minutes on a CPU).
+        condition: score as this condition does (None: Fill50k's disk scores).
     """
     with_control = getattr(pipe, "controlnet", None) is not None
 
@@ -211,7 +234,7 @@ def sample_pairs(
     bar.close()
     scores = None
     if score:
-        scores = [fill50k_scores(image, control, None if empty_prompt else prompt)
+        scores = [pair_scores(image, control, None if empty_prompt else prompt, condition)
                   for image, (control, prompt) in zip(images, pairs)]
     return Samples(images, scores, statistics.median(seconds) if seconds else float("nan"))
 
@@ -280,6 +303,7 @@ def score_control(
     control_window: tuple[float, float] = SampleSettings().control_window,
     batch_size: int = 8,
     progress: bool = False,
+    condition: Condition | None = None,
 ) -> ControlScores:
     """Score a control module on held-out pairs: one step (also with shuffled controls) on the first
     `scoring.heldout` pairs, and, with `sampled`, full sampling of the first `scoring.sample_num`.
@@ -298,6 +322,7 @@ def score_control(
         scale, control_window: control strength, and the share of the schedule where it applies.
         batch_size: images per pipeline call.
         progress: say what is being scored (a line for the one-step scores, a bar for sampling).
+        condition: score as this condition does (None: Fill50k's disk scores).
     """
     for name, count in (("heldout", scoring.heldout), ("sample_num", scoring.sample_num if sampled else 0)):
         if count > len(heldout):
@@ -308,7 +333,8 @@ def score_control(
         if progress:
             what = ", shuffled controls" if kwargs.get("shuffle") else ", empty prompts" if kwargs.get("empty_prompt") else ""
             tqdm.write(f"one-step scores of {len(indices)} pairs{what}")
-        return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=seed, **kwargs)
+        return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=seed,
+                               condition=condition, **kwargs)
 
     samples = None
     if sampled:
@@ -316,7 +342,8 @@ def score_control(
         pairs = [(to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0], it["prompt"]) for it in items]
         samples = sample_pairs(pipe if pipe is not None else pipeline_for(base, control_model, scheduler=None),
                                pairs, scoring.sample_steps, scoring.guidance, seed, scale, batch_size,
-                               heldout.resolution, control_window=control_window, progress=progress)
+                               heldout.resolution, control_window=control_window, progress=progress,
+                               condition=condition)
     return ControlScores(one_step(), one_step(shuffle=True) if control_model is not None else None, samples,
                          one_step(empty_prompt=True) if no_prompt else None)
 
@@ -329,6 +356,7 @@ def evaluate(
     timestep: int = ScoreSettings.timestep,
     batch_size: int = 8,
     progress: bool = False,
+    condition: Condition | None = None,
 ) -> tuple[dict[str, Any], PIL.Image.Image]:
     """Score the first `num` pairs of `dataset` (`score_control`) and report it: what the `evaluate`
     command writes.
@@ -342,6 +370,8 @@ def evaluate(
         timestep: noise level of the one-step scores.
         batch_size: images per pipeline call.
         progress: say what is being scored and how far sampling is.
+        condition: score as this condition does (e.g. ``get_condition("canny")``, the condition
+            the dataset records: `data.dataset_folder.dataset_condition`); None: Fill50k's disk scores.
     Returns:
         (report with the settings, the "mean" and "per_sample" sampled scores and the "one_step"
         scores, a grid PNG of the first 8 samples)
@@ -352,7 +382,7 @@ def evaluate(
                             guidance=sampling.guidance)
     scores = score_control(pipe.base_models(), pipe.controlnet, dataset, scoring, sampling.seed, pipe=pipe,
                            scale=sampling.scale, control_window=sampling.control_window, batch_size=batch_size,
-                           progress=progress)
+                           progress=progress, condition=condition)
     items = [dataset[i] for i in range(num)]
     samples = scores.samples
     per_sample = [{"index": k, "prompt": item["prompt"], **score}
@@ -366,7 +396,9 @@ def evaluate(
         "settings": {"num": num, "steps": sampling.steps, "seed": sampling.seed, "guidance": sampling.guidance,
                      "scale": sampling.scale, "resolution": dataset.resolution, "data": str(dataset.root),
                      "empty_prompt": False, "control_window": list(sampling.control_window),
-                     "control": type(pipe.controlnet).__name__ if pipe.controlnet is not None else None},
+                     "control": type(pipe.controlnet).__name__ if pipe.controlnet is not None else None,
+                     "condition": None if condition is None else {"name": condition.name, "metric": condition.metric,
+                                                                  **condition.params}},
         "mean": samples.mean,
         "per_sample": per_sample,
         "one_step": one_step,
