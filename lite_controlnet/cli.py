@@ -305,7 +305,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     add_preset(p, "--base and --guidance")
     p.set_defaults(func=_sample)
 
-    p = commands.add_parser("evaluate", help="sample held-out Fill50k pairs and score disk IoU, colours, edges")
+    p = commands.add_parser("evaluate", help="sample held-out pairs and score them: as the condition the data records (canny, "
+                            "segmentation, ...), or Fill50k's disk IoU, colours and edges")
     p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     add_config_arguments(p, EvaluateSettings, defaults=True)
