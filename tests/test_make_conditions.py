@@ -176,3 +176,23 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path):
     out = make_conditions(photos, "canny", tmp_path / "data", caption="a phone photo", progress=False)
     assert Image.open(out / "image" / "0.png").size == (20, 40)
     assert Image.open(out / "conditioning_image" / "0.png").size == (20, 40)
+
+
+def test_the_notebooks_make_your_pairs_once_and_never_mix_two_sources(tmp_path):
+    """`prepare_data` (what 01_data and 02_train call): photos become pairs in DATA_DIR once; a
+    second call (after a disconnect) reuses them; other photos or another condition are refused
+    rather than mixed into the same folder; without photos a dataset id is passed through."""
+    from lite_controlnet.notebook.colab import prepare_data
+
+    _photos(tmp_path / "photos")
+    _photos(tmp_path / "other", count=2)
+    data = prepare_data(tmp_path / "pairs", own_images=tmp_path / "photos", condition="canny")
+    assert data == tmp_path / "pairs" and len(PairedDataset(data, resolution=32)) == 3
+    written = (data / "metadata.jsonl").read_bytes()
+    assert prepare_data(tmp_path / "pairs", own_images=tmp_path / "photos", condition="canny") == data
+    for images, condition in ((tmp_path / "other", "canny"), (tmp_path / "photos", "depth")):
+        with pytest.raises(FileExistsError, match="choose another DATA_DIR"):
+            prepare_data(tmp_path / "pairs", own_images=images, condition=condition)
+    assert (data / "metadata.jsonl").read_bytes() == written
+    assert prepare_data(tmp_path / "unused", dataset="user/pairs") == "user/pairs"
+    assert not (tmp_path / "unused").exists()

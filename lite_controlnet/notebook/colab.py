@@ -101,6 +101,38 @@ def _dataset_root(folder: Path) -> Path:
     raise FileNotFoundError(f"No prompt.json, metadata.jsonl or train.jsonl in {folder} or its subfolders.")
 
 
+def prepare_data(data_dir: str | Path, own_images: str | Path | None = None, dataset: str | None = None,
+                 condition: str = "canny", caption: str | None = None, real_fill50k: str | Path | None = None,
+                 num: int = 50_000, size: int = 512, seed: int = 0) -> Path | str:
+    """The dataset to train on, what both the data and the training notebook call (again after a
+    disconnect wiped the local disk, with the same result):
+
+    - `own_images`: your own pictures (a folder, e.g. on Drive; captions in ``.txt`` files beside
+      them, a ``metadata.jsonl``, or `caption` for all) made into pairs with `condition` in
+      `data_dir` (`conditions.from_images.make_conditions`), once;
+    - else `dataset`: pairs already made, as `PairedDataset` reads them (a Hub dataset id, a
+      dataset saved with ``save_to_disk``, parquet files, a folder of pairs), returned as is;
+    - else Fill50k (`prepare_fill50k`: the real one copied from `real_fill50k`, or the synthetic
+      one of `num` pairs of `size` px).
+    """
+    if own_images:
+        from ..conditions.from_images import make_conditions
+        from ..data.dataset_folder import dataset_info
+
+        data_dir = Path(data_dir)
+        made = dataset_info(data_dir) if data_dir.is_dir() else None
+        if made is None:  # the folder appears whole or not at all
+            return make_conditions(own_images, condition, data_dir, caption=caption)
+        if (made.get("images"), made.get("condition")) != (str(own_images), condition):
+            raise FileExistsError(
+                f"{data_dir} holds pairs made from {made.get('images')} with {made.get('condition')!r}, not from "
+                f"{own_images} with {condition!r}: choose another DATA_DIR (or delete that folder to make them again).")
+        return data_dir
+    if dataset:
+        return dataset
+    return prepare_fill50k(data_dir, real=real_fill50k, num=num, size=size, seed=seed)
+
+
 def prepare_fill50k(data_dir: str | Path, real: str | Path | None = None, num: int = 50_000, size: int = 512,
                     seed: int = 0) -> Path:
     """The Fill50k to train on, on local disk: the real one copied from `real` (a folder or
