@@ -3,6 +3,7 @@ event files read back, a resumed run's log without repeated steps, wandb at its 
 
 import csv
 import io
+import json
 import shutil
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import SMALL
+from conftest import SMALL, SMALL_FLAGS
 from lite_controlnet.data.fill50k import make_fill50k
 from lite_controlnet.data.paired import _resize_and_crop
 from lite_controlnet.training.checkpoint import list_checkpoints
@@ -166,3 +167,38 @@ def test_wandb_gets_the_run_through_accelerates_tracker(tmp_path, tiny_base_dir,
     grid = logs[-1][1][GRID_TAG][0].image
     assert np.array_equal(np.asarray(grid), np.asarray(PIL.Image.open(output / "samples" / "epoch-001.png")))
     assert calls[-1] == ("finish",)
+
+
+def test_a_run_resumes_with_other_pairs_of_ones_own_through_the_cli(world, tmp_path, capsys):
+    """Validation pairs are not part of what defines a run: a resume may add or change them, here
+    with no dataset rows at all (--num-validation 0), and the flags take several values or repeat."""
+    from lite_controlnet import cli
+
+    run = shutil.copytree(world.run, tmp_path / "run")
+    image = own_control(tmp_path / "mine.png")
+    flags = list(SMALL_FLAGS)
+    flags[flags.index("--num-validation") + 1] = "0"
+    cli.main(["train", "--base", str(world.base), "--data", str(world.data), "--output", str(run), *flags,
+              "--max-steps", "3", "--validation-image", str(image), str(world.image), "--validation-prompt", "mine",
+              "--validation-prompt", "the dataset's first control"])
+    assert "Resumed from" in capsys.readouterr().out
+    grid = PIL.Image.open(run / "samples" / "step-00000003.png")
+    assert grid.size == (len(COLUMNS) * TILE, 2 * HEADER + 2 * TILE)  # the two pairs alone
+    top, left = 2 * HEADER, COLUMNS.index("Control") * TILE
+    tile = grid.crop((left, top, left + TILE, top + TILE))
+    expected = _resize_and_crop(PIL.Image.open(image).convert("RGB"), 32).resize((TILE, TILE), PIL.Image.NEAREST)
+    assert np.array_equal(np.asarray(tile), np.asarray(expected))
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["validation_image"] == [str(image), str(world.image)] and saved["num_validation"] == 0
+
+
+def test_pairs_from_a_settings_file_pair_up_as_diffusers_does():
+    one_image = TrainConfig.from_dict({"data": "d", "output": "o", "validation_image": "a.png",
+                                       "validation_prompt": ["x", "y"]})
+    assert one_image.validation_image == ["a.png"]  # a single pair may be written without a list
+    assert one_image.validation_pairs == [("a.png", "x"), ("a.png", "y")]
+    one_prompt = TrainConfig(data="d", output="o", validation_image=["a.png", "b.png"], validation_prompt=["x"])
+    assert one_prompt.validation_pairs == [("a.png", "x"), ("b.png", "x")]
+    assert TrainConfig(data="d", output="o").validation_pairs == []
+    with pytest.raises(ValueError, match=r"validation_image=\[1\] \(--validation-image\).*a list of texts"):
+        TrainConfig.from_dict({"data": "d", "output": "o", "validation_image": [1], "validation_prompt": "x"})

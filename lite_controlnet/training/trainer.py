@@ -14,8 +14,8 @@ error sees the same samples.
 
 Why some of what Accelerate offers is done here by hand. Accelerate places the models and, when
 torchrun starts several processes, wraps the module in DDP (which averages the gradients), skips
-the gradient sync between micro-batches and averages the logged loss; the rest of what it offers
-does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
+the gradient sync between micro-batches, averages the logged loss and logs to its experiment
+trackers (`trackers.py`); the rest of what it offers does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
 native bf16; bf16 on Ampere and newer; fp32 on a CPU), chosen after the base is loaded, probed
 on the GPU and reused from the checkpoint on resume, while Accelerate fixes its mixed precision
 when the `Accelerator` is built: so autocast and the fp16 `GradScaler` follow the plan, a fresh
