@@ -228,6 +228,61 @@ def _(c):
         ["--control-options", "level_channels", "cannot build a lite module"]
 
 
+# your own validation pairs and the trackers: refused before anything is written
+
+
+def own_pair(c, image=None, *prompts):
+    return ["--validation-image", image or c.w.image, "--validation-prompt", *(prompts or ["mine"])]
+
+
+@case("validation-image-missing")
+def _(c):
+    return train_args(c, c.tmp / "out", *own_pair(c, c.tmp / "nope.png")), \
+        ["--validation-image", "nope.png", "no such file"], [], absent(c.tmp / "out")
+
+
+@case("validation-image-unreadable")
+def _(c):
+    (c.tmp / "broken.png").write_bytes(b"not a png")
+    return train_args(c, c.tmp / "out", *own_pair(c, c.tmp / "broken.png")), \
+        ["--validation-image", "broken.png", "cannot be read"], [], absent(c.tmp / "out")
+
+
+@case("validation-images-and-prompts-of-unequal-counts")
+def _(c):
+    argv = train_args(c, c.tmp / "out", "--validation-image", c.w.image, c.w.image, "--validation-prompt", "a", "b", "c")
+    return argv, ["2 --validation-image and 3 --validation-prompt", "as many of each"], [], absent(c.tmp / "out")
+
+
+@case("validation-image-without-prompt")
+def _(c):
+    return train_args(c, c.tmp / "out", "--validation-image", c.w.image), \
+        ["--validation-prompt", "prompts of --validation-image"], [], absent(c.tmp / "out")
+
+
+@case("no-validation-rows-at-all")
+def _(c):
+    argv = train_args(c, c.tmp / "out")
+    argv[argv.index("--num-validation") + 1] = "0"
+    return argv, ["num_validation=0", "--validation-image"], [], absent(c.tmp / "out")
+
+
+@case("report-to-unknown")
+def _(c):
+    return train_args(c, c.tmp / "out", "--report-to", "tensorbord"), \
+        ["--report-to", "'tensorbord'", "tensorboard"], [], absent(c.tmp / "out")
+
+
+for tracker, modules in [("wandb", ["wandb"]), ("tensorboard", ["tensorboard", "tensorboardX"])]:
+    def make(c, tracker=tracker, modules=modules):
+        for module in modules:  # as if not installed: imports of it fail
+            c.mp.setitem(sys.modules, module, None)
+        return train_args(c, c.tmp / "out", "--report-to", tracker), \
+            [f"--report-to {tracker}", f"pip install {tracker}"], [], absent(c.tmp / "out")
+
+    case(f"report-to-{tracker}-not-installed")(make)
+
+
 # data
 
 

@@ -77,6 +77,12 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     manifest: str | None = None  # the dataset's manifest file, when it holds several (relative to data)
     convert_mode: bool = False  # convert grey, palette or RGBA images to RGB instead of refusing them
+    # Your own validation pairs, rows of every grid after the dataset's num_validation: control image
+    # files and their prompts, as many of each, or one of either for all of the other (as diffusers)
+    validation_image: list[str] | None = None
+    validation_prompt: list[str] | None = None  # the prompts of --validation-image, in its order
+    # also log the loss, learning rate and grids through Accelerate's trackers, under <output>/logs
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
@@ -84,6 +90,9 @@ class TrainConfig:
             value = _SHORT.repr(getattr(self, name))  # a value from a file may be huge: shown cut short
             return ValueError(f"TrainConfig.{name}={value} ({flag}) is invalid: expected {accepted}.")
 
+        for name in ("validation_image", "validation_prompt"):  # one pair in a file may be written unlisted
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
         # 1. types: what a JSON or YAML file can get wrong (flags arrive typed)
         for f in dataclasses.fields(self):
             problem = _type_problem(getattr(self, f.name), _HINTS[f.name])
@@ -94,6 +103,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, str) and value.startswith("~"):
                 setattr(self, name, os.path.expanduser(value))
+        if self.validation_image:
+            self.validation_image = [os.path.expanduser(path) for path in self.validation_image]
         # 2. ranges
         for name, (low, high) in _WHOLE_RANGES.items():
             value = getattr(self, name)
@@ -131,6 +142,16 @@ class TrainConfig:
                 raise bad(name, "a non-empty text")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise bad("resume", "'auto', 'never', or an existing checkpoint folder")
+        images, prompts = self.validation_image or [], self.validation_prompt or []
+        if images and not prompts:
+            raise bad("validation_prompt", "the prompts of --validation-image (one for all images, or one each)")
+        if prompts and not images:
+            raise bad("validation_image", "the control image files of --validation-prompt (one for all, or one each)")
+        if len(images) > 1 and len(prompts) > 1 and len(images) != len(prompts):
+            raise ValueError(f"{len(images)} --validation-image and {len(prompts)} --validation-prompt: expected as "
+                             "many of each, or one image for all prompts, or one prompt for all images.")
+        if self.num_validation == 0 and not images:
+            raise bad("num_validation", "a whole number >= 1, or 0 with --validation-image and --validation-prompt")
 
     @property
     def lr(self) -> float:
@@ -141,6 +162,13 @@ class TrainConfig:
     def timesteps(self) -> str:
         """How training timesteps are drawn (the kind's default when unset)."""
         return self.timestep_sampling or DEFAULT_TIMESTEP_SAMPLING[self.control_kind]
+
+    @property
+    def validation_pairs(self) -> list[tuple[str, str]]:
+        """(control image file, prompt) of each of your own validation pairs."""
+        images, prompts = self.validation_image or [], self.validation_prompt or []
+        count = max(len(images), len(prompts))
+        return [(images[k % len(images)], prompts[k % len(prompts)]) for k in range(count)] if images else []
 
     @property
     def cache_path(self) -> Path:
@@ -199,7 +227,7 @@ _HINTS = get_type_hints(TrainConfig)
 _WHOLE_RANGES = {
     "resolution": (8, 4096), "epochs": (1, None), "max_steps": (1, None), "batch_size": (1, None),
     "micro_batch": (1, None), "lr_warmup_steps": (0, None), "seed": (0, 2**63 - 1), "checkpoint_every": (1, None),
-    "keep_checkpoints": (1, None), "validation_every": (1, None), "num_validation": (1, None),
+    "keep_checkpoints": (1, None), "validation_every": (1, None), "num_validation": (0, None),
     "validation_steps": (1, 500), "num_workers": (0, 64), "threads": (1, 1024),
     "max_nonfinite": (1, None),
 }
@@ -248,6 +276,10 @@ def _type_problem(value: Any, hint: Any) -> str | None:
             if isinstance(value, dict):
                 return None
             accepted.append('a mapping of settings, e.g. {"level_channels": 192}')
+        elif get_origin(kind) is list:
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return None
+            accepted.append("a list of texts")
     problem = " or ".join(accepted) + (", or None" if type(None) in kinds else "")
     if isinstance(value, str) and any(k in (int, float) for k in kinds):
         problem += " (a number in a YAML file needs a dot before an exponent, e.g. 1.0e-4: YAML reads 1e-4 as text)"
@@ -281,6 +313,8 @@ def add_config_arguments(parser: Any, settings: type | None = None, defaults: bo
             parser.add_argument(flag, type=parse_bool, metavar="{true,false}", help=help_text, **given)
         elif kind is dict:
             parser.add_argument(flag, type=_parse_json_object, metavar="JSON", help=help_text, **given)
+        elif get_origin(kind) is list:  # one or several values, or the flag repeated (as diffusers' scripts)
+            parser.add_argument(flag, nargs="+", action="extend", type=get_args(kind)[0], help=help_text, **given)
         else:
             parser.add_argument(flag, type=kind, help=help_text, **given)
 

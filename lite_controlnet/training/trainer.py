@@ -14,8 +14,8 @@ error sees the same samples.
 
 Why some of what Accelerate offers is done here by hand. Accelerate places the models and, when
 torchrun starts several processes, wraps the module in DDP (which averages the gradients), skips
-the gradient sync between micro-batches and averages the logged loss; the rest of what it offers
-does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
+the gradient sync between micro-batches, averages the logged loss and logs to its experiment
+trackers (`trackers.py`); the rest of what it offers does not fit this trainer. The precision is the hardware plan's (fp16 on a T4, which lacks
 native bf16; bf16 on Ampere and newer; fp32 on a CPU), chosen after the base is loaded, probed
 on the GPU and reused from the checkpoint on resume, while Accelerate fixes its mixed precision
 when the `Accelerator` is built: so autocast and the fp16 `GradScaler` follow the plan, a fresh
@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,10 @@ from .stall import StallWatch
 from .threads import apply_threads, governor_for
 from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardware
 from .lock import RunLock
+from .grids import GridRow, make_grid
 from .logs import LossLog
-from .validation import save_grid, validation_grid
+from .trackers import accelerator_options, end_trackers, log_grid, start_trackers
+from .validation import read_validation_pairs, save_grid, validation_rows
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -89,6 +91,7 @@ class EpochEnd:
     grid: PIL.Image.Image | None
     grid_path: Path | None
     output: Path
+    rows: list[GridRow] = field(default_factory=list)  # the grid's: the dataset's pairs, then your own
 
 
 # What a derived seed is drawn for (its last number): each purpose gets its own random stream.
@@ -176,7 +179,8 @@ class Trainer:
         self.output = Path(cfg.output)
         self.info = detect_device(cfg.max_gpu_memory)
         self.threads = apply_threads(self.info.kind, cfg.threads)  # before anything computes
-        self.accelerator = Accelerator(cpu=self.info.kind == "cpu")
+        self.accelerator = Accelerator(cpu=self.info.kind == "cpu", **accelerator_options(cfg.report_to, cfg.output))
+        self.pairs = read_validation_pairs(cfg.validation_pairs, cfg.resolution, cfg.convert_mode)  # before any write
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         if cfg.batch_size % self.world:
@@ -363,9 +367,11 @@ class Trainer:
             for step in range(2):
                 self._optimizer_step(step, indices, control_images, lr=0.0)  # lr 0: the weights stay as they are
             with torch.no_grad(), self._autocast():  # validation with guidance: twice the batch
-                k = 2 * min(self.cfg.num_validation, len(self.dataset))
-                latents = self.cache.latent_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
-                text = self.cache.text_batch(list(range(k // 2)) * 2).to(self.accelerator.device, self.weight_dtype)
+                rows = [i % len(self.dataset) for i in range(min(self.cfg.num_validation, len(self.dataset))
+                                                             + len(self.pairs))] * 2
+                k = len(rows)
+                latents = self.cache.latent_batch(rows).to(self.accelerator.device, self.weight_dtype)
+                text = self.cache.text_batch(rows).to(self.accelerator.device, self.weight_dtype)
                 self.base.unet(latents, torch.full((k,), 500, device=latents.device), encoder_hidden_states=text)
             return torch.cuda.max_memory_reserved()
         finally:
@@ -394,22 +400,25 @@ class Trainer:
                         self.identity, keep=self.cfg.keep_checkpoints)
         self.last_save = time.monotonic()
 
-    def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path]:
+    def _grid(self, name: str, title: str) -> tuple[PIL.Image.Image, Path, list[GridRow]]:
         indices = list(range(min(self.cfg.num_validation, len(self.dataset))))
         with self._autocast():
-            grid = validation_grid(self.base, self.control_model, self.dataset, self.cache, indices,
+            rows = validation_rows(self.base, self.control_model, self.dataset, self.cache, indices, self.pairs,
                                    steps=self.cfg.validation_steps, guidance=self.cfg.validation_guidance,
                                    seed=self.cfg.seed, title=title, progress=self.progress and self.main)
-        return grid, save_grid(grid, self.output, name)
+        grid = make_grid(rows, title=title)
+        path = save_grid(grid, self.output, name)
+        log_grid(self.accelerator, grid, self.state.global_step)
+        return grid, path, rows
 
     def _epoch_grid(self, epoch: int) -> None:
         """The grid after `epoch` epochs (0: before training), saved and handed to the callback."""
         if not self.main:
             return
-        grid, path = self._grid(f"epoch-{epoch:03d}", f"epoch {epoch}, step {self.state.global_step}")
+        grid, path, rows = self._grid(f"epoch-{epoch:03d}", f"epoch {epoch}, step {self.state.global_step}")
         LossLog(self.output).plot()
         if self.on_epoch_end:
-            self.on_epoch_end(EpochEnd(epoch, self.state.global_step, grid, path, self.output))
+            self.on_epoch_end(EpochEnd(epoch, self.state.global_step, grid, path, self.output, rows))
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -423,6 +432,7 @@ class Trainer:
             state = self.state
             if self.main:
                 (self.output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            start_trackers(acc, cfg.to_dict(), self.output, state.global_step)
             log = LossLog(self.output)
             if self.main:
                 log.truncate_after(state.global_step)
@@ -448,12 +458,13 @@ class Trainer:
                 self._check_weights()
                 publish_final(self.output, self.control_model, state.global_step)
                 if state.step_in_epoch != 0:  # stopped by max_steps inside an epoch
-                    grid, path = self._grid(f"step-{state.global_step:08d}", f"final, step {state.global_step}")
+                    self._grid(f"step-{state.global_step:08d}", f"final, step {state.global_step}")
                 LossLog(self.output).plot()
                 self._log(f"Done: {state.global_step} steps. Control module saved to {final}")
             acc.wait_for_everyone()
             return final
         finally:
+            end_trackers(acc)
             if lock:
                 lock.release()
 
@@ -481,8 +492,9 @@ class Trainer:
             if epoch_done:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
             if self.main:
-                log.append(state.global_step, state.epoch, loss, lr_at(state.global_step - 1, cfg.lr, cfg.lr_warmup_steps),
-                           state.elapsed)
+                lr = lr_at(state.global_step - 1, cfg.lr, cfg.lr_warmup_steps)
+                log.append(state.global_step, state.epoch, loss, lr, state.elapsed)
+                self.accelerator.log({"loss": loss, "lr": lr}, step=state.global_step)
                 bar.update(1)
                 postfix = {"loss": f"{loss:.4f}"}
                 if self.governor.enabled:
