@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from diffusers import ControlNetModel, T2IAdapter
+from diffusers import ControlNetModel, ModelMixin, T2IAdapter  # noqa: F401 (ModelMixin: see MultiControlModel)
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from safetensors import SafetensorError
 
@@ -241,7 +241,10 @@ class MultiControlModel(MultiControlNetModel):
     """Several control modules used at once, of any kinds (Lite, ControlNet, T2I-Adapter mixed), as
     diffusers' `MultiControlNetModel` holds several ControlNets: in `nets`, saved to `<folder>`,
     `<folder>_1`, ..., each loaded back by `load_control` (diffusers' loader takes ControlNets only).
-    The pipeline runs them through `controlled_unet`, not through `forward`."""
+    The pipeline runs them through `controlled_unet`, not through `forward`.
+
+    (A pipeline's loader finds a component's loading method by the base classes its module names:
+    hence `ModelMixin` among this module's imports.)"""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_path: str | Path, **kwargs: Any) -> MultiControlModel:

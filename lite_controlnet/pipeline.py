@@ -12,11 +12,12 @@ for the same seed, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
@@ -131,6 +132,21 @@ def fix_scheduler_config(scheduler: Any) -> Any:
     if scheduler is not None and getattr(scheduler.config, "clip_sample", False) is True:
         scheduler._internal_dict = FrozenDict({**scheduler.config, "clip_sample": False})
     return scheduler
+
+
+@contextlib.contextmanager
+def clip_text_model_alias(text_encoder: Any) -> Iterator[None]:
+    """Lets diffusers' `clip_skip` find the final layer norm at `text_encoder.text_model`, where
+    transformers before 5 kept it (transformers 5 made `CLIPTextModel` flat)."""
+    flat = text_encoder is not None and hasattr(text_encoder, "final_layer_norm") \
+        and not hasattr(text_encoder, "text_model")
+    if flat:
+        text_encoder.__dict__["text_model"] = text_encoder  # a plain attribute: not a submodule, no weights
+    try:
+        yield
+    finally:
+        if flat:
+            del text_encoder.__dict__["text_model"]
 
 
 class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
@@ -272,6 +288,15 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
         if self.vae is not None:
             self.vae.disable_slicing()
 
+    def enable_vae_tiling(self) -> None:
+        """Decode large images tile by tile (less peak memory; tiles blend at their seams)."""
+        if self.vae is not None:
+            self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        if self.vae is not None:
+            self.vae.disable_tiling()
+
     def enable_xformers_if_available(self) -> bool:
         """Use xformers attention when it is installed and works here; otherwise keep PyTorch SDPA.
 
@@ -287,6 +312,11 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
         return True
 
     # -- inputs --------------------------------------------------------------------------------
+
+    def encode_prompt(self, *args: Any, clip_skip: int | None = None, **kwargs: Any) -> tuple:
+        """diffusers' `encode_prompt`, whose `clip_skip` also works with transformers 5's CLIP."""
+        with clip_text_model_alias(self.text_encoder) if clip_skip is not None else contextlib.nullcontext():
+            return super().encode_prompt(*args, clip_skip=clip_skip, **kwargs)
 
     def control_modules(self) -> list[torch.nn.Module]:
         """The control modules, one per control image (none without `controlnet`)."""
@@ -671,7 +701,9 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:  # a loop: a comprehension has its own locals()
+                        callback_kwargs[k] = locals()[k]
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
