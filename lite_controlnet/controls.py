@@ -19,6 +19,9 @@ The kinds differ in what they compute once and what at every step:
 
 (`lite-mlp` is the pixel-MLP design of "A Lightweight ControlNet for Fine-Tuning Stable Diffusion
 on Colab GPU", as published.)
+
+Several modules act at once when `controlled_unet` is given a list of prepared controls and one
+scale each (as diffusers' `MultiControlNetModel`): residuals add, feedback and adapters stack.
 """
 
 from __future__ import annotations

@@ -469,9 +469,10 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
             first = first[0] if first else None
         if isinstance(first, PIL.Image.Image):
             width, height = first.size
-        elif isinstance(first, (torch.Tensor, np.ndarray)):
-            height, width = first.shape[-2:] if isinstance(first, torch.Tensor) or first.shape[-1] not in (1, 3) \
-                else first.shape[-3:-1]
+        elif isinstance(first, torch.Tensor):  # (..., C, H, W)
+            height, width = first.shape[-2:]
+        elif isinstance(first, np.ndarray):  # (..., H, W, C), as diffusers' image processor reads it
+            height, width = first.shape[-3:-1]
         else:
             height = width = self.unet.config.sample_size * self.vae_scale_factor
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)

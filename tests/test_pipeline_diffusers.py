@@ -325,3 +325,81 @@ def test_ip_adapter_image_embeds_reach_the_unet(tiny_base, controls, control_ima
     assert len(seen) == STEPS and torch.equal(seen[0]["image_embeds"][0], embeds)
     with pytest.raises(ValueError, match="ip_adapter_image_embeds"):
         run(pipe, image=control_image, ip_adapter_image_embeds=embeds)
+
+
+def test_from_single_file_loads_an_sd15_checkpoint_file(tiny_base_dir, tiny_base, controls, control_image, tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint = {**unet_to_ldm(tiny_base.unet), **vae_to_ldm(tiny_base.vae),
+                  **{"cond_stage_model.transformer.text_model." + k: v
+                     for k, v in tiny_base.text_encoder.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in checkpoint.items()}, tmp_path / "model.safetensors")
+    # `config`: the base's folder (offline; a hub id such as SD1.5's online)
+    pipe = LiteControlNetPipeline.from_single_file(str(tmp_path / "model.safetensors"), config=str(tiny_base_dir),
+                                                   controlnet=controls["lite"])
+    for name in ("unet", "vae", "text_encoder"):
+        loaded, original = getattr(pipe, name).state_dict(), getattr(tiny_base, name).state_dict()
+        assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in original)
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(pipe, image=control_image), run(ours(tiny_base, controls["lite"]), image=control_image))
+
+
+def _resnet(prefix_sd, prefix_hf):
+    return [(prefix_sd + a, prefix_hf + b) for a, b in (("in_layers.0.", "norm1."), ("in_layers.2.", "conv1."),
+            ("emb_layers.1.", "time_emb_proj."), ("out_layers.0.", "norm2."), ("out_layers.3.", "conv2."),
+            ("skip_connection.", "conv_shortcut."))]
+
+def unet_to_ldm(unet):
+    """The UNet's weights under the original Stable Diffusion checkpoint's names (any number of blocks and
+    layers: the inverse of diffusers' conversion)."""
+    L = unet.config.layers_per_block
+    pairs = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
+             ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out."),
+             ("middle_block.1.", "mid_block.attentions.0.")]
+    pairs += _resnet("middle_block.0.", "mid_block.resnets.0.") + _resnet("middle_block.2.", "mid_block.resnets.1.")
+    for i, block in enumerate(unet.down_blocks):
+        for j in range(L):
+            pairs += _resnet(f"input_blocks.{(L + 1) * i + j + 1}.0.", f"down_blocks.{i}.resnets.{j}.")
+            pairs.append((f"input_blocks.{(L + 1) * i + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        pairs.append((f"input_blocks.{(L + 1) * (i + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+    for i, block in enumerate(unet.up_blocks):
+        for j in range(L + 1):
+            pairs += _resnet(f"output_blocks.{(L + 1) * i + j}.0.", f"up_blocks.{i}.resnets.{j}.")
+            pairs.append((f"output_blocks.{(L + 1) * i + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        pairs.append((f"output_blocks.{(L + 1) * i + L}.{2 if getattr(block, 'attentions', None) else 1}.conv.",
+                      f"up_blocks.{i}.upsamplers.0.conv."))
+    out = {}
+    for key, value in unet.state_dict().items():
+        match = max((p for p in pairs if key.startswith(p[1])), key=lambda p: len(p[1]))
+        out["model.diffusion_model." + match[0] + key[len(match[1]):]] = value
+    return out
+
+def vae_to_ldm(vae):
+    """The VAE's weights under the original checkpoint's names (its attention as 1x1 convolutions)."""
+    n = len(vae.config.block_out_channels)
+    pairs = [("encoder.norm_out.", "encoder.conv_norm_out."), ("decoder.norm_out.", "decoder.conv_norm_out.")]
+    for part in ("encoder", "decoder"):
+        pairs.append((f"{part}.mid.attn_1.", f"{part}.mid_block.attentions.0."))
+        for j in range(2):
+            pairs.append((f"{part}.mid.block_{j + 1}.", f"{part}.mid_block.resnets.{j}."))
+    for i in range(n):
+        pairs.append((f"encoder.down.{i}.block.", f"encoder.down_blocks.{i}.resnets."))
+        pairs.append((f"encoder.down.{i}.downsample.", f"encoder.down_blocks.{i}.downsamplers.0."))
+        pairs.append((f"decoder.up.{n - 1 - i}.block.", f"decoder.up_blocks.{i}.resnets."))
+        pairs.append((f"decoder.up.{n - 1 - i}.upsample.", f"decoder.up_blocks.{i}.upsamplers.0."))
+    renames = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
+               "to_out.0": "proj_out"}
+    out = {}
+    for key, value in vae.state_dict().items():
+        matches = [p for p in pairs if key.startswith(p[1])]
+        if matches:
+            sd, hf = max(matches, key=lambda p: len(p[1]))
+            key = sd + key[len(hf):]
+        if ".attn_1." in key:
+            for a, b in renames.items():
+                key = key.replace(f".{a}.", f".{b}.")
+            value = value.reshape(*value.shape, 1, 1) if value.ndim == 2 else value
+        key = key.replace("conv_shortcut", "nin_shortcut")
+        out["first_stage_model." + key] = value
+    return out
