@@ -370,6 +370,8 @@ def controlled_unet(
         controls = list(zip(prepared, scales))
     # a control at a float scale 0 adds exactly nothing: skip its work
     controls = [(p, s) for p, s in controls if isinstance(s, torch.Tensor) or s != 0]
+    if not controls:
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **unet_kwargs)[0]
 
     residuals: ControlResiduals | None = None
     with contextlib.ExitStack() as stack:

@@ -37,6 +37,7 @@ def controls(tiny_base):
     """A module of each kind with random weights (trained ones' residuals are not zero)."""
     made = {kind: randomize_(build_control(kind, tiny_base.unet), std=0.3, seed=k) for k, kind in enumerate(LITE)}
     made["controlnet"] = randomize_(build_control("controlnet", tiny_base.unet), std=0.05, seed=7)
+    made["t2i-adapter"] = randomize_(build_control("t2i-adapter", tiny_base.unet), std=0.05, seed=8)
     return made
 
 
@@ -199,7 +200,7 @@ def test_scale_types_windows_and_checks(tiny_base, controls, control_image, kind
     assert np.abs(swapped - run(pipe, image=control_image)).max() > 1e-4
 
 
-@pytest.mark.parametrize("kind", LITE)
+@pytest.mark.parametrize("kind", [*LITE, "t2i-adapter"])
 def test_guess_mode_controls_the_conditional_half_only(tiny_base, controls, control_image, kind):
     pipe = ours(tiny_base, controls[kind])
     # with guidance it changes the image; without, there is no unconditional half: nothing changes
@@ -222,7 +223,7 @@ def test_guess_mode_controls_the_conditional_half_only(tiny_base, controls, cont
 
 # -- several controls at once ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", [*LITE, "controlnet"])
+@pytest.mark.parametrize("kind", [*LITE, "controlnet", "t2i-adapter"])
 def test_several_controls_add_up(tiny_base, controls, control_image, kind):
     other = "lite" if kind != "lite" else "controlnet"
     single = ours(tiny_base, controls[kind])
