@@ -127,8 +127,9 @@ def _as_float(value: Any) -> Any:
 
 
 def fix_scheduler_config(scheduler: Any) -> Any:
-    """`clip_sample=False`, as `StableDiffusionPipeline` sets it for configs that leave it on: DDIM
-    and DDPM would otherwise clip latents made for SD to [-1, 1]."""
+    """`clip_sample=False`, as `StableDiffusionPipeline` sets it for configs that leave it on (DDIM's
+    and DDPM's default): they would otherwise clip their estimate of the clean latents to [-1, 1],
+    a range SD's latents exceed."""
     if scheduler is not None and getattr(scheduler.config, "clip_sample", False) is True:
         scheduler._internal_dict = FrozenDict({**scheduler.config, "clip_sample": False})
     return scheduler
@@ -160,6 +161,12 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
     written out here, as diffusers' step for step, because diffusers' loop refuses other control
     types; its control step (`prepare_control` + `controlled_unet`) is the only part that is this
     library's own.
+
+    Loading as diffusers does: `LiteControlNetPipeline.from_pretrained(folder)` or
+    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` of a folder written by
+    `save_pretrained`; `LiteControlNetPipeline.from_single_file("model.safetensors",
+    controlnet=control)` for an SD1.5 checkpoint file (offline, add `config=` the folder of a
+    diffusers SD1.5, e.g. the base's).
 
     Args:
         vae: the base's `AutoencoderKL`, or None for a pixel-space base.
