@@ -7,6 +7,7 @@ from .training.config import TrainConfig
 from .controls import (
     CONTROL_KINDS,
     ControlResiduals,
+    MultiControlModel,
     build_control,
     control_residuals,
     controlled_unet,
@@ -32,6 +33,7 @@ __all__ = [
     "LiteControlNetModel",
     "LiteControlNetOutput",
     "LiteControlNetPipeline",
+    "MultiControlModel",
     "PairedDataset",
     "TrainConfig",
     "build_control",

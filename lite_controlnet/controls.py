@@ -19,6 +19,9 @@ The kinds differ in what they compute once and what at every step:
 
 (`lite-mlp` is the pixel-MLP design of "A Lightweight ControlNet for Fine-Tuning Stable Diffusion
 on Colab GPU", as published.)
+
+Several modules act at once when `controlled_unet` is given a list of prepared controls and one
+scale each (as diffusers' `MultiControlNetModel`): residuals add, feedback and adapters stack.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
-from diffusers import ControlNetModel, T2IAdapter
+from diffusers import ControlNetModel, ModelMixin, T2IAdapter  # noqa: F401 (ModelMixin: see MultiControlModel)
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from safetensors import SafetensorError
 
 from .errors import UsageError
@@ -59,6 +63,10 @@ class ControlResiduals:
 
         return {"down_block_additional_residuals": tuple(cast(r) for r in self.down),
                 "mid_block_additional_residual": cast(self.mid)}
+
+    def plus(self, other: ControlResiduals) -> ControlResiduals:
+        """Both controls' residuals, added (as diffusers' `MultiControlNetModel` merges them)."""
+        return ControlResiduals(tuple(a + b for a, b in zip(self.down, other.down)), self.mid + other.mid)
 
 
 def _check_options(target: Any, options: dict[str, Any], fixed: tuple[str, ...]) -> None:
@@ -232,6 +240,39 @@ def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:
                      f"expected one of {[c.__name__ for c in CONTROL_CLASSES.values()]}.")
 
 
+class MultiControlModel(MultiControlNetModel):
+    """Several control modules used at once, of any kinds (Lite, ControlNet, T2I-Adapter mixed), as
+    diffusers' `MultiControlNetModel` holds several ControlNets: in `nets`, saved to `<folder>`,
+    `<folder>_1`, ..., each loaded back by `load_control` (diffusers' loader takes ControlNets only).
+    The pipeline runs them through `controlled_unet`, not through `forward`.
+
+    (A pipeline's loader finds a component's loading method by the base classes its module names:
+    hence `ModelMixin` among this module's imports.)"""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_path: str | Path, **kwargs: Any) -> MultiControlModel:
+        """The modules saved by `save_pretrained` in `pretrained_model_path`, `..._1`, `..._2`, ...
+
+        Args:
+            pretrained_model_path: the first module's folder.
+            kwargs: passed to each `load_control` (e.g. `torch_dtype`).
+        """
+        accepted = ("torch_dtype", "device_map", "low_cpu_mem_usage", "variant", "use_safetensors")
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
+        nets, index = [], 0
+        while Path(f"{pretrained_model_path}{f'_{index}' if index else ''}").is_dir():
+            nets.append(load_control(f"{pretrained_model_path}{f'_{index}' if index else ''}", **kwargs))
+            index += 1
+        if not nets:
+            raise FileNotFoundError(f"No control module at {pretrained_model_path}: expected the folder written by "
+                                    "save_pretrained.")
+        return cls(nets)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("MultiControlModel holds control modules of several kinds: run them with "
+                        "prepare_control() and controlled_unet(), as LiteControlNetPipeline does.")
+
+
 def check_finite(module: torch.nn.Module, where: str) -> None:
     """Refuse a module whose weights hold NaN or inf: it would sample black images without a word."""
     from .errors import NonFiniteWeightsError
@@ -287,44 +328,113 @@ def controlled_unet(
     sample: torch.Tensor,
     timestep: torch.Tensor | float,
     encoder_hidden_states: torch.Tensor,
-    prepared: PreparedControl | None = None,
-    conditioning_scale: float | torch.Tensor = 1.0,
+    prepared: PreparedControl | Sequence[PreparedControl] | None = None,
+    conditioning_scale: float | torch.Tensor | Sequence[float | torch.Tensor] = 1.0,
+    *,
+    guess_mode: bool = False,
+    conditional_half_only: bool = False,
+    **unet_kwargs: Any,
 ) -> torch.Tensor:
-    """The UNet's prediction with a prepared control module applied at `conditioning_scale`
+    """The UNet's prediction with prepared control modules applied at `conditioning_scale`
     (or without control when `prepared` is None).
 
     Args:
         unet: the base `UNet2DConditionModel`.
         sample, timestep, encoder_hidden_states: as for the UNet.
-        prepared: `prepare_control`'s output.
-        conditioning_scale: control strength, a float or one value per sample, shape (B,).
+        prepared: `prepare_control`'s output, or a sequence of them (several controls at once, as
+            diffusers' `MultiControlNetModel`: residuals add, feedback and adapter features stack).
+        conditioning_scale: control strength, a float or one value per sample, shape (B,); with
+            several controls, a sequence of one per control. A float 0 skips that control.
+        guess_mode: a `ControlNetModel`'s residuals are scaled from 0.1 (first skip) to 1 (mid
+            block), as diffusers' guess mode does; other kinds have no such scaling.
+        conditional_half_only: the batch is classifier-free guidance's [unconditional,
+            conditional]: control applies to its second half only, the first runs the plain UNet
+            (diffusers' guess mode with guidance).
+        unet_kwargs: the UNet's other arguments (`timestep_cond`, `cross_attention_kwargs`,
+            `added_cond_kwargs`, ...).
 
     `unet` may be compiled (`torch.compile`, with or without `fullgraph`): the hooks through which
     Lite feedback and T2I-Adapter act are registered once (`install_control_hooks`) and the graphs
     are guarded on the control, so every call gives the eager output.
     """
-    kwargs: dict[str, Any] = {}
-    context: Any = contextlib.nullcontext()
     install_control_hooks(unet)
-    if prepared is not None:
-        module, dtype = _unwrap(prepared.control), prepared.unet_dtype
-        scale = conditioning_scale
-        if isinstance(scale, torch.Tensor):
-            scale = scale.to(sample.device, dtype).reshape(-1, 1, 1, 1)
-        if prepared.residuals is not None:
-            kwargs = prepared.residuals.unet_kwargs(scale, dtype)
-        elif isinstance(module, T2IAdapter):
-            context = _adapter_hooks(unet, [(f * scale).to(dtype) for f in prepared.features])
-        elif isinstance(module, LiteControlNetModel):
-            context = module.feedback(unet, prepared.features, scale)
-        else:
-            down, mid = prepared.control(
-                sample.to(module.dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(module.dtype),
-                controlnet_cond=prepared.controlnet_cond.to(module.dtype), conditioning_scale=1.0, return_dict=False,
-            )
-            kwargs = ControlResiduals(tuple(down), mid).unet_kwargs(scale, dtype)
-    with context:
-        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kwargs)[0]
+    if prepared is None:
+        controls: list = []
+    elif isinstance(prepared, PreparedControl):
+        controls = [(prepared, conditioning_scale)]
+    else:
+        scales = list(conditioning_scale) if isinstance(conditioning_scale, (list, tuple)) else None
+        if scales is None or len(scales) != len(prepared):
+            raise ValueError(f"{len(prepared)} controls need as many conditioning scales (a list), got "
+                             f"{conditioning_scale!r}.")
+        controls = list(zip(prepared, scales))
+    # a control at a float scale 0 adds exactly nothing: skip its work
+    controls = [(p, s) for p, s in controls if isinstance(s, torch.Tensor) or s != 0]
+    if not controls:
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **unet_kwargs)[0]
+
+    residuals: ControlResiduals | None = None
+    with contextlib.ExitStack() as stack:
+        for item, scale in controls:
+            module, dtype = _unwrap(item.control), item.unet_dtype
+            if isinstance(scale, torch.Tensor):
+                scale = scale.to(sample.device, dtype).reshape(-1, 1, 1, 1)
+            if isinstance(module, ControlNetModel):
+                found = _controlnet_residuals(item, module, sample, timestep, encoder_hidden_states, guess_mode,
+                                              conditional_half_only, unet_kwargs)
+                scale_here = scale
+            else:
+                scale_here = _on_second_half(scale, sample.shape[0], dtype) if conditional_half_only else scale
+                found = item.residuals
+            if found is not None:
+                kwargs = found.unet_kwargs(scale_here, dtype)
+                added = ControlResiduals(kwargs["down_block_additional_residuals"],
+                                         kwargs["mid_block_additional_residual"])
+                residuals = added if residuals is None else residuals.plus(added)
+            elif isinstance(module, T2IAdapter):
+                stack.enter_context(_adapter_hooks(unet, [(f * scale_here).to(dtype) for f in item.features]))
+            elif isinstance(module, LiteControlNetModel):
+                stack.enter_context(module.feedback(unet, item.features, scale_here))
+        kwargs = residuals.unet_kwargs() if residuals is not None else {}
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **unet_kwargs,
+                    **kwargs)[0]
+
+
+def _on_second_half(scale: float | torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """`scale` for the second half of a batch of `batch`, 0 for the first, one value per sample."""
+    half = batch // 2
+    if isinstance(scale, torch.Tensor):
+        scale = scale.reshape(-1)
+        scale = scale[half:] if scale.numel() == batch else scale.expand(half)
+        return torch.cat([torch.zeros_like(scale), scale]).reshape(-1, 1, 1, 1)
+    return torch.tensor([0.0] * half + [float(scale)] * (batch - half), dtype=dtype).reshape(-1, 1, 1, 1)
+
+
+def _controlnet_residuals(item: PreparedControl, module: ControlNetModel, sample: torch.Tensor,
+                          timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor, guess_mode: bool,
+                          conditional_half_only: bool, unet_kwargs: dict[str, Any]) -> ControlResiduals:
+    """A ControlNet's residuals at scale 1 for this step; with `conditional_half_only`, computed on
+    the conditional half and zero on the other (as diffusers' pipeline does in guess mode)."""
+    cond, half = item.controlnet_cond, 0
+    if conditional_half_only:
+        half = sample.shape[0] // 2
+        sample, encoder_hidden_states = sample[half:], encoder_hidden_states[half:]
+        cond = cond[half:] if cond.shape[0] == 2 * half else cond
+    extra = {k: unet_kwargs[k] for k in ("timestep_cond", "cross_attention_kwargs", "added_cond_kwargs")
+             if unet_kwargs.get(k) is not None}
+    if "added_cond_kwargs" in extra and "image_embeds" in extra["added_cond_kwargs"]:
+        del extra["added_cond_kwargs"]  # IP-Adapter image embeddings are for the UNet alone, as in diffusers
+    if conditional_half_only and "timestep_cond" in extra:
+        extra["timestep_cond"] = extra["timestep_cond"][half:]
+    down, mid = item.control(
+        sample.to(module.dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(module.dtype),
+        controlnet_cond=cond.to(module.dtype), conditioning_scale=1.0, guess_mode=guess_mode, return_dict=False,
+        **extra,
+    )
+    if conditional_half_only:
+        down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+        mid = torch.cat([torch.zeros_like(mid), mid])
+    return ControlResiduals(tuple(down), mid)
 
 
 def install_control_hooks(unet: torch.nn.Module) -> None:

@@ -292,6 +292,10 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         vae_scale_factor: image pixels per latent pixel (8 for SD; 1 for a pixel-space base).
     """
 
+    # a few MB, and its feedback adds tensors of several layers: one device for the whole module
+    # when `from_pretrained(..., device_map=...)` places a model
+    _no_split_modules = ["LiteControlNetModel"]
+
     @register_to_config
     def __init__(
         self,

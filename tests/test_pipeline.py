@@ -99,7 +99,7 @@ def test_batch_of_prompts_and_images_per_prompt(pipe, control_image):
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (4, 64, 64, 3)
     assert np.abs(images[0] - images[2]).max() > 1e-3  # different prompts, different images
-    with pytest.raises(ValueError, match="control images"):
+    with pytest.raises(ValueError, match="image batch size"):
         pipe(["a", "b", "c"], [control_image, control_image], num_inference_steps=1)
 
 
