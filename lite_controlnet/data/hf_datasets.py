@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .reading import MAX_IMAGE_BYTES, DatasetError, check_image_file, exif_upright
 
@@ -252,8 +252,9 @@ class DatasetRows:
                 opened.load()
                 return exif_upright(opened)
         except (OSError, Image.DecompressionBombError) as error:
-            raise DatasetError(f"{self.where(row, role)}: cannot read the image: {error}. Expected image bytes "
-                               "Pillow can open (PNG, JPEG, ...).") from None
+            why = "not an image format Pillow knows" if isinstance(error, UnidentifiedImageError) else str(error)
+            raise DatasetError(f"{self.where(row, role)}: cannot read the image ({len(data)} bytes): {why}. Expected "
+                               "image bytes Pillow can open (PNG, JPEG, ...).") from None
 
     # -- what the rows hold -------------------------------------------------------------------
 
