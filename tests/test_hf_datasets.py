@@ -4,6 +4,7 @@ manifest folder. Every dataset is built here, a few 32 px rows."""
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -204,7 +205,16 @@ def test_config_checks_the_columns_and_max_train_samples():
 
 def test_parquet_with_its_own_columns_trains_resumes_bitwise_after_a_kill_and_refuses_other_columns(
         tiny_base_dir, tmp_path, hf_cache, capsys):
-    rows_dataset(pictures(10)).to_parquet(tmp_path / "train.parquet")
+    # Fill50k pairs (which evaluate's scores read) in columns of other names
+    fill50k = make_fill50k(tmp_path / "fill50k", num=10, size=32, progress=False)
+    lines = [json.loads(line) for line in (fill50k / "prompt.json").read_text().splitlines()]
+    captions = [line["prompt"] for line in lines]
+    datasets.Dataset.from_dict({
+        "photo": [{"bytes": (fill50k / line["target"]).read_bytes(), "path": None} for line in lines],
+        "edges": [{"bytes": (fill50k / line["source"]).read_bytes(), "path": None} for line in lines],
+        "caption": captions,
+    }, features=datasets.Features({"photo": datasets.Image(), "edges": datasets.Image(),
+                                   "caption": datasets.Value("string")})).to_parquet(tmp_path / "train.parquet")
     data = tmp_path / "train.parquet"
     settings = dict(base=str(tiny_base_dir), data=str(data), **COLUMNS, max_train_samples=8, max_steps=4,
                     checkpoint_every=2, threads=1, **SMALL)
@@ -231,3 +241,12 @@ def test_parquet_with_its_own_columns_trains_resumes_bitwise_after_a_kill_and_re
     for change in (dict(max_train_samples=6), dict(image_column="edges", conditioning_image_column="photo")):
         with pytest.raises(UsageError, match="belongs to another run.*--data"):
             train(TrainConfig(output=str(cut), **{**settings, **change, "max_steps": 5}), progress=False)
+    # the module samples, and evaluate reads the same source and columns
+    from lite_controlnet import cli
+
+    out = tmp_path / "report.json"
+    cli.main(["evaluate", "--base", str(tiny_base_dir), "--control-model", str(reference), "--data", str(data),
+              *COLUMN_FLAGS, "--num", "2", "--steps", "1", "--resolution", "32", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [s["prompt"] for s in report["per_sample"]] == captions[:2]
+    assert report["settings"]["data"] == str(data) and out.with_suffix(".png").is_file()
