@@ -172,7 +172,7 @@ def test_max_train_samples_of_a_manifest_folder_keeps_its_first_pairs_and_its_id
         PairedDataset(data, caption_column="prompt")
 
 
-def test_hub_ids_offline_and_names_that_are_neither(tmp_path, monkeypatch):
+def test_hub_ids_offline_names_that_are_neither_and_damaged_parquet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError) as error:
         PairedDataset("someone/not-in-the-cache")
@@ -181,6 +181,9 @@ def test_hub_ids_offline_and_names_that_are_neither(tmp_path, monkeypatch):
     assert "save_to_disk" in message and "parquet" in message
     with pytest.raises(DatasetError, match="not-a-folder does not exist.*Hub dataset id such as fusing/fill50k"):
         PairedDataset("not-a-folder")
+    (tmp_path / "damaged.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match="damaged.parquet: cannot read this parquet dataset: Parquet magic bytes"):
+        PairedDataset(tmp_path / "damaged.parquet")
 
 
 def test_without_the_datasets_library_a_manifest_still_reads_and_parquet_says_how_to_install(tmp_path, monkeypatch):

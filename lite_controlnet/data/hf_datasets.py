@@ -134,6 +134,8 @@ class DatasetRows:
                 "--repo-type dataset --local-dir DIR`), or an image folder with metadata.jsonl."
             ) from None
         except FileNotFoundError as error:  # datasets' DatasetNotFoundError is one
+            if self.kind != "hub":  # e.g. a state.json that is not save_to_disk's
+                raise DatasetError(f"{self.name}: cannot read this {self.kind} dataset: {_short(error)}.") from None
             raise DatasetError(f"{self.name} is not a folder here and not a dataset on the Hub ({_short(error)}); "
                                "expected a dataset folder, a parquet file or a Hub dataset id such as "
                                "fusing/fill50k.") from None
@@ -276,4 +278,4 @@ class DatasetRows:
 
 
 def _short(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__
+    return " ".join(str(error).split())[:300].rstrip(".") or type(error).__name__
