@@ -148,7 +148,8 @@ class PairedDataset(Dataset):
 
     Each item is a dict with ``pixel_values`` (target, float 3xHxW in [-1, 1]),
     ``conditioning_pixel_values`` (control, float 3xHxW in [0, 1]), ``prompt``
-    and ``index``.
+    and ``index``. Of a Hugging Face dataset, ``source`` holds its rows, ``root`` is
+    its path (a Hub id: the id) and ``manifest`` the name it was given by, for messages.
     """
 
     def __init__(
