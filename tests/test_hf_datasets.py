@@ -181,6 +181,13 @@ def test_hub_ids_offline_names_that_are_neither_and_damaged_parquet(tmp_path, mo
     assert "save_to_disk" in message and "parquet" in message
     with pytest.raises(DatasetError, match="not-a-folder does not exist.*Hub dataset id such as fusing/fill50k"):
         PairedDataset("not-a-folder")
+    def scripted(*args, **kwargs):  # what datasets >= 4 says of a Hub dataset built by a script
+        raise RuntimeError("Dataset scripts are no longer supported, but found fill50k.py")
+
+    with monkeypatch.context() as patched, pytest.raises(DatasetError, match=r"fusing/fill50k is built by a loading "
+                                                             r"script.*--revision refs/convert/parquet --local-dir DIR`"):
+        patched.setattr(datasets, "load_dataset", scripted)
+        PairedDataset("fusing/fill50k")
     (tmp_path / "damaged.parquet").write_bytes(b"not parquet")
     with pytest.raises(DatasetError, match="damaged.parquet: cannot read this parquet dataset: Parquet magic bytes"):
         PairedDataset(tmp_path / "damaged.parquet")

@@ -139,6 +139,14 @@ class DatasetRows:
             raise DatasetError(f"{self.name} is not a folder here and not a dataset on the Hub ({_short(error)}); "
                                "expected a dataset folder, a parquet file or a Hub dataset id such as "
                                "fusing/fill50k.") from None
+        except RuntimeError as error:
+            if "scripts are no longer supported" not in str(error):
+                raise
+            # a Hub dataset built by a loading script (fusing/fill50k is one): the Hub keeps a parquet copy
+            raise DatasetError(
+                f"{self.name} is built by a loading script, which datasets {datasets.__version__} no longer runs. "
+                f"Pass the parquet copy the Hub keeps of it: `huggingface-cli download {self.name} --repo-type "
+                "dataset --revision refs/convert/parquet --local-dir DIR`, then --data DIR.") from None
         except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
             raise DatasetError(f"{self.name}: cannot read this {self.kind} dataset: {_short(error)}.") from None
         if isinstance(loaded, datasets.DatasetDict):
