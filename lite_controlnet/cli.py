@@ -198,7 +198,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise UsageError(f"--one-step-t {settings.one_step_t} is invalid: expected a timestep from 0 to "
                          f"{pipe.scheduler.config.num_train_timesteps - 1}.")
     dataset = PairedDataset(settings.data, resolution=settings.resolution or native_resolution(pipe.base_models()),
-                            manifest=settings.manifest, convert_mode=settings.convert_mode)
+                            manifest=settings.manifest, convert_mode=settings.convert_mode,
+                            image_column=settings.image_column, caption_column=settings.caption_column,
+                            conditioning_image_column=settings.conditioning_image_column)
     condition = _scoring_condition(settings)
     report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t,
                             progress=True, condition=condition)

@@ -31,10 +31,14 @@ class SampleSettings:
 class EvaluateSettings:
     """What `evaluate` scores: held-out pairs sampled in full and scored in one step."""
 
-    data: str  # held-out pairs, never trained on (e.g. make-fill50k data/heldout --seed 1)
+    data: str  # held-out pairs, never trained on (e.g. make-fill50k data/heldout --seed 1): a folder, parquet or a Hub id
     manifest: str | None = None  # the manifest file, when the data folder holds several
     convert_mode: bool = False  # convert grey, palette or RGBA images to RGB instead of refusing them
     num: int = 64  # pairs scored, the first of the data
     resolution: int | None = None  # None: the base's native size
     one_step_t: int = 800  # timestep of the one-step score (of the base's 1000)
     condition: str | None = None  # score as this condition (canny, segmentation, ...); None: the one the data records, else Fill50k's disk
+    # a Hugging Face dataset's columns, as `train` takes them
+    image_column: str = "image"  # the column of the target images
+    conditioning_image_column: str = "conditioning_image"  # the column of the control images
+    caption_column: str = "text"  # the column of the captions (of a list of captions, the first)

@@ -362,6 +362,104 @@ def _(c):
         ["prompt.json, line", "cannot read source (control) image"], [run]
 
 
+
+# data: a Hugging Face dataset (parquet) with its own column names
+
+HF_COLUMNS = ["--image-column", "photo", "--conditioning-image-column", "edges", "--caption-column", "caption"]
+
+
+def hf_parquet(c, control=None, caption=None):
+    """A parquet file of the shared data's 8 pairs in columns photo, edges and caption, in a folder
+    of its own; `control` and `caption` replace row -> value."""
+    import datasets
+
+    c.mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(c.tmp / "hf-datasets"))  # its arrow copy
+    rows = {"photo": [], "edges": [], "caption": []}
+    for i in range(8):
+        rows["photo"].append((c.w.data / "target" / f"{i}.png").read_bytes())
+        rows["edges"].append((control or {}).get(i, (c.w.data / "source" / f"{i}.png").read_bytes()))
+        rows["caption"].append((caption or {}).get(i, f"caption {i}"))
+    folder = c.tmp / "parquet"
+    folder.mkdir()
+    datasets.Dataset.from_dict(rows).to_parquet(folder / "train.parquet")
+    return folder
+
+
+for flag, value, texts in [
+    ("--max-train-samples", "0", ["max_train_samples=0", "--max-train-samples", ">= 1"]),
+    ("--max-train-samples", "-2", ["max_train_samples=-2", ">= 1"]),
+    ("--max-train-samples", "all", ["--max-train-samples", "'all'", "int"]),
+    ("--caption-column", "conditioning_image", ["caption_column='conditioning_image'", "--caption-column",
+                                                "other than --conditioning-image-column"]),
+    ("--image-column", "", ["image_column=''", "--image-column", "name of a column"]),
+]:
+    def make(c, flag=flag, value=value, texts=texts):
+        return train_args(c, c.tmp / "out", flag, value), texts
+
+    case(f"flag{flag}={value}")(make)
+
+
+@case("data-parquet-without-the-default-columns")
+def _(c):
+    data = hf_parquet(c)
+    return train_args(c, c.tmp / "out", data=data), \
+        ["has no column 'image' (--image-column)", "['photo', 'edges', 'caption']"], [data]
+
+
+@case("data-parquet-column-flag-naming-no-column")
+def _(c):
+    data = hf_parquet(c)
+    return train_args(c, c.tmp / "out", *HF_COLUMNS, "--conditioning-image-column", "edge", data=data), \
+        ["no column 'edge' (--conditioning-image-column)", "'edges'"], [data]
+
+
+@case("data-parquet-unreadable-image-bytes")
+def _(c):
+    data = hf_parquet(c, control={2: b"not a png"})
+    return train_args(c, c.tmp / "out", *HF_COLUMNS, "--max-steps", "1", data=data), \
+        ["parquet, row 2, column 'edges' (--conditioning-image-column): cannot read the image (9 bytes): not an "
+         "image format"], [data]
+
+
+@case("data-parquet-missing-caption")
+def _(c):
+    data = hf_parquet(c, caption={5: None})
+    return train_args(c, c.tmp / "out", *HF_COLUMNS, data=data), \
+        ["row 5, column 'caption' (--caption-column): missing caption"], [data]
+
+
+@case("data-parquet-without-the-datasets-library")
+def _(c):
+    data = hf_parquet(c)
+    c.mp.setitem(sys.modules, "datasets", None)  # import datasets fails, as where it is not installed
+    return train_args(c, c.tmp / "out", *HF_COLUMNS, data=data), ["`datasets` library", "pip install datasets"], [data]
+
+
+@case("data-hub-id-offline")
+def _(c):
+    return train_args(c, c.tmp / "out", data="someone/not-in-the-cache"), \
+        ["someone/not-in-the-cache: cannot load this Hub dataset", "save_to_disk", "parquet"]
+
+
+@case("data-neither-a-path-nor-a-hub-id")
+def _(c):
+    c.mp.chdir(c.tmp)
+    return train_args(c, c.tmp / "out", data="no-such-folder"), ["no-such-folder does not exist", "Hub dataset id"]
+
+
+@case("data-column-flags-on-a-manifest-folder")
+def _(c):
+    return train_args(c, c.tmp / "out", "--caption-column", "prompt"), \
+        ["--caption-column name columns of a Hugging Face dataset", "manifest folder (prompt.json)"]
+
+
+@case("resume-with-other-max-train-samples")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--max-steps", "3", "--max-train-samples", "6"), \
+        ["belongs to another run", "--data", "--max-train-samples"], [run]
+
+
 # runs, checkpoints and locks
 
 

@@ -1,4 +1,4 @@
-"""Paired (control image, target image, prompt) datasets read from a manifest.
+"""Paired (control image, target image, prompt) datasets read from a manifest or a Hugging Face dataset.
 
 Two layouts are read, both as JSON Lines with paths relative to the dataset
 folder:
@@ -10,6 +10,10 @@ folder:
   ``{"image": ..., "conditioning_image": ..., "text": ...}``, where ``image``
   is the target and ``conditioning_image`` the control.
 
+Without a manifest, the data may also be a Hugging Face dataset (a Hub id such as
+``fusing/fill50k``, a ``save_to_disk`` folder, parquet files), read through the optional
+``datasets`` library (`hf_datasets.py`), with diffusers' column names or others named.
+
 Images are opened lazily in ``__getitem__`` so that constructing a 50k-sample
 dataset only parses the manifest. ``check()`` opens every image up front.
 Transforms follow ControlNet / diffusers: resize the shorter side to
@@ -19,45 +23,28 @@ the target is scaled to [-1, 1] (the VAE's range), the control to [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import stat
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from .hf_datasets import COLUMN_FLAGS, DatasetRows, is_hub_id, local_source_kind
+from .reading import MAX_IMAGE_BYTES, DatasetError, check_image_file, exif_upright
 
 __all__ = ["MANIFEST_NAMES", "MAX_IMAGE_BYTES", "check_image_file", "DatasetError", "PairRecord", "DataProblem", "DataReport", "PairedDataset"]
 
 # Looked for in this order when no manifest is named.
 MANIFEST_NAMES = ("prompt.json", "metadata.jsonl", "train.jsonl")
-# An image file larger than this is refused before it is read (a 4096x4096 RGB PNG is at most 48 MB).
-MAX_IMAGE_BYTES = 512 * 2**20
-
-
-def check_image_file(path: str | os.PathLike) -> str | None:
-    """Why `path` (symlinks followed) cannot be an image file to read, or None if it can: only
-    regular files are read (a FIFO would block forever, /dev/zero never end), up to
-    `MAX_IMAGE_BYTES`. A missing file raises `FileNotFoundError`."""
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        return "is not a regular file (a FIFO, device or socket); expected an image file"
-    if info.st_size > MAX_IMAGE_BYTES:
-        return f"is {info.st_size / 2**20:.0f} MB; image files over {MAX_IMAGE_BYTES // 2**20} MB are not read"
-    return None
-
-
-def exif_upright(image: Image.Image) -> Image.Image:
-    """`image` turned as its EXIF orientation says (a phone photo as viewers show it), as
-    diffusers' `load_image` does; an image without that tag is returned as it is."""
-    if image.getexif().get(0x0112, 1) == 1:
-        return image
-    return ImageOps.exif_transpose(image)
+# The column flags' defaults (diffusers' train_controlnet.py): a manifest folder takes only these.
+DEFAULT_COLUMNS = {"image": "image", "conditioning_image": "conditioning_image", "caption": "text"}
 
 
 @dataclass(frozen=True)
@@ -81,45 +68,30 @@ _LAYOUTS = (_CONTROLNET, _DIFFUSERS)
 _ACCEPTED_KEYS = f"the {_CONTROLNET.describe()}; the {_DIFFUSERS.describe()}"
 
 
-class DatasetError(ValueError):
-    """A problem with a dataset, located by manifest file, line and image file.
-
-    Attributes:
-        manifest: the manifest file, if known.
-        line: 1-based line number in the manifest, if known.
-        file: the offending image file, if any.
-    """
-
-    def __init__(self, message: str, manifest: Path | None = None, line: int | None = None, file: Path | None = None):
-        where = f"{manifest}, line {line}: " if line is not None else f"{manifest}: " if manifest is not None else ""
-        super().__init__(where + message)
-        self.manifest, self.line, self.file = manifest, line, file
-
-
 @dataclass(frozen=True)
 class PairRecord:
-    """One usable manifest line.
+    """One usable manifest line, or row of a Hugging Face dataset.
 
     Args:
         index: position in the dataset.
-        line: 1-based line number in the manifest.
-        source: control image path.
-        target: target image path.
+        line: 1-based line number in the manifest; of a Hugging Face dataset, the row's index in it.
+        source: control image path (None for a Hugging Face dataset: the images are in its rows).
+        target: target image path (None for a Hugging Face dataset).
         prompt: text prompt.
     """
 
     index: int
     line: int
-    source: Path
-    target: Path
+    source: Path | None
+    target: Path | None
     prompt: str
 
 
 @dataclass(frozen=True)
 class DataProblem:
-    """A skipped manifest line or image: where it is and what is wrong."""
+    """A skipped manifest line or image (or dataset row): where it is and what is wrong."""
 
-    line: int
+    line: int  # the manifest line, or the dataset row
     file: Path | None
     message: str  # the full DatasetError message, naming manifest and line
 
@@ -129,15 +101,16 @@ class DataReport:
     """What reading a dataset found.
 
     Args:
-        manifest: the manifest file read.
-        layout: ``"ControlNet"`` or ``"diffusers"``.
+        manifest: the manifest file read (a Hugging Face dataset: its id or path).
+        layout: ``"ControlNet"`` or ``"diffusers"``; of a Hugging Face dataset, ``"save_to_disk"``,
+            ``"parquet"`` or ``"hub"``.
         ok: usable records.
         skipped: records (manifest lines or image pairs) skipped, with ``on_error="skip"``.
         converted: images converted to RGB (only counted by ``check()``).
         problems: one entry per skipped record.
     """
 
-    manifest: Path
+    manifest: Path | str
     layout: str
     ok: int = 0
     skipped: int = 0
@@ -154,11 +127,12 @@ class DataReport:
 
 
 class PairedDataset(Dataset):
-    """A torch Dataset of (target, control, prompt) triples from a manifest.
+    """A torch Dataset of (target, control, prompt) triples from a manifest or a Hugging Face dataset.
 
     Args:
         root: the dataset folder; image paths in the manifest are relative to it
-            and may not leave it.
+            and may not leave it. Without a manifest: a ``save_to_disk`` folder, a ``.parquet``
+            file or a folder of them, or a Hub dataset id (`hf_datasets.DatasetRows`).
         resolution: square output size in pixels, or None to keep native sizes.
         manifest: the manifest file (relative to ``root`` unless absolute); by
             default the first of ``MANIFEST_NAMES`` found in ``root``.
@@ -167,10 +141,15 @@ class PairedDataset(Dataset):
             ``self.report``.
         convert_mode: convert non-RGB images (grey, palette, RGBA, 16-bit grey)
             to RGB instead of raising. Alpha is dropped, not composited.
+        image_column, conditioning_image_column, caption_column: a Hugging Face
+            dataset's columns of the target, the control and the caption (a manifest
+            folder's keys are fixed: only the defaults are accepted there).
+        max_train_samples: keep the first this many pairs (rows) only; None: all.
 
     Each item is a dict with ``pixel_values`` (target, float 3xHxW in [-1, 1]),
     ``conditioning_pixel_values`` (control, float 3xHxW in [0, 1]), ``prompt``
-    and ``index``.
+    and ``index``. Of a Hugging Face dataset, ``source`` holds its rows, ``root`` is
+    its path (a Hub id: the id) and ``manifest`` the name it was given by, for messages.
     """
 
     def __init__(
@@ -180,31 +159,93 @@ class PairedDataset(Dataset):
         manifest: str | os.PathLike | None = None,
         on_error: str = "raise",
         convert_mode: bool = False,
+        image_column: str = DEFAULT_COLUMNS["image"],
+        conditioning_image_column: str = DEFAULT_COLUMNS["conditioning_image"],
+        caption_column: str = DEFAULT_COLUMNS["caption"],
+        max_train_samples: int | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
             raise ValueError(f"resolution must be a positive integer or None (native size), got {resolution!r}.")
+        if max_train_samples is not None and (isinstance(max_train_samples, bool) or not isinstance(max_train_samples, int)
+                                              or max_train_samples < 1):
+            raise ValueError(f"max_train_samples must be a whole number >= 1 or None (all), got {max_train_samples!r}.")
+        self.resolution = resolution
+        self.on_error = on_error
+        self.convert_mode = convert_mode
+        self.columns = {"image": image_column, "conditioning_image": conditioning_image_column,
+                        "caption": caption_column}
+        self.max_train_samples = max_train_samples
+        self._warned_conversion = False
+        self._records: list[PairRecord] | None = None
+        self._truncated = False  # whether max_train_samples left out pairs of the manifest
+        self.source: DatasetRows | None = None  # the rows of a Hugging Face dataset, if that is the data
+        given = Path(root)
+        if manifest is None and not any((given / name).is_file() for name in MANIFEST_NAMES) and (
+                local_source_kind(given) or (not given.exists() and is_hub_id(str(root)))):
+            self._open_rows(str(root))
+            return
         self.root = Path(os.path.normpath(Path(root).absolute()))  # 'runs/../data' is the folder 'data'
         if not self.root.is_dir():
-            raise DatasetError(f"Dataset folder {self.root} does not exist or is not a folder.")
+            raise DatasetError(f"Dataset folder {self.root} does not exist or is not a folder. Expected a dataset "
+                               "folder (prompt.json, or metadata.jsonl), a save_to_disk folder, a .parquet file or "
+                               "folder of them, or a Hub dataset id such as fusing/fill50k.")
         # Plain strings for the per-line path checks: pathlib is slow on 50k lines.
         self._root_str = str(self.root)
         self._root_prefix = os.path.join(self._root_str, "")
         self._real_root_prefix = os.path.join(os.path.realpath(self._root_str), "")
         self._inside: dict[str, bool] = {}  # folder -> whether it resolves inside the dataset folder
-        self.resolution = resolution
-        self.on_error = on_error
-        self.convert_mode = convert_mode
         self.manifest = self._find_manifest(manifest)
-        self._warned_conversion = False
+        changed = [COLUMN_FLAGS[role] for role, column in self.columns.items() if column != DEFAULT_COLUMNS[role]]
+        if changed:
+            raise DatasetError(f"{' and '.join(changed)} name columns of a Hugging Face dataset (a Hub id, a "
+                               f"save_to_disk folder, parquet files); {self.root} is a manifest folder "
+                               f"({self.manifest.name}), whose keys are fixed: {_ACCEPTED_KEYS}.")
         # Rows are (line, source, target, prompt) with plain-string paths: building
         # 100k Path objects would double the construction time of a 50k dataset.
         self._rows, self.report = self._read_manifest()
-        self._records: list[PairRecord] | None = None
+        if max_train_samples is not None and len(self._rows) > max_train_samples:
+            self._rows, self._truncated = self._rows[:max_train_samples], True
+            self.report.ok = len(self._rows)
         if not self._rows:
             detail = f" All {self.report.skipped} lines were skipped:\n{self.report}" if self.report.skipped else ""
             raise DatasetError(f"no usable records: the dataset is empty.{detail}", self.manifest)
+
+    def _open_rows(self, data: str) -> None:
+        """Read a Hugging Face dataset's captions; its images are read per row, as a manifest's."""
+        self.source = rows = DatasetRows(data, **{f"{role}_column": column for role, column in self.columns.items()},
+                                         max_train_samples=self.max_train_samples)
+        self.root = Path(os.path.normpath(Path(data).absolute())) if rows.folder else data
+        self.manifest = rows.name  # names the data in messages
+        self._rows, problems = [], []
+        for row, caption in enumerate(rows.captions()):
+            if isinstance(caption, DatasetError):
+                if self.on_error == "raise":
+                    raise caption
+                problems.append(DataProblem(row, None, str(caption)))
+                continue
+            self._rows.append((row, None, None, caption))
+        self.report = DataReport(manifest=rows.name, layout=rows.kind, ok=len(self._rows), skipped=len(problems),
+                                 problems=problems)
+        if not self._rows:
+            detail = f" All {len(problems)} rows were skipped:\n{self.report}" if problems else ""
+            raise DatasetError(f"{rows.name}: no usable rows: the dataset is empty.{detail}")
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of what the pairs are: of a manifest folder, the manifest's bytes (and, when
+        `max_train_samples` leaves pairs out, how many are kept); of a Hugging Face dataset, every
+        kept row's target and control image bytes and caption, wherever the data lies."""
+        if self.source is None:
+            digest = hashlib.sha256(Path(self.manifest).read_bytes())
+            if self._truncated:
+                digest.update(f"|first {len(self._rows)}".encode())
+            return digest.hexdigest()
+        digest = hashlib.sha256(b"datasets rows|")
+        images = self.source.digests()
+        for row, _, _, caption in self._rows:
+            digest.update(f"{images[row][0]}|{images[row][1]}|{len(caption)}|{caption}".encode())
+        return digest.hexdigest()
 
     # -- manifest -----------------------------------------------------------
 
@@ -219,7 +260,8 @@ class PairedDataset(Dataset):
             raise DatasetError(
                 f"No manifest found in {self.root}: looked for prompt.json (ControlNet layout, keys "
                 f"source/target/prompt), metadata.jsonl or train.jsonl (diffusers layout, keys "
-                f"image/conditioning_image/text). Pass manifest='...' (train --manifest FILE) to name another file."
+                f"image/conditioning_image/text), and for a Hugging Face dataset (save_to_disk's state.json, or "
+                f".parquet files). Pass manifest='...' (train --manifest FILE) to name another file."
             )
         if len(found) > 1:
             names = ", ".join(path.name for path in found)
@@ -236,7 +278,7 @@ class PairedDataset(Dataset):
 
     def _record(self, index: int) -> PairRecord:
         line, source, target, prompt = self._rows[index]
-        return PairRecord(index, line, Path(source), Path(target), prompt)
+        return PairRecord(index, line, source and Path(source), target and Path(target), prompt)
 
     def _read_manifest(self) -> tuple[list[tuple[int, str, str, str]], DataReport]:
         # Decode line by line so that a bad byte is reported with its line number.
@@ -313,8 +355,13 @@ class PairedDataset(Dataset):
 
     # -- images -------------------------------------------------------------
 
-    def _open_rgb(self, record: PairRecord, path: Path, role: str) -> tuple[Image.Image, bool]:
-        """Open an image as RGB; return it and whether it had to be converted."""
+    def _open_rgb(self, record: PairRecord, path: Path | None, role: str) -> tuple[Image.Image, bool]:
+        """Open an image as RGB; return it and whether it had to be converted. Of a Hugging Face
+        dataset, `role` is the column's role ("image" or "conditioning_image") and `path` None."""
+        if self.source is not None:
+            where = self.source.where(record.line, role)
+            return self._rgb(self.source.open_image(record.line, role), "the image",
+                             lambda message: DatasetError(f"{where}: {message}"))
         try:
             problem = check_image_file(path)
             if problem:
@@ -331,6 +378,11 @@ class PairedDataset(Dataset):
                 record.line,
                 path,
             ) from None
+        return self._rgb(image, f"{role} image {path}",
+                         lambda message: DatasetError(message, self.manifest, record.line, path))
+
+    def _rgb(self, image: Image.Image, named: str, error) -> tuple[Image.Image, bool]:
+        """`image` as RGB and whether it was converted; `error(message)` is raised when it cannot be."""
         if image.mode == "RGB":
             return image, False
         if not self.convert_mode or image.mode in ("I", "F"):
@@ -340,18 +392,22 @@ class PairedDataset(Dataset):
                 else "convert it, or pass convert_mode=True (train --convert-mode true) to convert such images to "
                 "RGB on load (alpha is dropped)"
             )
-            raise DatasetError(
-                f"{role} image {path} has mode {image.mode!r}; expected 'RGB': {hint}.",
-                self.manifest,
-                record.line,
-                path,
-            )
+            raise error(f"{named} has mode {image.mode!r}; expected 'RGB': {hint}.")
         if image.mode.startswith("I;16"):
             # Pillow's own conversion clips 16-bit values at 255; keep the top byte instead.
             image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
         return image.convert("RGB"), True
 
     def _open_pair(self, record: PairRecord) -> tuple[Image.Image, Image.Image, int]:
+        if self.source is not None:
+            source, source_converted = self._open_rgb(record, None, "conditioning_image")
+            target, target_converted = self._open_rgb(record, None, "image")
+            if source.size != target.size:
+                raise DatasetError(
+                    f"{self.source.where(record.line, 'conditioning_image')}: the control image is "
+                    f"{source.size[0]}x{source.size[1]} but the target ({self.source.columns['image']!r}) is "
+                    f"{target.size[0]}x{target.size[1]}; a pair must have the same size.")
+            return source, target, source_converted + target_converted
         source, source_converted = self._open_rgb(record, record.source, "source (control)")
         target, target_converted = self._open_rgb(record, record.target, "target")
         if source.size != target.size:
@@ -376,7 +432,7 @@ class PairedDataset(Dataset):
         if converted and not self._warned_conversion:
             self._warned_conversion = True
             warnings.warn(
-                f"{self.manifest}, line {record.line}: converted non-RGB image(s) to RGB (convert_mode=True). "
+                f"{self.manifest}, {'row' if self.source is not None else 'line'} {record.line}: converted non-RGB image(s) to RGB (convert_mode=True). "
                 f"Further conversions are not warned about; dataset.check() counts them all.",
                 stacklevel=2,
             )
@@ -396,7 +452,8 @@ class PairedDataset(Dataset):
         Training with cached latents needs only this: the target is not read.
         """
         record = self._record(int(index))
-        source, _ = self._open_rgb(record, record.source, "source (control)")
+        source, _ = self._open_rgb(record, record.source, "source (control)" if self.source is None else
+                                   "conditioning_image")
         if self.resolution is not None:
             source = _resize_and_crop(source, self.resolution)
         return _to_tensor(source)
@@ -433,6 +490,9 @@ class PairedDataset(Dataset):
         return report
 
     def __repr__(self) -> str:
+        if self.source is not None:
+            return (f"PairedDataset({self.source.name!r}, source={self.source.kind!r}, columns={self.source.columns}, "
+                    f"records={len(self)}, resolution={self.resolution})")
         return (
             f"PairedDataset({str(self.root)!r}, manifest={self.manifest.name!r}, layout={self.report.layout!r}, "
             f"records={len(self)}, resolution={self.resolution})"

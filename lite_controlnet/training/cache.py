@@ -44,9 +44,13 @@ FLUSH_EVERY = 64  # batches between progress saves
 
 
 def cache_key(dataset: PairedDataset, resolution: int, base_name: str) -> str:
-    """A short hash of what the cached values depend on."""
+    """A short hash of what the cached values depend on: the manifest (a Hugging Face dataset: the
+    content of its rows, `PairedDataset.fingerprint`), the size, the base."""
     digest = hashlib.sha256()
-    digest.update(Path(dataset.manifest).read_bytes())
+    if dataset.source is None:
+        digest.update(Path(dataset.manifest).read_bytes())
+    else:
+        digest.update(f"datasets|{dataset.fingerprint()}".encode())
     digest.update(f"|{len(dataset)}|{resolution}|{base_name}".encode())
     return digest.hexdigest()[:16]
 
@@ -232,6 +236,8 @@ def _target_stamps(dataset: PairedDataset, previous: list | None, progress: bool
 
 def _forget_stale(dataset: PairedDataset, folder: Path, done: np.ndarray, done_file: Path, progress: bool) -> None:
     """Mark as not done the latents whose target image changed since they were encoded."""
+    if dataset.source is not None:  # a Hugging Face dataset's cache is keyed on its rows' content already
+        return
     stamps_file = folder / "targets.json"
     previous = _read_json(stamps_file, _stamps_problem)
     if previous is not None and len(previous) != len(dataset):

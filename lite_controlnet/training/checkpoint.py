@@ -22,7 +22,6 @@ Publishing (built on local disk, copied, checked, renamed; safe on Google Drive)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import pickle
@@ -114,10 +113,11 @@ def base_id(base: str) -> str:
 
 
 def run_identity(cfg: TrainConfig, dataset: PairedDataset) -> dict[str, Any]:
-    """What defines the run of `cfg` on `dataset`: its data (a hash of the manifest's content,
-    wherever the folder now lies), base, control module, resolution, batch size and seed."""
+    """What defines the run of `cfg` on `dataset`: its data (a hash of the manifest's content, or of
+    a Hugging Face dataset's rows as its columns give them, of the pairs `max_train_samples` keeps;
+    wherever the data now lies), base, control module, resolution, batch size and seed."""
     identity = {
-        "data": hashlib.sha256(Path(dataset.manifest).read_bytes()).hexdigest()[:16],
+        "data": dataset.fingerprint()[:16],
         "base": base_id(cfg.base),
         "control_kind": cfg.control_kind,
         "control_options": cfg.control_options or {},
@@ -133,7 +133,8 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: P
     changed = [key for key in current if saved.get(key) != current[key]]
     if not changed:
         return
-    flags = {"data": "--data (the manifest's content differs)", "control_options": "--control-options"}
+    flags = {"data": "--data (the pairs differ: the manifest's or the dataset's content, its columns or "
+                     "--max-train-samples)", "control_options": "--control-options"}
     details = "; ".join(f"{flags.get(key, '--' + key.replace('_', '-'))}: {saved.get(key)!r} -> {current[key]!r}"
                         for key in changed)
     raise UsageError(f"{checkpoint} belongs to another run ({details}). Resume with that run's settings, or start "

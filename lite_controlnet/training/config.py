@@ -38,7 +38,7 @@ DEFAULT_TIMESTEP_SAMPLING = {kind: "cubic" if kind == "lite" else "uniform" for 
 class TrainConfig:
     """Settings of one training run. `None` means "choose for me" (see `hardware.py`)."""
 
-    data: str  # dataset folder (prompt.json, or metadata.jsonl / train.jsonl)
+    data: str  # dataset folder (prompt.json, or metadata.jsonl / train.jsonl), a save_to_disk folder, parquet, or a Hub id
     output: str  # run folder: checkpoints, grids, logs, final model (on Drive in Colab)
     base: str = DEFAULT_BASE  # hub id, local diffusers folder, or "tiny"
     # which control module trains (`--control-kind`)
@@ -83,6 +83,13 @@ class TrainConfig:
     validation_prompt: list[str] | None = None  # the prompts of --validation-image, in its order
     # also log the loss, learning rate and grids through Accelerate's trackers, under <output>/logs
     report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"
+    # A Hugging Face dataset as --data (a Hub id such as fusing/fill50k, a save_to_disk folder, a .parquet
+    # file or a folder of them; read through the `datasets` library): its columns, named as in diffusers'
+    # train_controlnet.py. A manifest folder's keys are fixed.
+    image_column: str = "image"  # a Hugging Face dataset's column of the target images
+    conditioning_image_column: str = "conditioning_image"  # the column of the control images
+    caption_column: str = "text"  # the column of the captions (of a list of captions, the first)
+    max_train_samples: int | None = None  # train on the first N pairs (rows) only, in the data's own order
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
@@ -152,6 +159,7 @@ class TrainConfig:
                              "many of each, or one image for all prompts, or one prompt for all images.")
         if self.num_validation == 0 and not images:
             raise bad("num_validation", "a whole number >= 1, or 0 with --validation-image and --validation-prompt")
+        _check_data_columns(self, bad)
 
     @property
     def lr(self) -> float:
@@ -221,6 +229,20 @@ class TrainConfig:
             raise ValueError(f"{path}: expected a mapping of setting names to values, got {type(values).__name__}.")
         _check_bounds(values, str(path))
         return values
+
+def _check_data_columns(cfg: TrainConfig, bad: Any) -> None:
+    """The dataset's columns and how many of its pairs: three different column names, N >= 1."""
+    if cfg.max_train_samples is not None and cfg.max_train_samples < 1:
+        raise bad("max_train_samples", "a whole number >= 1 (the first N pairs), or None for all")
+    names = ("image_column", "conditioning_image_column", "caption_column")
+    for k, name in enumerate(names):
+        if not getattr(cfg, name).strip():
+            raise bad(name, "the name of a column of the dataset")
+        other = next((o for o in names[:k] if getattr(cfg, o) == getattr(cfg, name)), None)
+        if other:
+            raise bad(name, f"a column other than --{other.replace('_', '-')}'s: the target, the control and the "
+                            "caption are three columns")
+
 
 _HINTS = get_type_hints(TrainConfig)
 # Whole-number settings: (lowest, highest or None). Upper limits catch typos, not wishes.

@@ -200,7 +200,9 @@ class Trainer:
         # to resume: one of another run, or a start that would mix two, is refused before anything
         # is loaded
         self.dataset = PairedDataset(cfg.data, resolution=cfg.resolution, manifest=cfg.manifest,
-                                     convert_mode=cfg.convert_mode)
+                                     convert_mode=cfg.convert_mode, image_column=cfg.image_column,
+                                     conditioning_image_column=cfg.conditioning_image_column,
+                                     caption_column=cfg.caption_column, max_train_samples=cfg.max_train_samples)
         self.identity = run_identity(cfg, self.dataset)
         resume = find_resume(self.output, cfg.resume, self.identity)
         if resume is not None:
