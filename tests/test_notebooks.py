@@ -255,3 +255,59 @@ def test_a_preset_sets_the_parameters_a_notebook_defines_and_its_overrides_win()
     assert compare["LEARNING_RATES"] == {"lite": 1e-4, "controlnet": quick.learning_rate("controlnet")}
     assert (compare["COMPARE_STEPS"], compare["EVAL_EVERY"], compare["GUIDANCE"]) == (quick.steps, quick.steps // 4,
                                                                                      quick.guidance)
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory):
+    """01_data on a folder of one's own photos (canny made from each), and 02_train on a parquet
+    dataset with its own column names, cut after 2 steps and run again: QUICK mode, test size."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("own-data")
+    rng = np.random.default_rng(0)
+    (tmp / "photos").mkdir()
+    pictures = []
+    for k in range(6):
+        picture = Image.fromarray((rng.random((5, 6, 3)) * 255).astype(np.uint8)).resize((48, 40), Image.BICUBIC)
+        picture.save(tmp / "photos" / f"p{k}.png")
+        (tmp / "photos" / f"p{k}.txt").write_text(f"photo number {k}")
+        pictures.append(picture)
+    rows = datasets.Dataset.from_dict({"photo": pictures, "edges": pictures[::-1], "caption": [f"pair {k}" for k in
+                                                                                                range(6)]})
+    rows.cast_column("photo", datasets.Image()).cast_column("edges", datasets.Image()).to_parquet(tmp / "pairs.parquet")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "OMP_NUM_THREADS": "1",
+           "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
+    sizes = {"EPOCHS": 1, "BATCH_SIZE": 2, "TRAIN_OVERRIDES": {"num_workers": 0, "num_validation": 1,
+                                                                "validation_steps": 2}}
+    photos = {"QUICK": True, "OWN_IMAGES": str(tmp / "photos"), "CONDITION": "canny", "DATA_DIR": str(tmp / "edges"),
+              "OUTPUT_DIR": str(tmp / "photos-run")}
+    pairs = {"QUICK": True, "DATASET": str(tmp / "pairs.parquet"), "DATA_DIR": str(tmp / "unused"),
+             "COLUMNS": {"image_column": "photo", "conditioning_image_column": "edges", "caption_column": "caption"},
+             "OUTPUT_DIR": str(tmp / "pairs-run")}
+    result = {"tmp": tmp, "01_data": execute("01_data", photos, tmp, env, sizes)}
+    result["cut"] = execute("02_train", {**pairs, "MAX_STEPS": 2}, tmp, env, sizes)
+    result["steps_after_cut"] = loss_steps(tmp / "pairs-run")
+    result["02_train"] = execute("02_train", pairs, tmp, env, sizes)
+    return result
+
+
+def test_your_own_photos_become_pairs_previewed_and_cached(own_data):
+    from lite_controlnet.data.dataset_folder import dataset_condition
+
+    tmp = own_data["tmp"]
+    assert dataset_condition(tmp / "edges") == "canny" and len(list((tmp / "edges" / "conditioning_image").iterdir())) == 6
+    assert outputs_of(own_data["01_data"], "image/png"), "the preview of pairs is shown"
+    assert "6 latents" in stream_text(own_data["01_data"])
+    assert any((tmp / "photos-run" / "cache").iterdir())
+
+
+def test_02_train_takes_a_parquet_dataset_with_its_columns_and_resumes(own_data):
+    tmp = own_data["tmp"]
+    assert own_data["steps_after_cut"] == [1, 2]
+    assert loss_steps(tmp / "pairs-run") == [1, 2, 3]  # 6 pairs, 2 per step: resumed at step 3, not redone
+    assert (tmp / "pairs-run" / "final" / "config.json").is_file() and not (tmp / "unused").exists()
+    config = json.loads((tmp / "pairs-run" / "train_config.json").read_text())
+    assert (config["image_column"], config["conditioning_image_column"], config["caption_column"]) == (
+        "photo", "edges", "caption")
