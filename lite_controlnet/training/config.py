@@ -77,6 +77,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
     manifest: str | None = None  # the dataset's manifest file, when it holds several (relative to data)
     convert_mode: bool = False  # convert grey, palette or RGBA images to RGB instead of refusing them
+    init_from: str | None = None  # start from a trained control module (a folder or a Hub model id): its weights, step 0
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
@@ -90,7 +91,7 @@ class TrainConfig:
             if problem:
                 raise bad(f.name, problem)
         # a path from a file or an --flag=~/x (which no shell expands) means the home folder, as in a shell
-        for name in ("data", "output", "cache_dir", "resume"):
+        for name in ("data", "output", "cache_dir", "resume", "init_from"):
             value = getattr(self, name)
             if isinstance(value, str) and value.startswith("~"):
                 setattr(self, name, os.path.expanduser(value))
@@ -129,6 +130,8 @@ class TrainConfig:
         for name in ("data", "output", "base", "resume"):
             if not getattr(self, name).strip():
                 raise bad(name, "a non-empty text")
+        if self.init_from is not None and not self.init_from.strip():
+            raise bad("init_from", "a trained module's folder (e.g. runs/run1/final) or a Hub model id, or None")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise bad("resume", "'auto', 'never', or an existing checkpoint folder")
 

@@ -76,6 +76,7 @@ from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardwa
 from .lock import RunLock
 from .logs import LossLog
 from .validation import save_grid, validation_grid
+from .init_from import apply_init_module, open_init_module
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -199,6 +200,8 @@ class Trainer:
                                      convert_mode=cfg.convert_mode)
         self.identity = run_identity(cfg, self.dataset)
         resume = find_resume(self.output, cfg.resume, self.identity)
+        # a trained module to start from: only for a fresh start (a checkpoint's weights win)
+        init = open_init_module(cfg.init_from, cfg.control_kind) if cfg.init_from and resume is None else None
         if resume is not None:
             for line in changed_schedule(resume.config, cfg):
                 self._log(f"warning: resuming {resume.checkpoint.path} {line}")
@@ -235,6 +238,9 @@ class Trainer:
         except (TypeError, ValueError, RuntimeError) as error:  # the module's own check, or torch's
             raise ValueError(f"--control-options {json.dumps(cfg.control_options or {})} cannot build a "
                              f"{cfg.control_kind} module: {error}") from error
+        if init is not None:
+            apply_init_module(init, self.control_model, self.base.unet, self.base.vae_scale_factor, cfg.init_from,
+                              cfg.control_options)
         self.control_model.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
