@@ -97,8 +97,9 @@ def test_the_card_says_what_the_run_recorded(sd15_run, world, capsys):
     for row in ("| steps | 2 |", "| resolution | 32 |", "| batch size | 2 |", "| learning rate | 0.0001 |",
                 "| timestep sampling | cubic |", "| seed | 0 |"):
         assert row in text, row
-    grids = sorted((sd15_run / "samples").glob("epoch-*.png"))
-    assert hub_card.files == {GRID: grids[-1]} and f"![validation grid](./{GRID})" in text
+    # the run stopped inside its first epoch (2 steps of 4): the grid of its last step, not epoch 0's
+    assert hub_card.files == {GRID: sd15_run / "samples" / "step-00000002.png"}
+    assert "grid at step 2, the last (`samples/step-00000002.png`)" in text and f"![validation grid](./{GRID})" in text
     row = next(line for line in text.splitlines() if line.startswith("| report.json |"))
     assert f"| {report['mean']['disk_iou']:.3f} |" in row and "| LiteControlNetModel | 2 |" in row
     assert f"| {report['one_step']['with_control']['disk_iou']:.3f} |" in row
@@ -122,6 +123,16 @@ def test_the_kind_of_every_module_is_read_back(tiny_base):
     # settings changed by control_options leave a design recognisable by the rest
     mlp = build_control("lite-mlp", tiny_base.unet, vae_scale_factor=tiny_base.vae_scale_factor, level_channels=64)
     assert control_kind_of(mlp) == "lite-mlp"
+
+
+def test_the_card_shows_the_newest_epoch_grid_when_training_ended_with_an_epoch(tmp_path):
+    from lite_controlnet.hub.model_card import latest_grid
+
+    (tmp_path / "samples").mkdir()
+    for name in ("epoch-000.png", "epoch-002.png", "epoch-001.png", "step-00000003.png"):
+        (tmp_path / "samples" / name).write_bytes(b"png")
+    assert latest_grid(tmp_path, step=8) == (tmp_path / "samples" / "epoch-002.png", "after epoch 2")
+    assert latest_grid(tmp_path, step=3)[0] == tmp_path / "samples" / "step-00000003.png"
 
 
 def test_the_cards_loading_snippet_runs(sd15_run, world, tmp_path, monkeypatch):
@@ -164,7 +175,7 @@ def test_push_uploads_the_module_its_card_and_grid_and_changes_nothing_here(sd15
     assert set(files) == {"config.json", WEIGHTS, "MANIFEST.json", "README.md", GRID}
     final = sd15_run / "final"
     assert all(files[name] == (final / name).read_bytes() for name in ("config.json", WEIGHTS, "MANIFEST.json"))
-    assert files[GRID] == sorted((sd15_run / "samples").glob("epoch-*.png"))[-1].read_bytes()
+    assert files[GRID] == (sd15_run / "samples" / "step-00000002.png").read_bytes()
     card = ModelCard(files["README.md"].decode())
     assert card.data.base_model == DEFAULT_BASE and 'snapshot_download("someone/fill50k-lite")' in card.text
     assert hashes(final) == before  # the card was staged elsewhere

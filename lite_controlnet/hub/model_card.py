@@ -57,10 +57,16 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def latest_grid(run: Path) -> Path | None:
-    """The run's newest epoch grid (`samples/epoch-NNN.png`), or None."""
+def latest_grid(run: Path, step: int | None = None) -> tuple[Path, str] | None:
+    """The run's newest grid and what it shows: the grid of `step` when training stopped inside an
+    epoch (`samples/step-N.png`), else the newest epoch grid (`samples/epoch-NNN.png`); None if none."""
+    if step is not None and (run / "samples" / f"step-{step:08d}.png").is_file():
+        return run / "samples" / f"step-{step:08d}.png", f"at step {step}, the last"
     grids = sorted((run / "samples").glob("epoch-[0-9][0-9][0-9].png"))
-    return grids[-1] if grids else None
+    if not grids:
+        return None
+    epoch = int(grids[-1].stem.split("-")[1])
+    return grids[-1], f"after epoch {epoch}" if epoch else "before training (no epoch ended)"
 
 
 def evaluation_reports(run: Path) -> dict[str, dict[str, Any]]:
@@ -118,7 +124,8 @@ from lite_controlnet import LiteControlNetPipeline
 
 control = snapshot_download("{repo_id}")  # the control module: config.json and its weights
 device = "cuda" if torch.cuda.is_available() else "cpu"
-pipe = LiteControlNetPipeline.from_base("{base}", controlnet=control, device=device,
+base = "{base}"  # the base it was trained on
+pipe = LiteControlNetPipeline.from_base(base, controlnet=control, device=device,
                                         torch_dtype=torch.float16 if device == "cuda" else torch.float32)
 control_image = Image.open("control.png").convert("RGB")  # {what}
 image = pipe("a prompt as in training", control_image, num_inference_steps=20,
@@ -190,7 +197,7 @@ def model_card(folder: str | Path, repo_id: str, license: str | None = None) -> 
             condition = None
     dataset_id = data if is_hub_id(data) else None
     count, controlnet = parameter_counts(module)
-    grid = latest_grid(run) if run else None
+    grid = latest_grid(run, step) if run else None
     reports = evaluation_reports(run) if run else {}
 
     # 1. the metadata
@@ -241,8 +248,8 @@ def model_card(folder: str | Path, repo_id: str, license: str | None = None) -> 
         lines += [f"Trained for {step} steps.", ""]
     files = {}
     if grid is not None:
-        files[GRID] = grid
-        lines += ["## Samples", "", f"The validation grid after the last epoch ({grid.name}): prompt, control, "
+        files[GRID] = grid[0]
+        lines += ["## Samples", "", f"The validation grid {grid[1]} (`samples/{grid[0].name}`): prompt, control, "
                   "reconstruction, text only, samples.", "", f"![validation grid](./{GRID})", ""]
     lines += _scores_section(reports)
     lines += ["## How to use", "",

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..hub.download import module_folder
 from .checkpoint import verify_module_folder
 
-__all__ = ["apply_init_module", "open_init_module"]
+__all__ = ["check_init_fits", "open_init_module"]
 
 
 def open_init_module(source: str, kind: str) -> torch.nn.Module:
@@ -42,33 +42,34 @@ def open_init_module(source: str, kind: str) -> torch.nn.Module:
     return module
 
 
-def apply_init_module(init: torch.nn.Module, control: torch.nn.Module, unet: Any, vae_scale_factor: int,
-                      source: str, options: dict | None) -> None:
-    """Copy the weights of `init` into the freshly built `control`, after checking that it fits.
+def check_init_fits(init: torch.nn.Module, cfg: Any, unet: Any, vae_scale_factor: int) -> None:
+    """Refuse `init` unless its tensors have the shapes of the module the run `cfg` builds on this
+    base (`unet`, `vae_scale_factor`); checked on PyTorch's meta device, before the latent cache
+    is built, so that a module that does not fit is refused at once."""
+    from accelerate import init_empty_weights
 
-    Args:
-        init: `open_init_module`'s module.
-        control: the run's module, as `build_control` made it for the base.
-        unet, vae_scale_factor: the run's base.
-        source: `--init-from` as given, for the messages.
-        options: the run's `control_options`, for the messages.
-    """
+    from ..controls import build_control
     from ..pipeline import check_control_fits
 
+    source = cfg.init_from
     try:
         check_control_fits(init, unet, vae_scale_factor)
     except ValueError as error:
         reason = str(error).split(" Sample with", 1)[0]
         raise UsageError(f"--init-from {source} does not fit --base: {reason} Train on the base it was trained on, "
                          "or leave out --init-from.") from None
-    theirs, ours = init.state_dict(), control.state_dict()
+    try:
+        with init_empty_weights():
+            ours = build_control(cfg.control_kind, unet, vae_scale_factor=vae_scale_factor,
+                                 **(cfg.control_options or {})).state_dict()
+    except (TypeError, ValueError, RuntimeError):  # options the module refuses: the trainer says so
+        return
+    theirs = init.state_dict()
     differ = sorted(set(theirs) ^ set(ours)) or [k for k in ours if theirs[k].shape != ours[k].shape]
     if differ:
         name = differ[0]
         shapes = (f"{tuple(theirs[name].shape)} there, {tuple(ours[name].shape)} here"
                   if name in theirs and name in ours else f"{'only there' if name in theirs else 'only here'}")
         raise UsageError(f"--init-from {source} does not fit the module this run builds (--control-options "
-                         f"{json.dumps(options or {})}): {len(differ)} tensor(s) differ, e.g. {name} ({shapes}). "
-                         "Pass the --control-options it was trained with (its config.json holds them).")
-    with torch.no_grad():
-        control.load_state_dict(theirs)
+                         f"{json.dumps(cfg.control_options or {})}): {len(differ)} tensor(s) differ, e.g. {name} "
+                         f"({shapes}). Pass the --control-options it was trained with (its config.json holds them).")

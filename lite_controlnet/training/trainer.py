@@ -76,7 +76,7 @@ from .hardware import HardwarePlan, choose_precision, detect_device, plan_hardwa
 from .lock import RunLock
 from .logs import LossLog
 from .validation import save_grid, validation_grid
-from .init_from import apply_init_module, open_init_module
+from .init_from import check_init_fits, open_init_module
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -219,6 +219,8 @@ class Trainer:
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
         check_prediction_type(self.noise_scheduler)  # before the cache is built
+        if init is not None:  # before the cache too: a module that does not fit is refused at once
+            check_init_fits(init, cfg, self.base.unet, self.base.vae_scale_factor)
         # 3. the cache (the main process encodes; the others wait, then read)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
@@ -238,9 +240,8 @@ class Trainer:
         except (TypeError, ValueError, RuntimeError) as error:  # the module's own check, or torch's
             raise ValueError(f"--control-options {json.dumps(cfg.control_options or {})} cannot build a "
                              f"{cfg.control_kind} module: {error}") from error
-        if init is not None:
-            apply_init_module(init, self.control_model, self.base.unet, self.base.vae_scale_factor, cfg.init_from,
-                              cfg.control_options)
+        if init is not None:  # the trained module's weights instead of fresh ones
+            self.control_model.load_state_dict(init.state_dict())
         self.control_model.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
