@@ -919,6 +919,22 @@ def _(c):
     return push_args(c), ["not logged in", "hf auth login", "--token"]
 
 
+@case("push-token-refused")
+def _(c):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(*args, **kwargs):  # what the Hub answers a token that is wrong or expired
+        response = SimpleNamespace(status_code=401, headers={}, request=None)
+        raise HfHubHTTPError("401 Client Error: Unauthorized for url: https://huggingface.co/api/repos/create",
+                             response=response)
+
+    c.mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    c.mp.setattr(huggingface_hub.HfApi, "create_repo", refuse)
+    return push_args(c, None, "--token", "hf_expired"), ["someone/fill50k-lite", "refused the token (401)",
+                                                         "hf auth login"]
+
+
 @case("train-push-to-hub-offline")
 def _(c):
     return train_args(c, c.tmp / "out", "--push-to-hub"), ["offline", "HF_HUB_OFFLINE"], [], absent(c.tmp / "out")

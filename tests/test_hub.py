@@ -195,6 +195,28 @@ def test_train_push_to_hub_creates_the_repo_first_and_pushes_the_final_module(wo
     assert "token" not in (output / "train_config.json").read_text()
 
 
+def test_a_push_that_fails_after_training_keeps_the_module_and_says_how_to_push_it_again(world, tmp_path, monkeypatch,
+                                                                                        capsys):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    FakeHub(monkeypatch)
+
+    def refuse(api, **kwargs):
+        raise HfHubHTTPError("403 Forbidden", response=SimpleNamespace(status_code=403, headers={}, request=None))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", refuse)
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "--base", str(world.base), "--data", str(world.data), "--output", str(output), *SMALL_FLAGS,
+                  "--max-steps", "1", "--threads", "1", "--push-to-hub", "--hub-model-id", "someone/run"])
+    assert exit.value.code == 2 and (output / "final" / WEIGHTS).is_file()
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "may not write there (403" in line
+    assert f"push --model {output / 'final'} --repo-id someone/run" in line
+
+
 # -- starting from a trained module --------------------------------------------------------------
 
 

@@ -72,5 +72,9 @@ def push_trained(args: argparse.Namespace, repo_id: str | None, final: Path) -> 
         return
     from .push import push_to_hub
 
-    url = push_to_hub(final, repo_id, token=args.hub_token, create=False)
+    try:
+        url = push_to_hub(final, repo_id, token=args.hub_token, create=False)
+    except UsageError as error:  # the run itself is done: say how to push it again
+        raise UsageError(f"{str(error).rstrip('.')}. Training is done; push its module again with `python -m "
+                         f"lite_controlnet push --model {final} --repo-id {repo_id}`.") from None
     print(f"Pushed {final} to {url}")
