@@ -99,7 +99,7 @@ def test_the_card_says_what_the_run_recorded(sd15_run, world, capsys):
         assert row in text, row
     # the run stopped inside its first epoch (2 steps of 4): the grid of its last step, not epoch 0's
     assert hub_card.files == {GRID: sd15_run / "samples" / "step-00000002.png"}
-    assert "grid at step 2, the last (`samples/step-00000002.png`)" in text and f"![validation grid](./{GRID})" in text
+    assert "grid at step 2, where training ended (`samples/step-00000002.png`)" in text and f"![validation grid](./{GRID})" in text
     row = next(line for line in text.splitlines() if line.startswith("| report.json |"))
     assert f"| {report['mean']['disk_iou']:.3f} |" in row and "| LiteControlNetModel | 2 |" in row
     assert f"| {report['one_step']['with_control']['disk_iou']:.3f} |" in row

@@ -14,6 +14,7 @@ What the run did not record is said to be unknown rather than guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = ["HubCard", "TAGS", "loading_snippet", "model_card"]
 TAGS = ["lite-controlnet", "controlnet", "stable-diffusion", "text-to-image", "diffusers"]
 # SD1.5's license, which diffusers' train_controlnet.py writes on modules trained on it
 SD15_LICENSE = "creativeml-openrail-m"
+MAX_SCORES = 6  # columns of the scores table
 GRID = "grid.png"  # the epoch grid, as uploaded beside the card
 REPOSITORY = "https://github.com/lite-controlnet/lite-controlnet"
 PAPER = "A Lightweight ControlNet for Fine-Tuning Stable Diffusion on Colab GPU"
@@ -61,7 +63,7 @@ def latest_grid(run: Path, step: int | None = None) -> tuple[Path, str] | None:
     """The run's newest grid and what it shows: the grid of `step` when training stopped inside an
     epoch (`samples/step-N.png`), else the newest epoch grid (`samples/epoch-NNN.png`); None if none."""
     if step is not None and (run / "samples" / f"step-{step:08d}.png").is_file():
-        return run / "samples" / f"step-{step:08d}.png", f"at step {step}, the last"
+        return run / "samples" / f"step-{step:08d}.png", f"at step {step}, where training ended"
     grids = sorted((run / "samples").glob("epoch-[0-9][0-9][0-9].png"))
     if not grids:
         return None
@@ -143,21 +145,29 @@ def _number(value: Any) -> str:
 def _scores_section(reports: dict[str, dict[str, Any]]) -> list[str]:
     if not reports:
         return []
+    # the first scores of each report (disk IoU, colour errors, edge F1... on Fill50k), without the
+    # counts of samples that had none
     names = [key for report in reports.values() for key, value in report["mean"].items()
-             if key != "count" and (value is None or isinstance(value, (int, float)))]
-    columns = list(dict.fromkeys(names))
+             if key != "count" and not key.endswith("_none") and (value is None or isinstance(value, (int, float)))]
+    columns = list(dict.fromkeys(names))[:MAX_SCORES]
+
+    def one_step(report: dict[str, Any]) -> Any:
+        scores = report.get("one_step")
+        scores = scores.get("with_control") if isinstance(scores, dict) else None
+        return scores.get("disk_iou") if isinstance(scores, dict) else None
+
+    with_one_step = any(one_step(report) is not None for report in reports.values())
     lines = ["## Scores", "",
-             "Measured by `python -m lite_controlnet evaluate` on held-out pairs (means over the samples; the "
-             "one-step score denoises once at a fixed noise level):", "",
-             "| report | control | samples | " + " | ".join(columns) + " | one-step disk IoU |",
-             "|---" * (len(columns) + 4) + "|"]
+             "Measured by `python -m lite_controlnet evaluate` on held-out pairs (means over the samples"
+             + ("; the one-step score denoises once at a fixed noise level" if with_one_step else "") + "):", "",
+             "| report | control | samples | " + " | ".join(columns) + (" | one-step disk_iou" if with_one_step else "")
+             + " |", "|---" * (len(columns) + 3 + with_one_step) + "|"]
     for name, report in reports.items():
         mean, settings = report["mean"], report["settings"]
-        one_step = report.get("one_step", {}).get("with_control", {}) if isinstance(report.get("one_step"), dict) else {}
         control = settings.get("control") or "none (text only)"
         lines.append(f"| {name} | {control} | {mean.get('count', settings.get('num', 'n/a'))} | "
                      + " | ".join(_number(mean.get(c)) for c in columns)
-                     + f" | {_number(one_step.get('disk_iou') if isinstance(one_step, dict) else None)} |")
+                     + (f" | {_number(one_step(report))}" if with_one_step else "") + " |")
     return [*lines, ""]
 
 
@@ -180,9 +190,11 @@ def model_card(folder: str | Path, repo_id: str, license: str | None = None) -> 
     saved = _read_json(run / "train_config.json") if run else None
     cfg = None
     if isinstance(saved, dict):
-        try:
-            cfg = TrainConfig.from_dict(saved, source="train_config.json")
-        except (TypeError, ValueError):  # settings of another version: read as far as they go
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        try:  # the settings this version knows; a --resume folder named then need not exist now
+            cfg = TrainConfig.from_dict({**{k: v for k, v in saved.items() if k in known}, "resume": "auto"},
+                                        source="train_config.json")
+        except (TypeError, ValueError):  # malformed: the card says the settings were not recorded
             cfg = None
     kind = cfg.control_kind if cfg else control_kind_of(module)
     base = cfg.base if cfg else None
@@ -213,9 +225,11 @@ def model_card(folder: str | Path, repo_id: str, license: str | None = None) -> 
     # 2. the body
     if base is None:
         base_text, snippet_base = "not recorded (no train_config.json beside the module)", DEFAULT_BASE
-    elif is_hub_id(base) or base in (TINY_BASE, PROXY_BASE):
-        base_text = f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"`{base}` (shipped with lite-controlnet)"
-        snippet_base = base
+    elif is_hub_id(base):
+        base_text, snippet_base = f"[{base}](https://huggingface.co/{base})", base
+    elif base in (TINY_BASE, PROXY_BASE):
+        shown = "the small base lite-controlnet ships" if base == PROXY_BASE else "a tiny random stand-in for tests"
+        base_text, snippet_base = f"`{base}` ({shown})", base
     else:
         name = Path(base).name
         base_text, snippet_base = f"a local diffusers folder, `{name}`", name
