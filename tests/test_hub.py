@@ -116,6 +116,11 @@ def test_an_sd15_module_states_its_share_of_controlnet_as_the_benchmark_counts_i
     assert "**Base model:** not recorded" in text and "**Control kind:** `lite`" in text
 
 
+def test_a_checkpoints_module_gets_the_card_of_its_run_and_step(world):
+    text = model_card(world.run / "checkpoints" / "step-00000001" / "control", "someone/early").card.text
+    assert "| steps | 1 |" in text and "| resolution | 32 |" in text
+
+
 def test_the_kind_of_every_module_is_read_back(tiny_base):
     for kind in CONTROL_KINDS:
         module = build_control(kind, tiny_base.unet, vae_scale_factor=tiny_base.vae_scale_factor)

@@ -198,7 +198,8 @@ def model_card(folder: str | Path, repo_id: str, license: str | None = None) -> 
             cfg = None
     kind = cfg.control_kind if cfg else control_kind_of(module)
     base = cfg.base if cfg else None
-    manifest = _read_json(folder / MANIFEST)
+    # final/ holds its manifest; a checkpoint's control/ is listed in the checkpoint's
+    manifest = _read_json(folder / MANIFEST if (folder / MANIFEST).is_file() else folder.parent / MANIFEST)
     step = manifest.get("step") if isinstance(manifest, dict) else None
     data = cfg.data if cfg else None
     condition = None
