@@ -250,3 +250,21 @@ def test_a_run_starts_from_a_trained_module_then_resumes_from_its_own_checkpoint
     resumed = Trainer(TrainConfig(**{**cfg.to_dict(), "max_steps": 2}), progress=False)
     resumed.setup()
     assert resumed.state.global_step == 1 and same_weights(resumed.control_model.state_dict(), weights(final))
+
+
+@pytest.mark.parametrize("kind", CONTROL_KINDS)
+def test_a_trained_module_of_every_kind_fits_a_run_of_its_kind_and_no_other(kind, tiny_base, tmp_path, recwarn):
+    from types import SimpleNamespace
+
+    from lite_controlnet.errors import UsageError
+    from lite_controlnet.training.init_from import check_init_fits, open_init_module
+
+    build_control(kind, tiny_base.unet, vae_scale_factor=tiny_base.vae_scale_factor).save_pretrained(tmp_path / "m")
+    init = open_init_module(str(tmp_path / "m"), kind)
+    check_init_fits(init, SimpleNamespace(init_from="m", control_kind=kind, control_options=None), tiny_base.unet,
+                    tiny_base.vae_scale_factor)
+    assert not [w for w in recwarn if "meta" in str(w.message)]  # shapes compared without a warning per tensor
+    other = "lite" if kind != "lite" else "controlnet"
+    with pytest.raises(UsageError, match=f"holds a {kind} module but --control-kind is {other}"):
+        open_init_module(str(tmp_path / "m"), other)
+

@@ -59,8 +59,9 @@ def check_init_fits(init: torch.nn.Module, cfg: Any, unet: Any, vae_scale_factor
         raise UsageError(f"--init-from {source} does not fit --base: {reason} Train on the base it was trained on, "
                          "or leave out --init-from.") from None
     try:
-        with init_empty_weights():
-            ours = build_control(cfg.control_kind, unet, vae_scale_factor=vae_scale_factor,
+        with init_empty_weights():  # a UNet of the base's shapes too: ControlNet copies its encoder
+            shapes = type(unet).from_config(unet.config)
+            ours = build_control(cfg.control_kind, shapes, vae_scale_factor=vae_scale_factor,
                                  **(cfg.control_options or {})).state_dict()
     except (TypeError, ValueError, RuntimeError):  # options the module refuses: the trainer says so
         return
