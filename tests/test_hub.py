@@ -107,6 +107,14 @@ def test_the_card_says_what_the_run_recorded(sd15_run, world, capsys):
     assert ModelCard(str(card)).data.base_model == DEFAULT_BASE
 
 
+def test_a_hub_dataset_is_linked_and_named_in_the_metadata(sd15_run):
+    settings = json.loads((sd15_run / "train_config.json").read_text())
+    (sd15_run / "train_config.json").write_text(json.dumps({**settings, "data": "fusing/fill50k"}))
+    card = model_card(sd15_run / "final", "someone/fill50k-lite").card
+    assert card.data.datasets == ["fusing/fill50k"]
+    assert "**Dataset:** [fusing/fill50k](https://huggingface.co/datasets/fusing/fill50k)" in card.text
+
+
 def test_an_sd15_module_states_its_share_of_controlnet_as_the_benchmark_counts_it(tmp_path):
     LiteControlNetModel().save_pretrained(tmp_path / "module")  # the default design, for SD1.5: no run beside it
     text = model_card(tmp_path / "module", "someone/lite").card.text
