@@ -18,6 +18,7 @@ from .data.paired import DatasetError, PairedDataset
 from .data.fill50k import make_fill50k
 from .model import LITE_DESIGNS, LiteControlNetFeatures, LiteControlNetModel, LiteControlNetOutput
 from .pipeline import LiteControlNetPipeline
+from .hub.push import push_to_hub
 from .training.trainer import EpochEnd, train
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "control_residuals",
     "controlled_unet",
     "prepare_control",
+    "push_to_hub",
     "load_base",
     "load_control",
     "make_fill50k",

@@ -173,10 +173,13 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .hub.commands import prepare_push, push_trained
     from .training.config import config_from_args
     from .training.trainer import train
 
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    repo_id = prepare_push(args, cfg.output)  # --push-to-hub: checked and created before training
+    push_trained(args, repo_id, train(cfg))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -278,6 +281,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
 
     from .dataset_commands import add_dataset_commands  # make-shapes, make-conditions
     add_dataset_commands(commands)
+    from .hub.commands import add_push_command, add_train_push_arguments
+    add_push_command(commands)
 
     p = commands.add_parser("make-tiny-base", help="write a tiny random SD stack for offline tests and demos")
     p.add_argument("out_dir")
@@ -325,6 +330,7 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="JSON or YAML file of TrainConfig settings (flags win)")
     add_preset(p, "base, resolution, batch size, epochs, learning rate (the control kind's) and workers")
     add_config_arguments(p)
+    add_train_push_arguments(p)
     p.set_defaults(func=_train)
     if preset is not None:
         for command, flags in _preset_flags(preset).items():

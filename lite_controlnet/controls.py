@@ -39,7 +39,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from safetensors import SafetensorError
 
 from .errors import UsageError
-from .model import FeedbackHooks, LiteControlNetModel, forget_graphs_without_hooks
+from .model import FeedbackHooks, LiteControlNetModel, forget_graphs_without_hooks, lite_design
 
 ControlKind = Literal["lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter"]
 CONTROL_KINDS = ("lite", "lite-static", "lite-mlp", "controlnet", "t2i-adapter")
@@ -199,6 +199,36 @@ def build_control(kind: ControlKind, unet: Any, vae_scale_factor: int = 8, **kwa
         return T2IAdapter(channels=list(unet.config.block_out_channels), downscale_factor=vae_scale_factor,
                           **settings)
     raise ValueError(f"Unknown control kind {kind!r}: use one of {CONTROL_KINDS}.")
+
+
+def control_kind_of(control: torch.nn.Module) -> str:
+    """The control kind of a module (`build_control`'s inverse), e.g. of one loaded from a folder.
+
+    A Lite module without feedback is the step-invariant design whose level layers it shares most
+    settings with (`control_options` may have changed some): `lite-mlp` or `lite-static`.
+    """
+    module = _unwrap(control)
+    if isinstance(module, ControlNetModel):
+        return "controlnet"
+    if isinstance(module, T2IAdapter):
+        return "t2i-adapter"
+    if not isinstance(module, LiteControlNetModel):
+        raise ValueError(f"{type(module).__name__} is not a control module: expected one of "
+                         f"{[c.__name__ for c in CONTROL_CLASSES.values()]}.")
+    config = module.config
+    if config.feedback:
+        return "lite"
+    levels = max(config.residual_levels) + 1
+
+    def kernels(value: Any) -> tuple[int, ...]:
+        return (value,) * levels if isinstance(value, int) else tuple(value)
+
+    def shared(kind: str) -> int:
+        design = lite_design(LITE_KINDS[kind], levels)
+        return sum(kernels(config[key]) == kernels(value) if key == "level_kernel_size" else config[key] == value
+                   for key, value in design.items() if key in config)
+
+    return max(("lite-static", "lite-mlp"), key=shared)  # a tie: lite-static, listed first
 
 
 def load_control(path: str | Path, **kwargs: Any) -> torch.nn.Module:

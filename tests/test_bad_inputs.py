@@ -975,6 +975,148 @@ def _(c):
         ["big.png is 1024x1024", "--height and --width", "--height 1024 --width 1024"], [], absent(c.tmp / "out.png")
 
 
+# a trained module to start from (--init-from), and the Hub (push, train --push-to-hub)
+
+
+def flipped_final(c):
+    run = copy_run(c)
+    weights = run / "final" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return run
+
+
+@case("init-from-missing-folder")
+def _(c):
+    return train_args(c, c.tmp / "out", "--init-from", c.tmp / "nope"), ["--init-from", "nope", "does not exist"], \
+        [], absent(c.tmp / "out" / "checkpoints")
+
+
+@case("init-from-of-another-kind")
+def _(c):
+    return train_args(c, c.tmp / "out", "--init-from", c.w.run / "final", "--control-kind", "lite-static"), \
+        ["holds a lite module but --control-kind is lite-static", "--control-kind lite"]
+
+
+@case("init-from-for-another-base")
+def _(c):
+    folder = c.tmp / "module"
+    LiteControlNetModel(residual_channels=(8, 8), residual_levels=(0, 1), mid_channels=8, level_kernel_size=1,
+                        feedback=False).save_pretrained(folder)
+    return train_args(c, c.tmp / "out", "--init-from", folder, "--control-kind", "lite-static"), \
+        ["--init-from", "does not fit --base", "channels [8, 8]"], [folder], absent(c.tmp / "out" / "cache")
+
+
+@case("init-from-with-other-control-options")
+def _(c):
+    return train_args(c, c.tmp / "out", "--init-from", c.w.run / "final", "--control-options",
+                      '{"level_channels": 32}'), ["does not fit the module this run builds", "level_channels"], [], \
+        absent(c.tmp / "out" / "cache")  # refused before the latent cache is built
+
+
+@case("init-from-a-damaged-module")
+def _(c):
+    run = flipped_final(c)
+    return train_args(c, c.tmp / "out", "--init-from", run / "final"), ["final", "does not match its manifest"], [run]
+
+
+@case("init-from-a-hub-id-offline")
+def _(c):
+    return train_args(c, c.tmp / "out", "--init-from", "someone/fill50k-lite"), \
+        ["--init-from someone/fill50k-lite", "offline", "--local-dir"]
+
+
+@case("resume-with-another-init-from")
+def _(c):
+    run = copy_run(c)
+    return train_args(c, run, "--max-steps", "3", "--init-from", c.w.run / "final"), \
+        ["belongs to another run", "--init-from: None ->"], [run]
+
+
+def push_args(c, model=None, *extra):
+    return ["push", "--model", model or c.w.run / "final", "--repo-id", "someone/fill50k-lite", *extra]
+
+
+def hub_online_without_login(c):
+    import huggingface_hub
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a request reached the Hub")
+
+    c.mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    c.mp.setattr(huggingface_hub, "get_token", lambda: None)
+    c.mp.setattr(huggingface_hub.HfApi, "create_repo", no_request)
+    c.mp.setattr(huggingface_hub.HfApi, "upload_folder", no_request)
+
+
+@case("push-model-not-a-module-folder")
+def _(c):
+    (c.tmp / "empty").mkdir()
+    return push_args(c, c.tmp / "empty"), ["empty", "no config.json and no diffusion_pytorch_model.safetensors"]
+
+
+@case("push-model-damaged")
+def _(c):
+    run = flipped_final(c)
+    return push_args(c, run / "final"), ["final", "does not match its manifest"], [run]
+
+
+@case("push-repo-id-malformed")
+def _(c):
+    return [*push_args(c)[:-1], "someone/fill50k/lite"], ["--repo-id 'someone/fill50k/lite'", "USER/NAME"]
+
+
+@case("push-offline")
+def _(c):
+    return push_args(c), ["someone/fill50k-lite", "offline", "HF_HUB_OFFLINE"]
+
+
+@case("push-not-logged-in")
+def _(c):
+    hub_online_without_login(c)
+    return push_args(c), ["not logged in", "hf auth login", "--token"]
+
+
+@case("push-token-refused")
+def _(c):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(*args, **kwargs):  # what the Hub answers a token that is wrong or expired
+        response = SimpleNamespace(status_code=401, headers={}, request=None)
+        raise HfHubHTTPError("401 Client Error: Unauthorized for url: https://huggingface.co/api/repos/create",
+                             response=response)
+
+    c.mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    c.mp.setattr(huggingface_hub.HfApi, "create_repo", refuse)
+    return push_args(c, None, "--token", "hf_expired"), ["someone/fill50k-lite", "refused the token (401)",
+                                                         "hf auth login"]
+
+
+@case("train-push-to-hub-offline")
+def _(c):
+    return train_args(c, c.tmp / "out", "--push-to-hub"), ["offline", "HF_HUB_OFFLINE"], [], absent(c.tmp / "out")
+
+
+@case("train-push-to-hub-not-logged-in")
+def _(c):
+    hub_online_without_login(c)
+    return train_args(c, c.tmp / "out", "--push-to-hub"), ["not logged in", "--token"], [], absent(c.tmp / "out")
+
+
+@case("train-hub-model-id-malformed")
+def _(c):
+    return train_args(c, c.tmp / "out", "--push-to-hub", "--hub-model-id", "my run!"), \
+        ["--hub-model-id 'my run!'", "USER/NAME"], [], absent(c.tmp / "out")
+
+
+@case("train-hub-model-id-without-push-to-hub")
+def _(c):
+    return train_args(c, c.tmp / "out", "--hub-model-id", "someone/x"), \
+        ["--hub-model-id only apply with --push-to-hub"], [], absent(c.tmp / "out")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_ends_in_one_line_and_changes_nothing(name, world, tmp_path, capsys, monkeypatch, request):
     make, code = CASES[name]

@@ -12,7 +12,7 @@ previous one. A checkpoint of another format is refused in one line, naming both
 
 No random state is saved: every random draw of training comes from a generator seeded by
 (seed, epoch) or (seed, step) (see trainer.py), and the module's initial weights are in every
-checkpoint. The run identity (data, base, module, resolution, batch size, seed) is saved so
+checkpoint. The run identity (data, base, module, resolution, batch size, seed, init module) is saved so
 that a resume that would continue another run is refused.
 
 Publishing (built on local disk, copied, checked, renamed; safe on Google Drive) is atomic.py's;
@@ -47,7 +47,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 _NAME = re.compile(r"^step-(\d{8})$")
 COUNTERS = ("global_step", "epoch", "step_in_epoch", "nonfinite_total")
 RUN_KEYS = {"data": str, "base": str, "control_kind": str, "control_options": dict, "resolution": int,
-            "batch_size": int, "seed": int}
+            "batch_size": int, "seed": int, "init_from": (str, type(None))}
 _PLAN_TYPES = {"device": str, "device_name": str, "precision": str, "micro_batch": int, "accumulation": int,
                "gradient_checkpointing": bool, "use_8bit_adam": bool, "xformers": bool, "tf32": bool,
                "peak_memory": (int, type(None)), "reasons": dict}
@@ -115,7 +115,8 @@ def base_id(base: str) -> str:
 def run_identity(cfg: TrainConfig, dataset: PairedDataset) -> dict[str, Any]:
     """What defines the run of `cfg` on `dataset`: its data (a hash of the manifest's content, or of
     a Hugging Face dataset's rows as its columns give them, of the pairs `max_train_samples` keeps;
-    wherever the data now lies), base, control module, resolution, batch size and seed."""
+    wherever the data now lies), base, control module, resolution, batch size, seed and the trained
+    module it started from, if any."""
     identity = {
         "data": dataset.fingerprint()[:16],
         "base": base_id(cfg.base),
@@ -124,6 +125,7 @@ def run_identity(cfg: TrainConfig, dataset: PairedDataset) -> dict[str, Any]:
         "resolution": cfg.resolution,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
+        "init_from": base_id(cfg.init_from) if cfg.init_from else None,  # a folder by its full path
     }
     return json.loads(json.dumps(identity))  # tuples as lists, as read back
 
@@ -293,6 +295,8 @@ def read_checkpoint(checkpoint: Checkpoint) -> Resume:
         raise DamagedFolderError(f"{path}: {STATE if state is None else 'control/' + WEIGHTS} is missing.")
     if not isinstance(state, dict):
         raise DamagedFolderError(f"{path / STATE} holds a {type(state).__name__}, not a training state.")
+    if isinstance(state.get("run"), dict):  # written before runs could start from a trained module
+        state["run"].setdefault("init_from", None)
     problem = _problem(state, checkpoint.step)
     if problem:
         raise DamagedFolderError(f"{path / STATE} is malformed: {problem}.")

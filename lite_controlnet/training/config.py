@@ -90,6 +90,7 @@ class TrainConfig:
     conditioning_image_column: str = "conditioning_image"  # the column of the control images
     caption_column: str = "text"  # the column of the captions (of a list of captions, the first)
     max_train_samples: int | None = None  # train on the first N pairs (rows) only, in the data's own order
+    init_from: str | None = None  # start from a trained control module (a folder or a Hub model id): its weights, step 0
 
     def __post_init__(self) -> None:
         def bad(name: str, accepted: str) -> ValueError:
@@ -106,7 +107,7 @@ class TrainConfig:
             if problem:
                 raise bad(f.name, problem)
         # a path from a file or an --flag=~/x (which no shell expands) means the home folder, as in a shell
-        for name in ("data", "output", "cache_dir", "resume"):
+        for name in ("data", "output", "cache_dir", "resume", "init_from"):
             value = getattr(self, name)
             if isinstance(value, str) and value.startswith("~"):
                 setattr(self, name, os.path.expanduser(value))
@@ -147,6 +148,8 @@ class TrainConfig:
         for name in ("data", "output", "base", "resume"):
             if not getattr(self, name).strip():
                 raise bad(name, "a non-empty text")
+        if self.init_from is not None and not self.init_from.strip():
+            raise bad("init_from", "a trained module's folder (e.g. runs/run1/final) or a Hub model id, or None")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise bad("resume", "'auto', 'never', or an existing checkpoint folder")
         images, prompts = self.validation_image or [], self.validation_prompt or []

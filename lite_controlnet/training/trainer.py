@@ -78,6 +78,7 @@ from .grids import GridRow, make_grid
 from .logs import LossLog
 from .trackers import accelerator_options, end_trackers, log_grid, start_trackers
 from .validation import read_validation_pairs, save_grid, validation_rows
+from .init_from import check_init_fits, open_init_module
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -205,6 +206,8 @@ class Trainer:
                                      caption_column=cfg.caption_column, max_train_samples=cfg.max_train_samples)
         self.identity = run_identity(cfg, self.dataset)
         resume = find_resume(self.output, cfg.resume, self.identity)
+        # a trained module to start from: only for a fresh start (a checkpoint's weights win)
+        init = open_init_module(cfg.init_from, cfg.control_kind) if cfg.init_from and resume is None else None
         if resume is not None:
             for line in changed_schedule(resume.config, cfg):
                 self._log(f"warning: resuming {resume.checkpoint.path} {line}")
@@ -222,6 +225,8 @@ class Trainer:
         self.base = load_base(cfg.base, torch_dtype=self.weight_dtype).to(device=acc.device)
         self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
         check_prediction_type(self.noise_scheduler)  # before the cache is built
+        if init is not None:  # before the cache too: a module that does not fit is refused at once
+            check_init_fits(init, cfg, self.base.unet, self.base.vae_scale_factor)
         # 3. the cache (the main process encodes; the others wait, then read)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"{self.dataset.manifest} has {len(self.dataset)} pairs, fewer than batch_size={cfg.batch_size}.")
@@ -241,6 +246,8 @@ class Trainer:
         except (TypeError, ValueError, RuntimeError) as error:  # the module's own check, or torch's
             raise ValueError(f"--control-options {json.dumps(cfg.control_options or {})} cannot build a "
                              f"{cfg.control_kind} module: {error}") from error
+        if init is not None:  # the trained module's weights instead of fresh ones
+            self.control_model.load_state_dict(init.state_dict())
         self.control_model.to(acc.device).train()
         if plan is None:
             plan = plan_hardware(self.info, self.share, cfg.precision, cfg.micro_batch, cfg.gradient_checkpointing,
