@@ -22,21 +22,31 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import (
-    ControlNetModel,
-    DDIMScheduler,
-    DiffusionPipeline,
-    StableDiffusionControlNetPipeline,
-    UniPCMultistepScheduler,
-)
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.configuration_utils import FrozenDict
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-from diffusers.pipelines.controlnet.pipeline_controlnet import retrieve_timesteps
-from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-from diffusers.utils.torch_utils import is_compiled_module
+import transformers
+
+# diffusers' Stable Diffusion pipelines import CLIP's image processor (for a safety checker and
+# IP-Adapter, which this package does not load by default); without torchvision, transformers
+# warns at that import, on every start of every command, that it uses its PIL version instead
+_verbosity = transformers.logging.get_verbosity()
+transformers.logging.set_verbosity_error()
+try:
+    from diffusers import (
+        ControlNetModel,
+        DDIMScheduler,
+        DiffusionPipeline,
+        StableDiffusionControlNetPipeline,
+        UniPCMultistepScheduler,
+    )
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+    from diffusers.configuration_utils import FrozenDict
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+    from diffusers.pipelines.controlnet.pipeline_controlnet import retrieve_timesteps
+    from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+    from diffusers.utils.torch_utils import is_compiled_module
+finally:
+    transformers.logging.set_verbosity(_verbosity)
 
 from .bases.loading import DEFAULT_BASE, BaseModels, load_base
 from .training.checkpoint import verify_module_folder
