@@ -1,6 +1,6 @@
 """README.md as a user reads it: its measured blocks (and benchmarks/RESULTS.md's) are what
 `benchmarks/readme.py` makes of benchmarks/results, it stays a front door, and every Python
-snippet in it runs as written, offline, in a fresh folder."""
+snippet in it (and in docs/python.md) runs as written, offline, in a fresh folder."""
 
 import os
 import re
@@ -12,7 +12,9 @@ import pytest
 from conftest import ROOT, load_script, readme_block
 
 README = (ROOT / "README.md").read_text()
-SNIPPETS = re.findall(r"^```python\n(.*?)^```$", README, flags=re.S | re.M)
+PYTHON_DOC = ROOT / "docs" / "python.md"  # the Python snippets README points to run as written too
+SNIPPETS = [snippet for text in (README, PYTHON_DOC.read_text())
+            for snippet in re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)]
 
 
 def test_every_measured_block_matches_its_results():
@@ -45,7 +47,7 @@ def test_readme_python_snippet_runs_as_written(number, tmp_path):
     (tmp_path / "snippet.py").write_text(SNIPPETS[number])
     done = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=180)
-    assert done.returncode == 0, f"README's Python snippet {number + 1} failed:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"Python snippet {number + 1} (README, then docs/python.md) failed:\n{done.stderr[-3000:]}"
     if "image.save(" in SNIPPETS[number]:  # the quick start: a trained module and its sample
         assert (tmp_path / "runs" / "quickstart" / "final" / "config.json").is_file()
         from PIL import Image
@@ -54,4 +56,4 @@ def test_readme_python_snippet_runs_as_written(number, tmp_path):
 
 
 def test_readme_has_python_snippets():
-    assert len(SNIPPETS) >= 2  # the quick start and the denoising loop
+    assert len(SNIPPETS) >= 4  # the quick start, diffusers' tools; a LoRA and a denoising loop of one's own
