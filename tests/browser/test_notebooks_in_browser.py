@@ -71,6 +71,25 @@ def training(browser, server, quick_run):
     page.close()
 
 
+@pytest.fixture(scope="module")
+def own_photos(browser, server):
+    """01_data run in the page on a folder of one's own photos (with .txt captions): canny pairs
+    made from them, previewed and cached, in QUICK mode."""
+    rng = np.random.default_rng(0)
+    photos = server.root / "photos"
+    photos.mkdir()
+    for k in range(4):
+        coarse = PIL.Image.fromarray((rng.random((5, 6, 3)) * 255).astype(np.uint8))
+        coarse.resize((48, 40), PIL.Image.BICUBIC).save(photos / f"photo{k}.jpg")
+        (photos / f"photo{k}.txt").write_text(f"photo number {k}")
+    page = open_and_run(browser, server, "01_data",
+                        {"QUICK": True, "OWN_IMAGES": str(photos), "CONDITION": "canny",
+                         "DATA_DIR": str(server.root / "edges"), "OUTPUT_DIR": str(server.root / "own-run")})
+    page.data_dir = server.root / "edges"
+    yield page
+    page.close()
+
+
 class Panel:
     """The sample panel as the page shows it (its layout: prompt; tabs and control preview,
     settings, result; strength strip)."""
@@ -256,3 +275,17 @@ def test_epoch_viewer_moves_between_epochs(training):
     loss = root.locator(".widget-image").nth(1)
     assert page.image_pixels(loss) is not None, "the loss curve is shown below the grid"
     assert page.broken_images() == 0
+
+
+# -- 01_data on one's own photos --------------------------------------------------------------
+
+
+def test_your_own_photos_become_canny_pairs_shown_in_the_preview(own_photos):
+    from lite_controlnet.data.dataset_folder import dataset_condition
+
+    assert dataset_condition(own_photos.data_dir) == "canny"
+    preview = own_photos.page.locator(own_photos.frontend.code_cell).filter(has_text="preview_pairs(").last
+    shown = own_photos.image_pixels(preview.locator("img").last)
+    assert shown is not None and shown.std() > 0, "the preview of the pairs is drawn"
+    assert "4 latents" in "\n".join(own_photos.output_texts()), "the 4 pairs are encoded into the cache"
+    assert own_photos.broken_images() == 0
