@@ -35,13 +35,15 @@ def main() -> None:
         unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, "cross_attention_dim": tiny.text_encoder.config.hidden_size})
     unet = unet.to_empty(device="cpu")  # memory is reserved, not touched: the weights are never read
     unet.forward = lambda sample, *args, **kwargs: (torch.zeros_like(sample),)
-    # the pixel-MLP design: with the UNet's forward stubbed, the default's per-step layers (hooks in
-    # the UNet's forward) would not run; what this measures is the loop's host-side cost
-    lite = LiteControlNetModel.from_unet(unet, design="mlp").eval()
+    # with the UNet's forward stubbed, the default's per-step layers (hooks inside the UNet's forward)
+    # do not run: what is measured is the loop's host-side cost of each design, the control step's
+    # bookkeeping included (the default's hooks set and cleared at every step)
     parts = dict(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=unet,
                  scheduler=UniPCMultistepScheduler.from_config(sd15_scheduler().config))
     pipes = {"SD": LiteControlNetPipeline(**parts, controlnet=None),
-             "SD + Lite": LiteControlNetPipeline(**parts, controlnet=lite)}
+             "SD + Lite": LiteControlNetPipeline(**parts, controlnet=LiteControlNetModel.from_unet(unet).eval()),
+             "SD + Lite MLP": LiteControlNetPipeline(**parts, controlnet=LiteControlNetModel.from_unet(
+                 unet, design="mlp").eval())}
     image = PIL.Image.new("RGB", (64, 64))
     steps = 20
 
@@ -63,6 +65,7 @@ def main() -> None:
         "steps": steps, "unet": "SD1.5 module tree, forward stubbed", "threads": 1,
         "generation_ms": {k: round(v * 1e3, 2) for k, v in median.items()},
         "lite_extra_ms_per_step": round((median["SD + Lite"] - median["SD"]) * 1e3 / steps, 3),
+        "lite_mlp_extra_ms_per_step": round((median["SD + Lite MLP"] - median["SD"]) * 1e3 / steps, 3),
         "torch": torch.__version__,
     }
     out = HERE / "results" / "pipeline_overhead.json"

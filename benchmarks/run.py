@@ -154,7 +154,7 @@ def write_markdown() -> Path:
 def summarize(data: dict) -> list[str]:
     """The targets: the default Lite <= +10% of a generation, the step-invariant one <= +2%; each
     Lite's training step >= 1.6x faster than ControlNet's at <= 50% of its peak memory."""
-    by = {(r["variant"], r["batch"]): r for r in data["training"] if "error" not in r}
+    by = {(r["variant"], r["batch"]): r for r in data.get("training", []) if "error" not in r}  # none: sampling only
     over = data["sampling"]["overhead_vs_sd"]
     targets = {"SD + Lite": " (target <= +10%)", "SD + Lite static": " (target <= +2%)"}
     lines = ["sampling, a whole generation: " + ", ".join(f"{name[5:]} {value:+.1%}{targets.get(name, '')}"
