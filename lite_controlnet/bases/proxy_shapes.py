@@ -74,9 +74,11 @@ class ShapesVaeRecipe:
             colours exact; the squared error punishes the rare large miss at an edge).
     """
 
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    # 16 channels at full size learn as fast per step as 32 (prototype: loss 0.43 after 150 steps
+    # either way) at two thirds of the cost
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4
-    steps: int = 1200
+    steps: int = 2400
     # many small crops rather than a few large ones: at the same cost per step, more scenes and
     # colours per step (prototype: loss 0.43 instead of 0.52 after 150 steps)
     batch_size: int = 32
