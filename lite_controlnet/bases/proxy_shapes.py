@@ -110,7 +110,7 @@ class ShapesVaeRecipe:
 
 def _default_unet() -> ProxyRecipe:
     # the proxy base's design and optimiser at latent size; each scene is rendered once at 128 px
-    return ProxyRecipe(resolution=DEFAULT_SIZE // 4, steps=4500, render_scale=1)
+    return ProxyRecipe(resolution=DEFAULT_SIZE // 4, steps=6000, render_scale=1)
 
 
 @dataclass(frozen=True)

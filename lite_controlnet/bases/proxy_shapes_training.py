@@ -10,8 +10,8 @@
     python -m lite_controlnet make-proxy-base OUT_DIR --world shapes [--steps N] [--threads 1] [--log FILE]
 
 A run keeps its whole state (weights, optimiser, random generator, step) in `OUT_DIR/resume/`
-every `save_every` steps, and the same command continues it where it stopped; the state is
-removed when the run ends.
+every `save_every` steps, and the same command continues it where it stopped (during or after
+the VAE stage, also with other UNet steps); the state is removed when the run ends.
 """
 
 from __future__ import annotations
@@ -118,12 +118,21 @@ def _save_state(out_dir: Path, state: dict) -> None:
         torch.save(state, partial)
 
 
+def _vae_stage(recipe: dict) -> dict:
+    """What the VAE stage depends on, of a recipe as a dict: the UNet's steps may change after it."""
+    return {"image_size": recipe["image_size"], "objects": recipe["objects"], "vae": recipe["vae"],
+            "seed": recipe["unet"]["seed"]}
+
+
 def _load_state(out_dir: Path, recipe: ProxyShapesRecipe) -> dict | None:
     path = out_dir / _RESUME / "state.pt"
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True)
-    if state["recipe"] != asdict(recipe):
+    ours = asdict(recipe)
+    same = _vae_stage(state["recipe"]) == _vae_stage(ours) if state["stage"] in ("vae", "vae_done") \
+        else state["recipe"] == ours
+    if not same:
         raise UsageError(f"{path} holds a run of another recipe (steps or sizes differ); pass the same "
                          f"options as that run, another OUT_DIR, or delete {path.parent} to start again.")
     return state
@@ -166,7 +175,7 @@ def _train_vae(recipe: ProxyShapesRecipe, out_dir: Path, state: dict | None, log
         done = step + 1
         if done % log_every == 0 or done == vr.steps:
             elapsed = time.perf_counter() - started
-            log(f"vae step {done}/{vr.steps} loss {np.mean(running):.4f} {elapsed / (done - first or 1):.3f} s/step "
+            log(f"vae step {done}/{vr.steps} loss {np.mean(running):.4f} {elapsed / done:.3f} s/step "
                 f"{elapsed / 60:.1f} min")
             running = []
         if save_every and done % save_every == 0 and done < vr.steps:
