@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lite_controlnet import LiteControlNetPipeline, load_base
+from lite_controlnet import LiteControlNetPipeline, build_control, load_base
 from lite_controlnet.bases import PROXY_BASE_DIR, PROXY_SHAPES_BASE_DIR
 from lite_controlnet.bases.proxy import ProxyRecipe, build_proxy_models
 from lite_controlnet.bases.proxy_command import main as make_proxy_base_command
@@ -48,6 +48,26 @@ def test_the_pipeline_samples_a_128_px_image_from_it():
                   output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 128, 128, 3) and np.isfinite(images).all()
     assert images.std() > 0.01  # decoded through the VAE, not a flat or empty frame
+
+
+def test_a_lite_module_at_image_resolution_starts_as_the_base_and_then_steers_it():
+    pipe = LiteControlNetPipeline.from_base("proxy-shapes")
+    pipe.set_progress_bar_config(disable=True)
+    scene = shapes_scene(0, 128, seed=1)
+
+    def sample(controlnet):
+        pipe.controlnet = controlnet
+        return pipe(scene.prompt, scene.render() if controlnet is not None else None, num_inference_steps=2,
+                    output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    alone = sample(None)
+    torch.manual_seed(0)
+    module = build_control("lite", pipe.unet, vae_scale_factor=4)  # reads the 128 px control, 4x the latents
+    np.testing.assert_array_equal(sample(module), alone)  # zero projections: the base's image as it was
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    assert np.abs(sample(module) - alone).mean() > 1e-3
 
 
 def test_the_tokenizer_has_one_token_per_word_of_shapes_prompts():
