@@ -284,12 +284,14 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_make_tiny_base)
 
     p = commands.add_parser("make-proxy-base", add_help=False,
-                            help="train a small base used offline (OUT [--world fill50k|shapes] [--steps N] [--threads T])")
+                            help="train a small base used offline "
+                                 "(OUT [--world fill50k|shapes] [--steps N] [--threads T])")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_make_proxy_base)
 
     p = commands.add_parser("sample", help="generate an image from a prompt and a control image")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', 'proxy-shapes' or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', "
+                   "'proxy-shapes' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: base alone)")
     p.add_argument("--image", default=None, help="control image (e.g. a Fill50k source/N.png)")
     p.add_argument("--prompt", required=True)
@@ -307,7 +309,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="sample held-out pairs and score them: as the condition the data records (canny, "
                             "segmentation, ...), or Fill50k's disk IoU, colours and edges")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', 'proxy-shapes' or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', "
+                   "'proxy-shapes' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     add_config_arguments(p, EvaluateSettings, defaults=True)
     add_config_arguments(p, SampleSettings, defaults=True)

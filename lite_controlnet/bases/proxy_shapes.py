@@ -143,7 +143,8 @@ class ProxyShapesRecipe:
         if self.vae.crop > self.image_size:
             raise ValueError(f"vae.crop must be <= image_size {self.image_size}, got {self.vae.crop}.")
         if self.unet.render_scale != 1:
-            raise ValueError(f"unet.render_scale must be 1 (scenes are drawn at image_size), got {self.unet.render_scale}.")
+            raise ValueError(f"unet.render_scale must be 1 (scenes are drawn at image_size), "
+                             f"got {self.unet.render_scale}.")
         low, high = self.objects
         if not 1 <= low <= high <= MAX_OBJECTS:
             raise ValueError(f"objects must be a (fewest, most) pair from 1 to {MAX_OBJECTS}, got {self.objects}.")

@@ -292,7 +292,8 @@ def make_proxy_shapes_base(
         done = step + 1
         if done % log_every == 0 or done == ur.steps:
             elapsed = time.perf_counter() - started
-            log(f"step {done}/{ur.steps} loss {np.mean(running):.4f} {elapsed / done:.3f} s/step {elapsed / 60:.1f} min")
+            log(f"step {done}/{ur.steps} loss {np.mean(running):.4f} {elapsed / done:.3f} s/step "
+                f"{elapsed / 60:.1f} min")
             running = []
         if done % check_every == 0 or done == ur.steps:
             check = background_check(ema, vae, recipe)
