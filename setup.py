@@ -15,8 +15,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["lite_controlnet", "lite_controlnet.*"]),
-    # the shipped proxy base (a few MB of safetensors): --base proxy works offline
-    package_data={"lite_controlnet": ["assets/proxy-base/*", "assets/proxy-base/*/*"]},
+    # the shipped proxy bases (a few MB of safetensors each): --base proxy and proxy-shapes work offline
+    package_data={"lite_controlnet": ["assets/proxy-base/*", "assets/proxy-base/*/*",
+                                     "assets/proxy-shapes/*", "assets/proxy-shapes/*/*"]},
     python_requires=">=3.10",
     # torch is required but never pinned upward: install it first (Colab has it already);
     # a lower bound that any recent install satisfies keeps pip from replacing it.

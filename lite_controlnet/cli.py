@@ -244,7 +244,7 @@ def _scoring_condition(settings: Any) -> Any:
 
 
 def _make_proxy_base(args: argparse.Namespace) -> None:
-    from .bases.proxy_training import main as proxy_main
+    from .bases.proxy_command import main as proxy_main
 
     proxy_main(args.args[1:] if args.args[:1] == ["--"] else args.args)
 
@@ -291,12 +291,14 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_make_tiny_base)
 
     p = commands.add_parser("make-proxy-base", add_help=False,
-                            help="train the small pixel-space base used offline (OUT [--steps N] [--threads T])")
+                            help="train a small base used offline "
+                                 "(OUT [--world fill50k|shapes] [--steps N] [--threads T])")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_make_proxy_base)
 
     p = commands.add_parser("sample", help="generate an image from a prompt and a control image")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', "
+                   "'proxy-shapes' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: base alone)")
     p.add_argument("--image", default=None, help="control image (e.g. a Fill50k source/N.png)")
     p.add_argument("--prompt", required=True)
@@ -314,7 +316,8 @@ def build_parser(preset: Preset | None = None) -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="sample held-out pairs and score them: as the condition the data records (canny, "
                             "segmentation, ...), or Fill50k's disk IoU, colours and edges")
-    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy' or 'tiny'")
+    p.add_argument("--base", default=DEFAULT_BASE, help="hub id, local diffusers folder, 'proxy', "
+                   "'proxy-shapes' or 'tiny'")
     p.add_argument("--control-model", default=None, help="folder written by save_pretrained (none: text-only baseline)")
     add_config_arguments(p, EvaluateSettings, defaults=True)
     add_config_arguments(p, SampleSettings, defaults=True)

@@ -6,6 +6,8 @@ through the same code path, so tests and demos run offline.
 
 `"proxy"` is the small pixel-space base the package ships (see `bases/proxy.py`): trained on
 synthetic Fill50k, it draws a disk in the prompt's colours, so learning can be judged offline.
+`"proxy-shapes"` is its latent-space sibling for the shapes world (see `bases/proxy_shapes.py`):
+a VAE with scale factor 4 and a UNet in its 32x32 latents, 128 px scenes.
 
 A base may have no VAE (a `vae/` folder is absent, or `model_index.json` lists it as null):
 it then works in pixel space, encode and decode are the identity, and `vae_scale_factor` is 1.
@@ -27,9 +29,14 @@ from diffusers.utils.import_utils import DummyObject
 from safetensors import SafetensorError
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from . import PROXY_BASE_DIR, PROXY_SHAPES_BASE_DIR
+
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_BASE = "tiny"
 PROXY_BASE = "proxy"
+PROXY_SHAPES_BASE = "proxy-shapes"
+# the short names of the bases the package ships: (folder, the make-proxy-base option that re-makes it)
+SHIPPED_BASES = {PROXY_BASE: (PROXY_BASE_DIR, ""), PROXY_SHAPES_BASE: (PROXY_SHAPES_BASE_DIR, " --world shapes")}
 
 
 class BaseModelError(OSError):
@@ -73,14 +80,13 @@ def cache_dir() -> Path:
 
 
 def resolve_base(base: str | Path) -> str:
-    """Turn the short names ("tiny", "proxy") into a folder; pass hub ids and folders through."""
-    if str(base) == PROXY_BASE:
-        from . import PROXY_BASE_DIR
-
-        if not (PROXY_BASE_DIR / "model_index.json").is_file():
-            raise BaseModelError(f"The proxy base is not in this install ({PROXY_BASE_DIR}); train one with "
-                                 "`python -m lite_controlnet make-proxy-base DIR` and pass --base DIR.")
-        return str(PROXY_BASE_DIR)
+    """Turn the short names ("tiny", "proxy", "proxy-shapes") into a folder; pass hub ids and folders through."""
+    if str(base) in SHIPPED_BASES:
+        folder, world = SHIPPED_BASES[str(base)]
+        if not (folder / "model_index.json").is_file():
+            raise BaseModelError(f"The {base} base is not in this install ({folder}); train one with "
+                                 f"`python -m lite_controlnet make-proxy-base DIR{world}` and pass --base DIR.")
+        return str(folder)
     if str(base) == TINY_BASE:
         from .tiny import make_tiny_base
 
@@ -110,7 +116,8 @@ def load_base(
 
     Args:
         base: a hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"), a local folder in
-            the diffusers layout, "proxy" (the shipped pixel-space base) or "tiny" (random, for tests).
+            the diffusers layout, "proxy" (the shipped pixel-space base), "proxy-shapes" (the shipped
+            latent-space base of the shapes world) or "tiny" (random, for tests).
         torch_dtype: dtype of the networks (e.g. torch.float16 on a GPU).
         device: where to put the networks.
         load_kwargs: passed to every `from_pretrained` (e.g. `revision`, `variant`, `cache_dir`).

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import PROXY_BASE_DIR
@@ -145,16 +145,20 @@ def make_scheduler() -> DDPMScheduler:
     )
 
 
-def build_proxy_models(recipe: ProxyRecipe, tokenizer_dir: str | Path) -> ProxyModels:
+def build_proxy_models(recipe: ProxyRecipe, tokenizer_dir: str | Path, in_channels: int = 3,
+                       words: list[str] | None = None) -> ProxyModels:
     """Freshly initialised tokenizer, text encoder, UNet and scheduler for `recipe`.
 
     Args:
         recipe: sizes of the networks.
         tokenizer_dir: a folder to write the tokenizer files to (created).
+        in_channels: channels the UNet denoises: 3 for pixels, the VAE's latent channels for a
+            latent-space base.
+        words: the tokenizer's one-token words (default `tiny.tiny_vocabulary()`).
     """
     torch.manual_seed(recipe.seed)
     tokenizer_dir = Path(tokenizer_dir)
-    write_tokenizer_files(tokenizer_dir, tiny_vocabulary())
+    write_tokenizer_files(tokenizer_dir, tiny_vocabulary() if words is None else words)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -173,8 +177,8 @@ def build_proxy_models(recipe: ProxyRecipe, tokenizer_dir: str | Path) -> ProxyM
     attend = set(recipe.cross_attention_levels)
     unet = UNet2DConditionModel(
         sample_size=recipe.resolution,
-        in_channels=3,
-        out_channels=3,
+        in_channels=in_channels,
+        out_channels=in_channels,
         block_out_channels=recipe.block_out_channels,
         layers_per_block=1,
         down_block_types=tuple("CrossAttnDownBlock2D" if i in attend else "DownBlock2D" for i in levels),
@@ -190,13 +194,16 @@ def build_proxy_models(recipe: ProxyRecipe, tokenizer_dir: str | Path) -> ProxyM
     return ProxyModels(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=make_scheduler())
 
 
-def save_proxy_base(models: ProxyModels, out_dir: str | Path, metadata: dict | None = None) -> Path:
-    """Write `models` in the diffusers layout without a VAE (loads with `load_base(out_dir)`).
+def save_proxy_base(models: ProxyModels, out_dir: str | Path, metadata: dict | None = None,
+                    vae: AutoencoderKL | None = None) -> Path:
+    """Write `models` in the diffusers layout (loads with `load_base(out_dir)`).
 
     Args:
         models: tokenizer, text encoder, UNet and scheduler.
         out_dir: destination folder (created; existing components are overwritten).
         metadata: written to `out_dir/training.json` (recipe, steps, time, machine).
+        vae: the VAE of a latent-space base, written to `vae/`; None (pixel space) writes
+            "vae": [null, null] in `model_index.json`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,12 +211,14 @@ def save_proxy_base(models: ProxyModels, out_dir: str | Path, metadata: dict | N
     models.text_encoder.save_pretrained(out_dir / "text_encoder")
     models.tokenizer.save_pretrained(out_dir / "tokenizer")
     models.scheduler.save_pretrained(out_dir / "scheduler")
+    if vae is not None:
+        vae.save_pretrained(out_dir / "vae")
     index = {
         # Written by hand: no diffusers pipeline class saves a null VAE. `load_base` reads
         # "vae": [null, null] as "pixel space".
         "_class_name": "LiteControlNetPipeline",
         "_diffusers_version": diffusers.__version__,
-        "vae": [None, None],
+        "vae": ["diffusers", "AutoencoderKL"] if vae is not None else [None, None],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],

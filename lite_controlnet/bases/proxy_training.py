@@ -28,7 +28,8 @@ from ..data.fill50k import render_fill50k_sample
 from ..data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from .proxy import ProxyModels, ProxyRecipe, build_proxy_models, save_proxy_base
 
-__all__ = ["TRAIN_DATA_SEED", "colour_check", "lr_factor", "make_proxy_base", "min_snr_weight"]
+__all__ = ["TRAIN_DATA_SEED", "colour_check", "ema_update", "lr_factor", "make_optimizer", "make_proxy_base", "min_snr_weight",
+           "target_batch", "token_ids"]
 
 # The colour check and the base's evaluation draw held-out pairs (`heldout.held_out_pairs`) of
 # another dataset seed than training, so their exact (colours, circle) combinations were never seen.
@@ -45,15 +46,16 @@ def render_targets(indices: range | list[int], recipe: ProxyRecipe, data_seed: i
             target = target.resize((recipe.resolution, recipe.resolution), Image.BOX)
         targets.append(target)
         prompts.append(prompt)
-    return _target_batch(targets), prompts
+    return target_batch(targets), prompts
 
 
-def _target_batch(targets: list[Image.Image]) -> torch.Tensor:
+def target_batch(targets: list[Image.Image]) -> torch.Tensor:
     """Target images as a (B, 3, R, R) tensor in [-1, 1]."""
     return torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in targets])).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def _tokens(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+def token_ids(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B, 77) token ids of `prompts`, padded to the tokenizer's length."""
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
 
@@ -71,7 +73,9 @@ def _is_text_path(name: str) -> bool:
     return "attentions" in name or "add_embedding" in name
 
 
-def _make_optimizer(models: ProxyModels, recipe: ProxyRecipe) -> torch.optim.AdamW:
+def make_optimizer(models: ProxyModels, recipe: ProxyRecipe) -> torch.optim.AdamW:
+    """AdamW over the UNet (its text path at `attention_lr_scale` times the rate) and, if trained,
+    the text encoder; each group's "lr_scale" multiplies the scheduled rate."""
     named = list(models.unet.named_parameters())
     groups = [
         {"params": [p for n, p in named if not _is_text_path(n)], "lr_scale": 1.0},
@@ -99,7 +103,8 @@ def min_snr_weight(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: flo
 
 
 @torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Move each parameter of `ema` towards `model`'s by 1 - `decay`."""
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1.0 - decay)
 
@@ -115,7 +120,7 @@ def colour_check(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     rolled by one (another sample's colours). Real well below rolled = colours are bound.
     """
     pairs = held_out_pairs(count, recipe.resolution, seed=PROXY_HELD_OUT_SEED, render_scale=recipe.render_scale)
-    images = _target_batch([pairs.images(i)[1] for i in range(count)])
+    images = target_batch([pairs.images(i)[1] for i in range(count)])
     prompts, specs = pairs.prompts, pairs.specs
     circle = torch.tensor([s.circle.rgb for s in specs], dtype=torch.float32)
     background = torch.tensor([s.background.rgb for s in specs], dtype=torch.float32)
@@ -128,7 +133,7 @@ def colour_check(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     alpha_bar = models.scheduler.alphas_cumprod[timestep]
     result = {}
     for name, used in (("real", prompts), ("rolled", prompts[1:] + prompts[:1])):
-        text = models.text_encoder(_tokens(models.tokenizer, used))[0]
+        text = models.text_encoder(token_ids(models.tokenizer, used))[0]
         v = models.unet(noisy, t, encoder_hidden_states=text).sample
         x0 = (alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v).clamp(-1, 1)
         rgb = (x0 + 1) * 127.5
@@ -172,7 +177,7 @@ def make_proxy_base(
     models.text_encoder.requires_grad_(recipe.train_text_encoder)
     ema = ProxyModels(models.tokenizer, copy.deepcopy(models.text_encoder).eval(),
                       copy.deepcopy(models.unet).eval(), models.scheduler)
-    optimizer = _make_optimizer(models, recipe)
+    optimizer = make_optimizer(models, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
     schedule = models.scheduler
     started = time.perf_counter()
@@ -199,7 +204,7 @@ def make_proxy_base(
         # 3. loss with min-SNR weighting, one update, EMA
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr * group["lr_scale"] * lr_factor(step, recipe.steps, recipe.warmup_steps)
-        text = models.text_encoder(_tokens(models.tokenizer, prompts))[0]
+        text = models.text_encoder(token_ids(models.tokenizer, prompts))[0]
         pred = models.unet(noisy, timesteps, encoder_hidden_states=text).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weight(schedule, timesteps, recipe.min_snr_gamma)).mean()
@@ -209,8 +214,8 @@ def make_proxy_base(
         optimizer.step()
         # warm the average up, so short runs are not dominated by the random initialisation
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        _ema_update(ema.unet, models.unet, decay)
-        _ema_update(ema.text_encoder, models.text_encoder, decay)
+        ema_update(ema.unet, models.unet, decay)
+        ema_update(ema.text_encoder, models.text_encoder, decay)
 
         # 4. logs and snapshots
         running.append(loss.item())
@@ -225,34 +230,3 @@ def make_proxy_base(
         if save_every and done % save_every == 0 and done < recipe.steps:
             save_proxy_base(ema, out_dir, metadata(done))
     return save_proxy_base(ema, out_dir, metadata(recipe.steps))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m lite_controlnet make-proxy-base OUT_DIR [--steps N] [--threads 1] [--log FILE]`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the proxy base on synthetic Fill50k and save it.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--steps", type=int, default=ProxyRecipe.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--log", help="append progress lines to this file (default: print them)")
-    parser.add_argument("--save-every", type=int, default=1000)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    def log(line: str) -> None:
-        if args.log is None:
-            print(line, flush=True)
-            return
-        with open(args.log, "a", encoding="utf-8") as file:
-            file.write(line + "\n")
-
-    log(f"proxy base: {ProxyRecipe(steps=args.steps, seed=args.seed)}, {args.threads} thread(s)")
-    make_proxy_base(args.out_dir, steps=args.steps, seed=args.seed, progress=False, log=log,
-                    save_every=args.save_every)
-    log("done")
-
-
-if __name__ == "__main__":
-    main()

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SHAPE_KINDS = ("circle", "square", "triangle")
-DEFAULT_SIZE = 128  # where four objects are still told apart (issue 20: "around 128 px")
+DEFAULT_SIZE = 128  # where four objects are still told apart
 # Euclidean distance in 8-bit RGB between any two colours of a scene (Fill50k uses 80 between
 # its two): 100 keeps the edge between any two colours above Canny's default high threshold.
 MIN_COLOUR_DISTANCE = 100.0

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..atomic import MANIFEST, DamagedFolderError, publish_folder, read_manifest, verify_files
-from ..bases.loading import PROXY_BASE, TINY_BASE
+from ..bases.loading import SHIPPED_BASES, TINY_BASE
 from ..data.paired import PairedDataset
 from ..errors import UsageError
 from .config import TrainConfig
@@ -107,7 +107,7 @@ def list_checkpoints(output: str | Path) -> list[Checkpoint]:
 def base_id(base: str) -> str:
     """The base as a run records it: a hub id or short name as given, a local folder by its full path."""
     path = Path(base).expanduser()
-    if base in (TINY_BASE, PROXY_BASE) or not path.is_dir():
+    if base == TINY_BASE or base in SHIPPED_BASES or not path.is_dir():
         return base
     return str(path.resolve())
 
