@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from machine import cpu_model
+from readme import proxy_shapes_table
 
 from lite_controlnet.bases import PROXY_SHAPES_BASE_DIR
 from lite_controlnet.bases.loading import load_base
@@ -158,23 +159,6 @@ def reconstruct(vae, targets: np.ndarray) -> np.ndarray:
     return ((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).double().numpy()
 
 
-def table(report: dict) -> str:
-    """The report as a markdown table: one row per guidance and prompt, the scenes themselves first."""
-    lines = ["| guidance | prompt | blob count right | object colour count right | object colour error | "
-             "background colour error | object IoU |", "|---|---|---:|---:|---:|---:|---:|"]
-
-    def row(guidance: str, name: str, scores: dict) -> str:
-        return (f"| {guidance} | {name} | {scores['blob_count_right']:.0%} | {scores['right_count']:.0%} | "
-                f"{scores['object_colour_error']:.1f} | {scores['background_colour_error']:.1f} | "
-                f"{scores['object_iou']:.2f} |")
-
-    lines.append(row("-", "scene itself", report["scenes"]))
-    lines.append(row("-", "scene through the VAE", report["through_vae"]))
-    for ev in report["evaluations"]:
-        lines += [row(f"{ev['guidance']:g}", name, ev[name]) for name in ("real", "shuffled", "empty")]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", nargs="?", default=str(PROXY_SHAPES_BASE_DIR), help="shapes base folder")
@@ -192,7 +176,8 @@ def main() -> None:
     image_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     scenes = [shapes_scene(i, image_size, seed=PROXY_HELD_OUT_SEED) for i in range(args.num)]
     targets = np.stack([np.asarray(scene.render(), dtype=np.float64) / 255.0 for scene in scenes])
-    report = {"benchmark": "proxy_shapes_eval", "base": str(args.base), "samples": args.num,
+    shipped = Path(args.base).resolve() == PROXY_SHAPES_BASE_DIR.resolve()
+    report = {"benchmark": "proxy_shapes_eval", "base": "proxy-shapes" if shipped else str(args.base), "samples": args.num,
               "held_out_seed": PROXY_HELD_OUT_SEED, "image_size": image_size,
               "vae_scale_factor": pipe.vae_scale_factor,
               "vae_psnr_db": round(vae_psnr(models.vae, 64, image_size), 2),
@@ -211,7 +196,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"VAE reconstruction PSNR on 64 held-out scenes: {report['vae_psnr_db']} dB "
           f"(scale factor {pipe.vae_scale_factor}, {image_size} px)\n")
-    print(table(report))
+    print(proxy_shapes_table(report))
 
 
 if __name__ == "__main__":

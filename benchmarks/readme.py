@@ -358,6 +358,38 @@ def proxy_block() -> str:
     return "\n".join(lines)
 
 
+def proxy_shapes_table(report: dict) -> str:
+    """The report as a markdown table: one row per guidance and prompt, the scenes themselves first."""
+    lines = ["| guidance | prompt | blob count right | object colour count right | object colour error | "
+             "background colour error | object IoU |", "|---|---|---:|---:|---:|---:|---:|"]
+
+    def row(guidance: str, name: str, scores: dict) -> str:
+        return (f"| {guidance} | {name} | {scores['blob_count_right']:.0%} | {scores['right_count']:.0%} | "
+                f"{scores['object_colour_error']:.1f} | {scores['background_colour_error']:.1f} | "
+                f"{scores['object_iou']:.2f} |")
+
+    lines.append(row("-", "scene itself", report["scenes"]))
+    lines.append(row("-", "scene through the VAE", report["through_vae"]))
+    for ev in report["evaluations"]:
+        lines += [row(f"{ev['guidance']:g}", name, ev[name]) for name in ("real", "shuffled", "empty")]
+    return "\n".join(lines)
+
+
+def proxy_shapes_block() -> str:
+    path = RESULTS / "proxy-shapes.json"
+    if not path.is_file():
+        return _missing("the shapes base's own scores", "python benchmarks/proxy_shapes_eval.py")
+    r = json.loads(path.read_text())
+    t = r["training"]
+    return "\n".join([
+        f"VAE {t['vae_train_seconds'] / 60:.0f} min and UNet {t['steps_done']:,} steps in {t['unet_train_seconds'] / 60:.0f} "
+        f"min on {t['torch_threads']} CPU thread(s) ({r['machine']['cpu']}); VAE reconstruction {r['vae_psnr_db']:.1f} dB "
+        f"PSNR on held-out scenes; {r['samples']} held-out prompts sampled "
+        f"({r['evaluations'][0]['sampler'].rsplit(', guidance', 1)[0]}, guidance per row), scored "
+        "against each real scene (`python benchmarks/proxy_shapes_eval.py`; colour errors CIEDE2000):", "",
+        proxy_shapes_table(r)])
+
+
 def suite_block() -> str:
     """The full tables of every `benchmarks/run.py` and `benchmarks/t4_cap.py` run."""
     lines = []
@@ -425,7 +457,8 @@ def shown(text: str) -> str:
 BLOCKS = {
     "README.md": {"demo": demo_block, "results": frontier_block},
     "benchmarks/RESULTS.md": {"params": params_block, "benchmarks": benchmarks_block, "suite": suite_block,
-                              "fidelity": fidelity_block, "proxy": proxy_block, "designs": designs_block,
+                              "fidelity": fidelity_block, "proxy": proxy_block, "proxy_shapes": proxy_shapes_block,
+                              "designs": designs_block,
                               "by_size": by_size_block, "variants": variants_block, "fill50k": fill50k_block,
                               "cpu_sharing": cpu_sharing_block},
 }
