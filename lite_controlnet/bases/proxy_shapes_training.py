@@ -36,7 +36,7 @@ from ..data.shapes import shapes_scene
 from ..errors import UsageError
 from .proxy import ProxyModels, build_proxy_models, save_proxy_base
 from .proxy_shapes import ProxyShapesRecipe, build_vae, shapes_vocabulary
-from .proxy_training import ema_update, lr_factor, make_optimizer, min_snr_weight, target_batch, token_ids
+from .proxy_training import diffusion_step, lr_factor, make_optimizer, target_batch, token_ids
 
 __all__ = ["TRAIN_DATA_SEED", "background_check", "latent_std", "make_proxy_shapes_base", "render_scenes", "vae_psnr"]
 
@@ -238,7 +238,6 @@ def make_proxy_shapes_base(
                       copy.deepcopy(models.unet).eval(), models.scheduler)
     optimizer = make_optimizer(models, ur)
     generator = torch.Generator().manual_seed(ur.seed)
-    schedule = models.scheduler
     first, seconds = 0, 0.0
     if state is not None:
         for module, key in ((models.unet, "unet"), (models.text_encoder, "text_encoder"), (ema.unet, "ema_unet"),
@@ -263,32 +262,11 @@ def make_proxy_shapes_base(
                                         recipe.objects)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.sample(generator=generator) * vae.config.scaling_factor
-        drop = torch.rand(len(prompts), generator=generator) < ur.prompt_dropout
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
 
-        # 2. noise and the v-prediction target
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(prompts),), generator=generator)
-        noisy = schedule.add_noise(latents, noise, timesteps)
-        target = schedule.get_velocity(latents, noise, timesteps)
+        # 2. one update of the UNet and text encoder, and their average, as the proxy base's
+        running.append(diffusion_step(models, ema, optimizer, ur, latents, prompts, step, generator))
 
-        # 3. loss with min-SNR weighting, one update, EMA
-        for group in optimizer.param_groups:
-            group["lr"] = ur.lr * group["lr_scale"] * lr_factor(step, ur.steps, ur.warmup_steps)
-        text = models.text_encoder(token_ids(models.tokenizer, prompts))[0]
-        pred = models.unet(noisy, timesteps, encoder_hidden_states=text).sample
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weight(schedule, timesteps, ur.min_snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-        optimizer.step()
-        decay = min(ur.ema_decay, (1 + step) / (10 + step))  # warmed up, as the proxy base's
-        ema_update(ema.unet, models.unet, decay)
-        ema_update(ema.text_encoder, models.text_encoder, decay)
-
-        # 4. logs, snapshots and the resumable state
-        running.append(loss.item())
+        # 3. logs, snapshots and the resumable state
         done = step + 1
         if done % log_every == 0 or done == ur.steps:
             elapsed = time.perf_counter() - started

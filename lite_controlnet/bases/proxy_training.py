@@ -28,7 +28,7 @@ from ..data.fill50k import render_fill50k_sample
 from ..data.heldout import PROXY_HELD_OUT_SEED, held_out_pairs
 from .proxy import ProxyModels, ProxyRecipe, build_proxy_models, save_proxy_base
 
-__all__ = ["TRAIN_DATA_SEED", "colour_check", "ema_update", "lr_factor", "make_optimizer", "make_proxy_base", "min_snr_weight",
+__all__ = ["TRAIN_DATA_SEED", "colour_check", "diffusion_step", "ema_update", "lr_factor", "make_optimizer", "make_proxy_base", "min_snr_weight",
            "target_batch", "token_ids"]
 
 # The colour check and the base's evaluation draw held-out pairs (`heldout.held_out_pairs`) of
@@ -144,6 +144,35 @@ def colour_check(models: ProxyModels, recipe: ProxyRecipe, count: int = 32, time
     return result
 
 
+def diffusion_step(models: ProxyModels, ema: ProxyModels, optimizer: torch.optim.Optimizer, recipe: ProxyRecipe,
+                   clean: torch.Tensor, prompts: list[str], step: int, generator: torch.Generator) -> float:
+    """One training step of a proxy base on `clean` images (or latents) and their prompts: prompt
+    dropout, noise and the v-prediction target, the loss with min-SNR weighting, one AdamW update
+    at `step`'s learning rate, and the EMA. Returns the loss."""
+    schedule = models.scheduler
+    drop = torch.rand(len(prompts), generator=generator) < recipe.prompt_dropout
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+    noise = torch.randn(clean.shape, generator=generator)
+    timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(prompts),), generator=generator)
+    noisy = schedule.add_noise(clean, noise, timesteps)
+    target = schedule.get_velocity(clean, noise, timesteps)
+    for group in optimizer.param_groups:
+        group["lr"] = recipe.lr * group["lr_scale"] * lr_factor(step, recipe.steps, recipe.warmup_steps)
+    text = models.text_encoder(token_ids(models.tokenizer, prompts))[0]
+    pred = models.unet(noisy, timesteps, encoder_hidden_states=text).sample
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    loss = (per_sample * min_snr_weight(schedule, timesteps, recipe.min_snr_gamma)).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    optimizer.step()
+    # warm the average up, so short runs are not dominated by the random initialisation
+    decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+    ema_update(ema.unet, models.unet, decay)
+    ema_update(ema.text_encoder, models.text_encoder, decay)
+    return loss.item()
+
+
 def make_proxy_base(
     out_dir: str | Path,
     steps: int = ProxyRecipe.steps,
@@ -179,7 +208,6 @@ def make_proxy_base(
                       copy.deepcopy(models.unet).eval(), models.scheduler)
     optimizer = make_optimizer(models, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
-    schedule = models.scheduler
     started = time.perf_counter()
 
     def metadata(step: int) -> dict:
@@ -192,33 +220,12 @@ def make_proxy_base(
         # 1. a fresh batch: sample i of the stream is Fill50k sample i, never repeated
         first = step * recipe.batch_size
         images, prompts = render_targets(range(first, first + recipe.batch_size), recipe, TRAIN_DATA_SEED)
-        drop = torch.rand(len(prompts), generator=generator) < recipe.prompt_dropout
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
 
-        # 2. noise and the v-prediction target
-        noise = torch.randn(images.shape, generator=generator)
-        timesteps = torch.randint(0, schedule.config.num_train_timesteps, (len(prompts),), generator=generator)
-        noisy = schedule.add_noise(images, noise, timesteps)
-        target = schedule.get_velocity(images, noise, timesteps)
+        # 2. one update of the UNet and text encoder, and their average
+        loss = diffusion_step(models, ema, optimizer, recipe, images, prompts, step, generator)
 
-        # 3. loss with min-SNR weighting, one update, EMA
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr * group["lr_scale"] * lr_factor(step, recipe.steps, recipe.warmup_steps)
-        text = models.text_encoder(token_ids(models.tokenizer, prompts))[0]
-        pred = models.unet(noisy, timesteps, encoder_hidden_states=text).sample
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weight(schedule, timesteps, recipe.min_snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-        optimizer.step()
-        # warm the average up, so short runs are not dominated by the random initialisation
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema.unet, models.unet, decay)
-        ema_update(ema.text_encoder, models.text_encoder, decay)
-
-        # 4. logs and snapshots
-        running.append(loss.item())
+        # 3. logs and snapshots
+        running.append(loss)
         done = step + 1
         if log is not None and (done % log_every == 0 or done == recipe.steps):
             elapsed = time.perf_counter() - started
