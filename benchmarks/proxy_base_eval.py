@@ -61,25 +61,33 @@ def score_images(images: np.ndarray, prompts: list[str]) -> dict:
     }
 
 
+def sample_three_ways(pipe: LiteControlNetPipeline, prompts: list[str], steps: int, guidance_scale: float,
+                      seed: int = 0, batch: int = 32) -> dict[str, np.ndarray]:
+    """Images of `prompts` sampled with each real prompt, with another sample's (rolled by one) and
+    with the empty prompt, from the same noise: {"real", "shuffled", "empty"} -> (N, H, W, 3) in [0, 1]."""
+    num = len(prompts)
+    conditions = {"real": prompts, "shuffled": prompts[1:] + prompts[:1], "empty": [""] * num}
+    size = pipe.unet.config.sample_size
+    noise = torch.randn((num, pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
+    images = {}
+    for name, used in conditions.items():
+        parts = [pipe(used[start : start + batch], num_inference_steps=steps, guidance_scale=guidance_scale,
+                      latents=noise[start : start + batch].clone(), output_type="np").images
+                 for start in range(0, num, batch)]
+        images[name] = np.concatenate(parts)
+    return images
+
+
 def evaluate(base: str | Path, num: int = 64, steps: int = SampleSettings.steps,
              guidance_scale: float = SampleSettings.guidance, seed: int = 0, batch: int = 32) -> dict:
     """Sample `num` held-out prompts three ways (real, shuffled, empty) and score the images."""
     pipe = LiteControlNetPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.unet.config.sample_size
-    prompts = held_out_pairs(num, size, seed=PROXY_HELD_OUT_SEED).prompts
-    # rolled by one, so every image gets another sample's prompt
-    conditions = {"real": prompts, "shuffled": prompts[1:] + prompts[:1], "empty": [""] * num}
-    noise = torch.randn((num, pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
-    results, started = {}, time.perf_counter()
-    for name, used in conditions.items():
-        images = []
-        for start in range(0, num, batch):
-            out = pipe(used[start : start + batch], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       latents=noise[start : start + batch].clone(), output_type="np")
-            images.append(out.images)
-        # always scored against the real prompt's colours
-        results[name] = score_images(np.concatenate(images), prompts)
+    prompts = held_out_pairs(num, pipe.unet.config.sample_size, seed=PROXY_HELD_OUT_SEED).prompts
+    started = time.perf_counter()
+    images = sample_three_ways(pipe, prompts, steps, guidance_scale, seed, batch)
+    # always scored against the real prompt's colours
+    results = {name: score_images(found, prompts) for name, found in images.items()}
     return {
         "samples": num,
         "sampler": f"unipc, {steps} steps, guidance {guidance_scale}",

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from machine import cpu_model
+from proxy_base_eval import sample_three_ways
 from readme import proxy_shapes_table
 
 from lite_controlnet.bases import PROXY_SHAPES_BASE_DIR
@@ -132,25 +133,15 @@ def summarise(rows: list[dict]) -> dict:
 def evaluate(pipe: LiteControlNetPipeline, scenes: list, targets: np.ndarray, steps: int, guidance: float,
              seed: int = 0, batch: int = 16) -> dict:
     """Sample the scenes' prompts three ways (real, shuffled, empty) and score each image against its real scene."""
-    num = len(scenes)
     prompts = [scene.prompt for scene in scenes]
-    conditions = {"real": prompts, "shuffled": prompts[1:] + prompts[:1], "empty": [""] * num}
-    size = pipe.unet.config.sample_size
-    noise = torch.randn((num, pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
-    results, started = {}, time.perf_counter()
-    for name, used in conditions.items():
-        images = []
-        for start in range(0, num, batch):
-            out = pipe(used[start : start + batch], num_inference_steps=steps, guidance_scale=guidance,
-                       latents=noise[start : start + batch].clone(), output_type="np")
-            images.append(out.images)
-        images = np.clip(np.concatenate(images), 0.0, 1.0)
-        results[name] = summarise([score_image(i, t, p) for i, t, p in zip(images, targets, prompts)])
+    started = time.perf_counter()
+    images = sample_three_ways(pipe, prompts, steps, guidance, seed, batch)
+    results = {name: summarise([score_image(i, t, p) for i, t, p in zip(np.clip(found, 0.0, 1.0), targets, prompts)])
+               for name, found in images.items()}
     return {"sampler": f"unipc, {steps} steps, guidance {guidance}", "guidance": guidance,
             "seconds": round(time.perf_counter() - started, 1), **results}
 
 
-@torch.no_grad()
 def reconstruct(vae, targets: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) images in [0, 1] encoded (posterior mean) and decoded by the VAE."""
     images = torch.from_numpy(targets).float().permute(0, 3, 1, 2) * 2 - 1

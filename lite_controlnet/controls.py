@@ -54,15 +54,19 @@ class ControlResiduals:
     down: tuple[torch.Tensor, ...]
     mid: torch.Tensor
 
-    def unet_kwargs(self, scale: float | torch.Tensor = 1.0, dtype: torch.dtype | None = None) -> dict[str, Any]:
-        """Keyword arguments for `UNet2DConditionModel.forward` (always both fields: given only the
-        down residuals, diffusers takes them for a T2I-Adapter's), times `scale`, in `dtype`."""
+    def scaled(self, scale: float | torch.Tensor = 1.0, dtype: torch.dtype | None = None) -> ControlResiduals:
+        """The residuals times `scale`, in `dtype`."""
         def cast(r: torch.Tensor) -> torch.Tensor:
             r = r if isinstance(scale, (int, float)) and scale == 1 else r * scale
             return r.to(dtype) if dtype is not None else r
 
-        return {"down_block_additional_residuals": tuple(cast(r) for r in self.down),
-                "mid_block_additional_residual": cast(self.mid)}
+        return ControlResiduals(tuple(cast(r) for r in self.down), cast(self.mid))
+
+    def unet_kwargs(self, scale: float | torch.Tensor = 1.0, dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Keyword arguments for `UNet2DConditionModel.forward` (always both fields: given only the
+        down residuals, diffusers takes them for a T2I-Adapter's), times `scale`, in `dtype`."""
+        found = self.scaled(scale, dtype)
+        return {"down_block_additional_residuals": found.down, "mid_block_additional_residual": found.mid}
 
     def plus(self, other: ControlResiduals) -> ControlResiduals:
         """Both controls' residuals, added (as diffusers' `MultiControlNetModel` merges them)."""
@@ -417,9 +421,7 @@ def controlled_unet(
                 scale_here = _on_second_half(scale, sample.shape[0], dtype) if conditional_half_only else scale
                 found = item.residuals
             if found is not None:
-                kwargs = found.unet_kwargs(scale_here, dtype)
-                added = ControlResiduals(kwargs["down_block_additional_residuals"],
-                                         kwargs["mid_block_additional_residual"])
+                added = found.scaled(scale_here, dtype)
                 residuals = added if residuals is None else residuals.plus(added)
             elif isinstance(module, T2IAdapter):
                 stack.enter_context(_adapter_hooks(unet, [(f * scale_here).to(dtype) for f in item.features]))

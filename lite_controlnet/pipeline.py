@@ -35,6 +35,7 @@ try:
         DDIMScheduler,
         DiffusionPipeline,
         StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
         UniPCMultistepScheduler,
     )
     from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -371,38 +372,26 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
         scheduler's range.
 
         `image` None is accepted: the base model alone."""
-        if callback_on_step_end_tensor_inputs is not None and not all(
-            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
-        ):
+        # this library's own checks first: each names its command-line flag
+        for scale in controlnet_conditioning_scale:
+            check_sampling_args(num_inference_steps if num_inference_steps is not None else 1,
+                                guidance_scale if guidance_scale is not None else 1.0, scale, height, width,
+                                self.vae_scale_factor)
+        # as many steps as training timesteps already breaks UniPC (it repeats the last timestep)
+        train_timesteps = self.scheduler.config.num_train_timesteps
+        if num_inference_steps is not None and num_inference_steps >= train_timesteps:
             raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found "
-                f"{[k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]}"
+                f"num_inference_steps={num_inference_steps} (--steps) is beyond the range of the "
+                f"{type(self.scheduler).__name__} of this base: expected fewer than its {train_timesteps} training "
+                "timesteps (20 to 50 is usual)."
             )
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
-                " only forward one of the two."
-            )
-        if prompt is None and prompt_embeds is None:
-            raise ValueError(
-                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
-            )
-        if prompt is not None and not isinstance(prompt, (str, list, tuple)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
-                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
-            )
-        if prompt_embeds is not None and negative_prompt_embeds is not None \
-                and prompt_embeds.shape != negative_prompt_embeds.shape:
-            raise ValueError(
-                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                f" got: `prompt_embeds` {prompt_embeds.shape} != `negative_prompt_embeds`"
-                f" {negative_prompt_embeds.shape}."
-            )
-        if isinstance(prompt, (list, tuple)) and isinstance(negative_prompt, (list, tuple)) \
-                and len(negative_prompt) != len(prompt):
+        # Stable Diffusion's own: the prompt or its embeddings, the callback's tensors, IP-Adapter's
+        # inputs, the size (None: the control image's, checked when it is read)
+        StableDiffusionPipeline.check_inputs(
+            self, prompt, height or 8, width or 8, callback_steps, negative_prompt, prompt_embeds,
+            negative_prompt_embeds, ip_adapter_image, ip_adapter_image_embeds, callback_on_step_end_tensor_inputs,
+        )
+        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(negative_prompt) != len(prompt):
             raise ValueError(f"Got {len(negative_prompt)} negative prompts for {len(prompt)} prompts: give one, or "
                              "one per prompt.")
 
@@ -453,32 +442,6 @@ class LiteControlNetPipeline(StableDiffusionControlNetPipeline):
                 raise ValueError(f"control_guidance_start={start} (--control-start) can't be smaller than 0.")
             if end > 1.0:
                 raise ValueError(f"control_guidance_end={end} (--control-end) can't be larger than 1.0.")
-
-        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
-            raise ValueError(
-                "Provide either `ip_adapter_image` or `ip_adapter_image_embeds`. Cannot leave both `ip_adapter_image` "
-                "and `ip_adapter_image_embeds` defined.")
-        if ip_adapter_image_embeds is not None:
-            if not isinstance(ip_adapter_image_embeds, list):
-                raise ValueError(
-                    f"`ip_adapter_image_embeds` has to be of type `list` but is {type(ip_adapter_image_embeds)}")
-            if ip_adapter_image_embeds[0].ndim not in [3, 4]:
-                raise ValueError("`ip_adapter_image_embeds` has to be a list of 3D or 4D tensors but is "
-                                 f"{ip_adapter_image_embeds[0].ndim}D")
-
-        # this library's own checks: each names its command-line flag
-        for scale in scales:
-            check_sampling_args(num_inference_steps if num_inference_steps is not None else 1,
-                                guidance_scale if guidance_scale is not None else 1.0, scale, height, width,
-                                self.vae_scale_factor)
-        # as many steps as training timesteps already breaks UniPC (it repeats the last timestep)
-        train_timesteps = self.scheduler.config.num_train_timesteps
-        if num_inference_steps is not None and num_inference_steps >= train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} (--steps) is beyond the range of the "
-                f"{type(self.scheduler).__name__} of this base: expected fewer than its {train_timesteps} training "
-                "timesteps (20 to 50 is usual)."
-            )
 
     def _default_size(self, image: Any) -> tuple[int, int]:
         first = image
