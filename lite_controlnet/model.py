@@ -7,7 +7,8 @@ on Colab GPU" (section 3), which replaces ControlNet's trainable copy of the UNe
 result into the Stable Diffusion (SD) Encoder Block using zero convolution":
 
     control image (B, 3, H, W) in [0, 1]
-      -> pixel MLP: (1x1 conv -> SiLU) x len(pixel_mlp_channels), at full resolution
+      -> pixel MLP: (1x1 conv -> SiLU) x len(pixel_mlp_channels), at full resolution (the
+         default design: on each latent pixel's patch of the image, at the latent resolution)
       -> average pool to each skip resolution of the UNet (H/8, H/16, ... for SD1.5)
       -> level block: (conv -> [GroupNorm] -> SiLU) x level_layers, one per resolution
       -> one zero-initialised 1x1 conv per UNet skip residual (and one for the mid block)
@@ -70,7 +71,8 @@ LITE_DESIGNS = ("feedback", "static", "mlp")  # `lite_design`'s names; the kinds
 def lite_design(name: str, num_levels: int) -> dict[str, Any]:
     """The settings of a named Lite design for a UNet with `num_levels` resolutions.
 
-    - "feedback" (the default): two level layers (3x3 at the coarse levels), each normalised
+    - "feedback" (the default): the pixel MLP on patches of `vae_scale_factor` pixels (it runs at
+      the latent resolution), two level layers (3x3 at the coarse levels), each normalised
       (GroupNorm), and feedback from the UNet at every level, each feedback layer reading the skip
       it corrects and what the UNet's decoder brings into its level.
     - "static": the same level layers without the norms (as measured best without feedback) and
@@ -80,11 +82,11 @@ def lite_design(name: str, num_levels: int) -> dict[str, Any]:
     """
     coarse_3x3 = (1, *(3,) * (num_levels - 1))
     designs = {
-        "feedback": {"level_channels": 64, "level_layers": 2, "level_kernel_size": coarse_3x3, "level_norm": True,
+        "feedback": {"pixel_mlp_patch_size": None, "level_channels": 64, "level_layers": 2, "level_kernel_size": coarse_3x3, "level_norm": True,
                      "feedback": True, "feedback_channels": 32},
-        "static": {"level_channels": 64, "level_layers": 2, "level_kernel_size": coarse_3x3, "level_norm": False,
+        "static": {"pixel_mlp_patch_size": 1, "level_channels": 64, "level_layers": 2, "level_kernel_size": coarse_3x3, "level_norm": False,
                    "feedback": False},
-        "mlp": {"level_channels": 96, "level_layers": 1, "level_kernel_size": 1, "level_norm": False,
+        "mlp": {"pixel_mlp_patch_size": 1, "level_channels": 96, "level_layers": 1, "level_kernel_size": 1, "level_norm": False,
                 "feedback": False},
     }
     if name not in designs:
@@ -94,7 +96,7 @@ def lite_design(name: str, num_levels: int) -> dict[str, Any]:
 
 # The saved config's format (`config.json`'s "lite_format"). A file without one was written before
 # formats were numbered (format 0, up to commit 8ce729c): `_upgrade_config` reads it as it was.
-LITE_FORMAT = 1
+LITE_FORMAT = 2
 # Format 0's constructor defaults (the paper's design): what a format-0 file means by a setting it
 # lacks (one saved before the setting existed).
 _FORMAT_0_DEFAULTS = {
@@ -106,6 +108,8 @@ _FORMAT_0_DEFAULTS = {
     "residual_levels": list(SD15_RESIDUAL_LEVELS), "mid_channels": 1280,
     "decoder_channels": list(SD15_DECODER_CHANNELS), "vae_scale_factor": 8,
 }
+# What a format-1 file means by a setting it lacks (format 1 ran up to commit 644a896).
+_FORMAT_1_DEFAULTS = {"pixel_mlp_patch_size": 1}
 # format 0's options of designs that lost (benchmarks/DESIGN.md), off when false or 0
 _FORMAT_0_REMOVED = ("feedback_time_channels", "feedback_norm", "feedback_into_encoder", "feedback_chain",
                      "level_top_down", "feedback_relative", "feedback_gate")
@@ -123,11 +127,15 @@ def _upgrade_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
     """
     config = dict(config)
     version = config.pop("lite_format", 0)
-    if version == LITE_FORMAT:
+    if version in (1, LITE_FORMAT):
         stale = [k for k in (*_FORMAT_0_REMOVED, "feedback_levels", "feedback_decoder", "level_mlp_layers") if k in config]
         if stale:  # diffusers would ignore it: the file would load as another design
-            raise UsageError(f"{source} has lite_format={LITE_FORMAT} but format 0's setting {stale[0]}: remove it, or "
+            raise UsageError(f"{source} has lite_format={version} but format 0's setting {stale[0]}: remove it, or "
                              f"remove lite_format to read the file as format 0.")
+        if version == 1:  # format 2 added pixel_mlp_patch_size: a file without it means what format 1 did
+            defaulted = set(config.get("_use_default_values", ()))
+            config.update({k: v for k, v in _FORMAT_1_DEFAULTS.items() if k not in config or k in defaulted})
+            config["_use_default_values"] = [k for k in defaulted if k not in _FORMAT_1_DEFAULTS]
         return {**config, "lite_format": LITE_FORMAT}
     if version != 0:
         raise UsageError(f"{source} has lite_format={version!r}: this version of lite-controlnet reads formats 0 to "
@@ -150,7 +158,7 @@ def _upgrade_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
             "vae_scale_factor")
     private = {k: v for k, v in config.items() if k.startswith("_")}
     return {**private, **{k: old[k] for k in kept}, "level_layers": old["level_mlp_layers"], "feedback": bool(levels),
-            "lite_format": LITE_FORMAT}
+            **_FORMAT_1_DEFAULTS, "lite_format": LITE_FORMAT}
 
 
 @dataclass
@@ -273,6 +281,10 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
     Args:
         conditioning_channels: channels of the control image (3 for RGB).
         pixel_mlp_channels: widths of the 1x1 layers applied at full image resolution.
+        pixel_mlp_patch_size: pixels per side of the patches the MLP reads (1: each pixel, as the
+            paper's design; None: `vae_scale_factor`, so the MLP runs at the latent resolution,
+            on each latent pixel's patch of the control image, `F.pixel_unshuffle`d into channels).
+            It must divide `vae_scale_factor`.
         level_channels: width of the level blocks applied after pooling.
         level_layers: layers in each level block (0: none).
         level_kernel_size: kernel of those layers, one for all levels or one per level: 1 (a
@@ -301,6 +313,7 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         self,
         conditioning_channels: int = 3,
         pixel_mlp_channels: tuple[int, ...] = (64, 64),
+        pixel_mlp_patch_size: int | None = None,
         level_channels: int = 64,
         level_layers: int = 2,
         level_kernel_size: int | tuple[int, ...] = (1, 3, 3, 3),
@@ -335,9 +348,14 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
             raise ValueError(f"feedback_channels must be >= 1, got {feedback_channels}.")
         if vae_scale_factor < 1:
             raise ValueError(f"vae_scale_factor must be >= 1, got {vae_scale_factor}.")
+        patch = vae_scale_factor if pixel_mlp_patch_size is None else pixel_mlp_patch_size
+        if not isinstance(patch, int) or patch < 1 or vae_scale_factor % patch:
+            raise ValueError(f"pixel_mlp_patch_size must be None or a divisor of vae_scale_factor={vae_scale_factor}, "
+                             f"got {pixel_mlp_patch_size!r}.")
+        self.register_to_config(pixel_mlp_patch_size=patch)  # saved as the number it is
 
         # 1. the pixel-wise MLP, run at full image resolution
-        self.pixel_mlp = _pointwise_mlp(conditioning_channels, pixel_mlp_channels)
+        self.pixel_mlp = _pointwise_mlp(conditioning_channels * patch ** 2, pixel_mlp_channels)
         # 2. one level block per resolution, after pooling
         feature_channels = level_channels if level_layers else pixel_mlp_channels[-1]
         self.level_blocks = nn.ModuleList(
@@ -452,6 +470,9 @@ class LiteControlNetModel(ModelMixin, ConfigMixin):
         return tuple(features)
 
     def _pooled_pixel_mlp(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        patch = self.config.pixel_mlp_patch_size
+        if patch > 1:  # each patch's pixels as channels: the MLP runs on H/patch x W/patch positions
+            x = F.pixel_unshuffle(x, patch)
         return _average_pool(self.pixel_mlp(x), size)
 
     def forward(

@@ -120,7 +120,7 @@ def test_sd15_parameter_count_is_under_one_percent_of_controlnet():
     assert 360e6 < n_params(controlnet) < 362e6
     for kind in ("lite", "lite-static"):
         assert n_params(build_control(kind, unet)) <= 0.01 * n_params(controlnet), kind
-    assert n_params(build_control("lite", unet)) == 2_392_480  # benchmarks/results/params.json
+    assert n_params(build_control("lite", unet)) == 2_404_576  # benchmarks/results/params.json
     assert n_params(build_control("lite-mlp", unet)) == 1_084_736  # the paper's design
 
 
@@ -268,7 +268,8 @@ def test_normalised_level_layers_do_not_depend_on_the_scale_of_their_weights():
     """A GroupNorm after each level layer: scaling a level conv's weights and bias leaves the
     features as they were (without the norm they scale)."""
     config = dict(residual_channels=(8, 8, 16, 16), residual_levels=(0, 0, 1, 2), mid_channels=16, vae_scale_factor=4,
-                  level_channels=8, pixel_mlp_channels=(8,), level_kernel_size=(1, 3, 3), level_layers=2, feedback=False)
+                  level_channels=8, pixel_mlp_channels=(8,), pixel_mlp_patch_size=1, level_kernel_size=(1, 3, 3), level_layers=2,
+                  feedback=False)
     cond = torch.zeros(2, 3, 32, 32)
     cond[..., :, :12] = 1  # features that vary across the image, far above the norm's epsilon
     for norm in (False, True):
@@ -318,7 +319,7 @@ def test_the_constructors_defaults_are_the_default_design_at_sd15():
     derived = LiteControlNetModel.from_unet(empty_unet(SD15_UNET_CONFIG))
     settings = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
     assert settings(bare) == settings(derived) and settings(bare)["lite_format"] == LITE_FORMAT
-    assert n_params(bare) == 2_392_480 and not bare.step_invariant
+    assert n_params(bare) == 2_404_576 and not bare.step_invariant and bare.config.pixel_mlp_patch_size == 8
     a, b = bare.state_dict(), derived.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -347,7 +348,10 @@ def test_files_saved_before_formats_were_numbered_load_as_what_they_were(name, e
     weights, named as they were then (`level_mlps`), load into today's names."""
     config = LiteControlNetModel.load_config(FORMAT_0 / name)
     assert {k: config[k] for k in expected} == expected and config["lite_format"] == LITE_FORMAT
-    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design=name), std=0.1).eval()
+    # format 0's pixel MLP read single pixels (today's default design reads patches)
+    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design=name, pixel_mlp_patch_size=1),
+                           std=0.1).eval()
+    assert config["pixel_mlp_patch_size"] == 1
     assert {k: v for k, v in reference.config.items() if k in expected} == {
         k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
     # the fixture's folder as the old code wrote it: its config, and its weights under the old names
@@ -394,10 +398,53 @@ def test_a_file_of_a_removed_design_is_refused_in_one_line(name, option, tmp_pat
     with pytest.raises(UsageError, match="feedback_decoder=False"):
         LiteControlNetModel.from_config({**config, "feedback_decoder": False})
     # today's format holds none of them: one written in would be ignored, so it is refused too
-    with pytest.raises(UsageError, match="lite_format=1 but format 0's setting feedback_gate"):
+    with pytest.raises(UsageError, match=f"lite_format={LITE_FORMAT} but format 0's setting feedback_gate"):
         LiteControlNetModel.from_config({**dict(LiteControlNetModel().config), "feedback_gate": True})
     (tmp_path / "newer").mkdir()
     (tmp_path / "newer" / "config.json").write_text(json.dumps({**dict(LiteControlNetModel().config),
                                                                 "lite_format": LITE_FORMAT + 1}))
     with pytest.raises(UsageError, match=f"lite_format={LITE_FORMAT + 1}.*newer one wrote it"):
         LiteControlNetModel.from_pretrained(tmp_path / "newer")
+
+
+FORMAT_1 = ROOT / "tests" / "fixtures" / "lite-format-1"  # configs saved by the code at commit 644a896
+
+
+def test_files_of_format_1_read_single_pixels_as_they_did(tiny_base, tmp_path):
+    """Format 1 had no pixel_mlp_patch_size: its pixel MLP read single pixels, whatever the VAE's
+    scale. Such a file loads as that (its weights fit), while a module made today reads patches."""
+    bare = LiteControlNetModel.from_config(LiteControlNetModel.load_config(FORMAT_1 / "bare"))
+    assert bare.config.pixel_mlp_patch_size == 1 and n_params(bare) == 2_392_480
+    reference = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, pixel_mlp_patch_size=1), std=0.1).eval()
+    folder = tmp_path / "format-1"
+    folder.mkdir()
+    shutil.copy(FORMAT_1 / "feedback" / "config.json", folder / "config.json")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    loaded = load_control(folder).eval()
+    assert loaded.config.pixel_mlp_patch_size == 1 and loaded.config.lite_format == LITE_FORMAT
+    cond = torch.rand(2, 3, 64, 64)
+    latents, t, text = unet_inputs(tiny_base)
+    with torch.no_grad():
+        outputs = [controlled_unet(tiny_base.unet, latents, t, text, prepare_control(m, cond, torch.float32))
+                   for m in (reference, loaded)]
+    assert torch.equal(*outputs)
+    assert LiteControlNetModel.from_unet(tiny_base.unet).config.pixel_mlp_patch_size == 8
+
+
+def test_the_default_pixel_mlp_reads_each_latent_pixels_own_patch(tiny_base):
+    """With patches of vae_scale_factor pixels, a latent pixel's control features come from its own
+    patch of the control image alone (at the finest level, whose layers are 1x1); the paper's
+    design keeps one pixel per position (patch 1)."""
+    module = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design="static"), std=0.3).eval()
+    patched = randomize_(LiteControlNetModel.from_unet(tiny_base.unet, design="static", pixel_mlp_patch_size=8),
+                         std=0.3).eval()
+    assert module.config.pixel_mlp_patch_size == 1 and patched.pixel_mlp[0].in_channels == 3 * 8 * 8
+    cond = torch.rand(1, 3, 64, 64)
+    changed = cond.clone()
+    changed[:, :, 8:16, 16:24] = 1 - changed[:, :, 8:16, 16:24]  # latent pixel (1, 2)'s patch
+    with torch.no_grad():
+        before, after = (patched.control_features(c)[0] for c in (cond, changed))
+    moved = (after - before).abs().amax(dim=(0, 1)) > 0
+    assert moved[1, 2] and moved.sum() == 1
+    with pytest.raises(ValueError, match="pixel_mlp_patch_size must be None or a divisor of vae_scale_factor=8, got 3"):
+        LiteControlNetModel.from_unet(tiny_base.unet, pixel_mlp_patch_size=3)

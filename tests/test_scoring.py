@@ -202,3 +202,28 @@ def test_evaluate_cli_scores_as_the_condition_the_dataset_records(tiny_base_dir,
     outline = json.loads((tmp_path / "outline.json").read_text())
     assert outline["settings"]["condition"]["metric"] == "outline_iou"
     assert [s["controllability"] for s in outline["per_sample"]] == [s["outline_iou"] for s in outline["per_sample"]]
+
+
+def test_object_scores_of_sampled_scenes_by_number_of_objects(tiny_base, canny_shapes):
+    """With `objects`, each sampled image is also scored object by object against its scene's
+    target, and the means are given by the scene's number of objects: the true targets score
+    near-perfectly, another scene's do not."""
+    from lite_controlnet.conditions import get_condition
+    from lite_controlnet.data.shapes import parse_shapes_prompt
+
+    canny = get_condition("canny", low_threshold=50, high_threshold=150)
+    dataset = PairedDataset(canny_shapes, resolution=64)
+    settings = scoring.ScoreSettings(heldout=2, sample_num=8)
+    counts = sorted({len(parse_shapes_prompt(dataset[i]["prompt"])[0]) for i in range(8)})
+    scored = {}
+    for offset in (0, 1):
+        scored[offset] = scoring.score_control(tiny_base, None, dataset, settings, pipe=OraclePipe(dataset, offset),
+                                               condition=canny, objects=True)
+    truth, wrong = scored[0].to_dict(), scored[1].to_dict()
+    assert sorted(int(n) for n in truth["sampling_by_objects"]) == counts
+    assert sum(group["count"] for group in truth["sampling_by_objects"].values()) == 8
+    assert truth["sampling"]["object_iou"] > 0.95 and truth["sampling"]["right_object_count"] == 1.0
+    assert wrong["sampling"]["object_iou"] < 0.5
+    assert all(s["object_iou"] is not None for s in scored[0].samples.scores)
+    assert "sampling_by_objects" not in scoring.score_control(tiny_base, None, dataset, settings,
+                                                              pipe=OraclePipe(dataset), condition=canny).to_dict()

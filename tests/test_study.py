@@ -148,3 +148,28 @@ def test_one_seeds_summary_reads_equal_wall_clock_where_controlnet_plateaus():
     assert (s["controlnet_plateau"]["step"], s["controlnet_plateau"]["seconds"]) == (2, 30)
     assert s["by_kind"]["lite"]["equal_wall_clock"]["step"] == 3
     assert s["share_of_controlnet"]["lite"]["equal_wall_clock"]["one_step_gain"] == pytest.approx(0.45)  # .09 of .20
+
+
+def test_a_study_of_a_condition_scores_its_controllability_and_the_objects(tiny_base_dir, tiny_base, tmp_path):
+    from lite_controlnet.conditions import get_condition
+    from lite_controlnet.conditions.shapes_dataset import make_shapes
+
+    train_dir = make_shapes(tmp_path / "train", num=8, size=64, condition="segmentation", seed=0, workers=1,
+                            progress=False)
+    heldout = PairedDataset(make_shapes(tmp_path / "heldout", num=2, size=64, condition="segmentation", seed=1,
+                                        workers=1, progress=False), resolution=64)
+    configs = variant_configs([Variant.parse("lite:1e-3")], train_dir, tmp_path / "runs", 1, base=str(tiny_base_dir),
+                              resolution=64, batch_size=4, num_validation=1, validation_steps=1)
+    lines, state = [], tmp_path / "state.json"
+    segmentation = get_condition("segmentation")
+    result = fidelity_curves(configs, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state,
+                             condition=segmentation, objects=True)
+    assert result["condition"] == {"name": "segmentation", "metric": "miou"}
+    point = result["curves"]["lite lr 0.001"][0]
+    assert "one_step_iou" not in point and set(point["one_step"]) >= {"controllability", "miou"}
+    assert {"object_iou", "right_object_count", "controllability"} <= set(point["sampling"])
+    assert point["sampling_by_objects"] and "one-step miou" in lines[0]
+    assert result["summary"]["best_variant"] == {"lite": "lite lr 0.001"}
+    with pytest.raises(ValueError, match="holds the scores of other settings"):  # another condition, same state
+        fidelity_curves(configs, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state,
+                        condition=get_condition("canny"), objects=True)

@@ -89,3 +89,58 @@ def test_seeds_must_match_and_differ():
     other["curves"].pop("lite lr 0.003")
     with pytest.raises(ValueError, match="same variants"):
         combine_seeds([seed_result(0, 0.0), other])
+
+
+def condition_point(step, seconds, one_step, sampled=None, by_objects=None):
+    p = {"step": step, "seconds": seconds, "one_step": {"controllability": one_step},
+         "one_step_shuffled": {"controllability": 0.30}}
+    if sampled is not None:
+        p["sampling"] = {"controllability": sampled, "object_iou": sampled / 2, "right_object_count": 0.5,
+                         "object_colour_error": 20.0}
+        p["sampling_by_objects"] = {str(n): {"controllability": sampled / n, "object_iou": sampled / (2 * n)}
+                                    for n in (by_objects or (1, 2, 3, 4))}
+    return p
+
+
+def condition_result(seed, with_uniform=False):
+    """A canny study: ControlNet reaches sampled F1 0.4 at step 4 of 6 (1 s per step); Lite 0.36."""
+    curves = {"controlnet lr 0.001": [condition_point(s, 1.0 * s, 0.3 + 0.02 * s, {2: 0.2, 4: 0.4, 6: 0.41}.get(s))
+                                      for s in range(1, 7)],
+              "lite lr 0.003": [condition_point(s, 1.0 * s, 0.3 + 0.03 * s, {2: 0.3, 4: 0.36, 6: 0.38}.get(s))
+                                for s in range(1, 7)]}
+    variants = {"controlnet lr 0.001": {"kind": "controlnet", "learning_rate": 1e-3, "seed": seed},
+                "lite lr 0.003": {"kind": "lite", "learning_rate": 3e-3, "seed": seed}}
+    if with_uniform:
+        curves["controlnet lr 0.001 uniform"] = [condition_point(s, 1.0 * s, 0.3, {2: 0.1, 4: 0.2, 6: 0.25}.get(s))
+                                                 for s in range(1, 7)]
+        variants["controlnet lr 0.001 uniform"] = {"kind": "controlnet", "learning_rate": 1e-3, "seed": seed}
+    text = {"one_step": {"controllability": 0.30}, "sampling": {"controllability": 0.05, "object_iou": 0.02},
+            "sampling_by_objects": {str(n): {"controllability": 0.05, "object_iou": 0.02} for n in (1, 2, 3, 4)}}
+    return {"condition": {"name": "canny", "metric": "edge_f1"}, "variants": variants, "text_only": text,
+            "curves": curves}
+
+
+def test_a_conditions_study_is_read_by_its_controllability_and_object_scores():
+    from lite_controlnet.evaluation.complexity import complexity_table, plot_complexity
+
+    # a variant run by one seed only (ControlNet with uniform timesteps) is the mean of that seed
+    combined = combine_seeds([condition_result(0, with_uniform=True), condition_result(1)], partial=True)
+    assert combined["variants"]["controlnet lr 0.001 uniform"]["seeds"] == [0]
+    assert combined["variants"]["lite lr 0.003"]["seeds"] == [0, 1]
+    summary = combined["summary"]
+    assert summary["best_variant"]["controlnet"] == "controlnet lr 0.001"
+    assert summary["controlnet_plateau"] == {"step": 4, "seconds": 4.0, "sampled_score": 0.41, "reached": True}
+    lite = summary["by_kind"]["lite"]["equal_wall_clock"]
+    assert lite["sampled_score"]["mean"] == 0.36 and lite["sampled_object_iou"]["mean"] == 0.18
+    assert lite["sampled_score_3_objects"]["mean"] == pytest.approx(0.12)
+    share = summary["share_of_controlnet"]["lite"]["equal_wall_clock"]
+    assert share["sampled_score"] == pytest.approx(0.9) and share["sampled_object_iou"] == pytest.approx(0.9)
+    assert share["one_step_gain"] == pytest.approx(0.12 / 0.08)
+    assert summary["text_only"]["sampled_object_iou_2_objects"] == 0.02
+    assert summary["shuffled_helps"] == {"controlnet": False, "lite": False}
+    table = complexity_table(combined)
+    assert table["score"]["lite"][2]["mean"] == pytest.approx(0.18) and table["score"]["text_only"][4] == 0.05
+    assert table["object_iou"]["controlnet"][4]["mean"] == pytest.approx(0.05)
+    assert len(plot_complexity(combined).axes) == 2
+    with pytest.raises(ValueError, match="same variants"):  # unless asked, every seed must run every variant
+        combine_seeds([condition_result(0, with_uniform=True), condition_result(1)])

@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 
 from ..bases.latents import decode_latents, encode_images, encode_text, to_pil
 from ..bases.loading import BaseModels, check_prediction_type
+from ..conditions.objects import object_scores
 from ..controls import controlled_unet, prepare_control
+from ..data.shapes import parse_shapes_prompt
 from ..pipeline import LiteControlNetPipeline
 from ..sampling import EvaluateSettings, SampleSettings
 from ..training.grids import table_grid
@@ -278,13 +280,16 @@ class ControlScores:
     one_step_shuffled: dict[str, Any] | None  # the same with shuffled controls (None: no module)
     samples: Samples | None = None  # the pairs sampled in full (None: not sampled)
     no_prompt: dict[str, Any] | None = None  # one-step scores with empty prompts (None: not measured)
+    by_objects: dict[str, dict[str, Any]] | None = None  # sampled scores by the scene's number of objects
 
     def to_dict(self) -> dict[str, Any]:
         """The mean scores as the studies store them: "one_step", "one_step_shuffled", and
-        "sampling" and "no_prompt" where measured."""
+        "sampling", "sampling_by_objects" and "no_prompt" where measured."""
         out = {"one_step": self.one_step, "one_step_shuffled": self.one_step_shuffled}
         if self.samples is not None:
             out["sampling"] = self.samples.mean
+        if self.by_objects is not None:
+            out["sampling_by_objects"] = self.by_objects
         if self.no_prompt is not None:
             out["no_prompt"] = self.no_prompt
         return out
@@ -304,6 +309,7 @@ def score_control(
     batch_size: int = 8,
     progress: bool = False,
     condition: Condition | None = None,
+    objects: bool = False,
 ) -> ControlScores:
     """Score a control module on held-out pairs: one step (also with shuffled controls) on the first
     `scoring.heldout` pairs, and, with `sampled`, full sampling of the first `scoring.sample_num`.
@@ -323,6 +329,9 @@ def score_control(
         batch_size: images per pipeline call.
         progress: say what is being scored (a line for the one-step scores, a bar for sampling).
         condition: score as this condition does (None: Fill50k's disk scores).
+        objects: the pairs are shapes scenes: each sampled image also gets the object scores
+            against its target (`conditions.objects.object_scores`: per-object IoU, object count,
+            colour errors), and the sampled means are also given by the scene's number of objects.
     """
     for name, count in (("heldout", scoring.heldout), ("sample_num", scoring.sample_num if sampled else 0)):
         if count > len(heldout):
@@ -336,7 +345,7 @@ def score_control(
         return one_step_scores(base, control_model, heldout, indices, scoring.timestep, seed=seed,
                                condition=condition, **kwargs)
 
-    samples = None
+    samples, by_objects = None, None
     if sampled:
         items = [heldout[i] for i in range(scoring.sample_num)]
         pairs = [(to_pil(it["conditioning_pixel_values"][None] * 2 - 1)[0], it["prompt"]) for it in items]
@@ -344,8 +353,21 @@ def score_control(
                                pairs, scoring.sample_steps, scoring.guidance, seed, scale, batch_size,
                                heldout.resolution, control_window=control_window, progress=progress,
                                condition=condition)
+        if objects:
+            by_objects = _add_object_scores(samples, items)
     return ControlScores(one_step(), one_step(shuffle=True) if control_model is not None else None, samples,
-                         one_step(empty_prompt=True) if no_prompt else None)
+                         one_step(empty_prompt=True) if no_prompt else None, by_objects)
+
+
+def _add_object_scores(samples: Samples, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Add each sampled image's object scores against its item's target (in place), and return
+    the mean scores of the images of each number of objects ("1": ..., "2": ...)."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for image, item, scores in zip(samples.images, items, samples.scores):
+        target = to_pil(item["pixel_values"][None])[0]
+        scores.update(object_scores(image, target, item["prompt"]))
+        groups.setdefault(len(parse_shapes_prompt(item["prompt"])[0]), []).append(scores)
+    return {str(n): aggregate_scores(groups[n]) for n in sorted(groups)}
 
 
 def evaluate(

@@ -10,8 +10,10 @@ checkpoint or drew a grid are left out) and its peak memory (`memory.PeakMemory`
 
 Fidelity curves (`fidelity_curves`): each variant (a control kind and its learning rate) trains
 `eval_every` steps at a time, the variants taking turns so a busy machine slows all alike, and is
-scored after each chunk by `scoring.score_control` (the one-step disk IoU, also with shuffled
-controls, which must not help, and every `sample_every` chunks and at the end full sampling).
+scored after each chunk by `scoring.score_control` (the one-step disk IoU, or with `condition` that
+condition's controllability, also with shuffled controls, which must not help, and every
+`sample_every` chunks and at the end full sampling; with `objects`, the shapes world's object
+scores of the sampled images too, by number of objects).
 Wall-clock is the training time the trainer records (evaluation excluded). Also the text-only
 baseline and the no-prompt test (empty prompts). The summary and the plots: `summary.py`.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
+from ..conditions.base import Condition
 from ..controls import CONTROL_KINDS, load_control
 from ..data.paired import PairedDataset
 from ..training.checkpoint import list_checkpoints
@@ -185,6 +188,8 @@ def fidelity_curves(
     scoring: ScoreSettings | None = None,
     log: Callable[[str], None] = print,
     state: str | Path | None = None,
+    condition: Condition | None = None,
+    objects: bool = False,
 ) -> dict:
     """Train each run of `configs` to its `max_steps` in chunks of `eval_every`, taking turns,
     scoring after each chunk.
@@ -199,8 +204,11 @@ def fidelity_curves(
         scoring: how each point is scored (None: `ScoreSettings()`).
         state: a JSON file that keeps the scores as they come: called again (after a
             disconnect), the points already scored are kept and the runs resume.
+        condition: score as this condition does (`conditions.get_condition`; None: Fill50k's
+            disk scores, the points' "one_step_iou").
+        objects: the held-out pairs are shapes scenes: also their object scores (`score_control`).
     Returns:
-        {"date", "variants", "text_only", "curves": {label: [point, ...]}, "training": {label:
+        {"date", "condition" (with one), "variants", "text_only", "curves": {label: [point, ...]}, "training": {label:
         step seconds, peak memory, final folder}, "summary"}.
     """
     scoring = scoring or ScoreSettings()
@@ -212,13 +220,21 @@ def fidelity_curves(
     # the same points; and it may gain variants (a run already scored keeps its folder)
     key = {"eval_every": eval_every, "scoring": dataclasses.asdict(scoring),
            "runs": {label: cfg.output for label, cfg in configs.items()}}
+    described = {"name": condition.name, "metric": condition.metric, **condition.params} if condition else None
+    if condition is not None or objects:  # (a Fill50k study's key as it always was)
+        key.update(condition=described, objects=objects)
+
+    def scores(control_model: Any, sampled: bool, no_prompt: bool) -> dict:
+        return _scores(base, control_model, heldout, scoring, sampled, no_prompt, condition, objects)
+
     state = Path(state) if state else None
     result = json.loads(state.read_text()) if state and state.is_file() else None
     if result is not None:
         stored = result.get("key", {})
         moved = {label: folder for label, folder in stored.get("runs", {}).items()
                  if label in key["runs"] and key["runs"][label] != folder}
-        if [stored.get("eval_every"), stored.get("scoring")] != [eval_every, key["scoring"]] or moved:
+        settings = ("eval_every", "scoring", "condition", "objects")
+        if [stored.get(k) for k in settings] != [key.get(k) for k in settings] or moved:
             raise ValueError(f"{state} holds the scores of other settings ({stored}); give another state file for "
                              f"these ({key}), or delete it.")
         result["key"]["runs"] = {**stored["runs"], **key["runs"]}
@@ -228,8 +244,9 @@ def fidelity_curves(
         result = {
             "key": key,
             "date": datetime.date.today().isoformat(),
+            **({"condition": described} if condition else {}),
             "variants": {},
-            "text_only": _scores(base, None, heldout, scoring, sampled=True, no_prompt=True),
+            "text_only": scores(None, sampled=True, no_prompt=True),
             "curves": {label: [] for label in configs},
             "training": {},
         }
@@ -254,15 +271,18 @@ def fidelity_curves(
                                          "memory_kind": stats.memory_kind, "final": str(stats.final)}
             control_model = load_control(stats.final).eval()
             point = {"step": target, "seconds": round(float(rows[-1]["seconds"]), 2),
-                     **_scores(base, control_model, heldout, scoring, full, no_prompt=target == cfg.max_steps)}
-            point["one_step_iou"] = point["one_step"]["disk_iou"]
-            point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
+                     **scores(control_model, full, no_prompt=target == cfg.max_steps)}
+            headline = "controllability" if condition else "disk_iou"
+            if condition is None:
+                point["one_step_iou"] = point["one_step"]["disk_iou"]
+                point["one_step_shuffled_iou"] = point["one_step_shuffled"]["disk_iou"]
             result["curves"][label].append(point)
             if state:
                 _write_json(state, result)
-            log(f"{label:>20} step {target:5d} ({point['seconds']:7.1f} s): one-step IoU {point['one_step_iou']:.3f} "
-                f"(shuffled {point['one_step_shuffled_iou']:.3f})"
-                + (f", sampled IoU {point['sampling']['disk_iou']:.3f}" if "sampling" in point else ""))
+            name = condition.metric if condition else "IoU"
+            log(f"{label:>20} step {target:5d} ({point['seconds']:7.1f} s): one-step {name} "
+                f"{point['one_step'][headline]:.3f} (shuffled {point['one_step_shuffled'][headline]:.3f})"
+                + (f", sampled {point['sampling'][headline]:.3f}" if "sampling" in point else ""))
     for label, cfg in configs.items():  # a longer study ended here: its last points lack the final scores
         point = result["curves"][label][-1]
         if "sampling" not in point or "no_prompt" not in point:
@@ -271,9 +291,8 @@ def fidelity_curves(
                 raise RuntimeError(f"{cfg.output} keeps no checkpoint of step {cfg.max_steps} (it was trained past "
                                    "it): its module cannot be scored at that step; delete it, or give the steps it "
                                    "reached.")
-            scores = _scores(base, load_control(at_end[0].path / "control").eval(), heldout, scoring,
-                             sampled=True, no_prompt=True)
-            point.update({k: v for k, v in scores.items() if k not in point})
+            end = scores(load_control(at_end[0].path / "control").eval(), sampled=True, no_prompt=True)
+            point.update({k: v for k, v in end.items() if k not in point})
             if state:
                 _write_json(state, result)
     result["summary"] = summarize(result)
@@ -281,9 +300,10 @@ def fidelity_curves(
 
 
 def _scores(base: Any, control_model: Any, heldout: Any, scoring: ScoreSettings, sampled: bool,
-            no_prompt: bool) -> dict:
+            no_prompt: bool, condition: Condition | None = None, objects: bool = False) -> dict:
     """A curve's point: `score_control` with the studies' seed (1), sampled with the base's own scheduler."""
-    return score_control(base, control_model, heldout, scoring, seed=1, sampled=sampled, no_prompt=no_prompt).to_dict()
+    return score_control(base, control_model, heldout, scoring, seed=1, sampled=sampled, no_prompt=no_prompt,
+                         condition=condition, objects=objects).to_dict()
 
 
 def _write_json(path: Path, value: dict) -> None:

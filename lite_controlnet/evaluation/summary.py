@@ -1,9 +1,9 @@
 """What fidelity curves answer: each kind read at equal wall-clock and at the end of training, the
 mean and spread over seeds, and the plots.
 
-Equal wall-clock has one definition here: where the best ControlNet's mean sampled disk IoU
-plateaus (first within 5% of its best), each variant read at its last point trained for at most
-that many seconds (`summarize_seeds`). `combine_seeds` takes one `study.fidelity_curves` result
+Equal wall-clock has one definition here: where the best ControlNet's mean sampled score (Fill50k's
+disk IoU, or a condition's controllability) plateaus (first within 5% of its best), each variant
+read at its last point trained for at most that many seconds (`summarize_seeds`). `combine_seeds` takes one `study.fidelity_curves` result
 per seed (same variants, steps and score settings) and answers with the mean of the seeds,
 giving min and max beside each mean; `summarize` is one seed's answer, the same questions asked
 of that seed alone. `benchmarks/fidelity.py --combine` calls `combine_seeds`.
@@ -25,14 +25,43 @@ SCORES: dict[str, Callable[[dict], float | None]] = {
     "sampled_colour_error": lambda p: p.get("sampling", {}).get("circle_colour_error"),
     "no_prompt_iou": lambda p: p.get("no_prompt", {}).get("disk_iou"),
 }
-PLATEAU = 0.95  # ControlNet has plateaued once its mean sampled IoU is within 5% of its best
+# the same for a study of a condition (`fidelity_curves(..., condition=...)`): its controllability,
+# the shapes world's object scores, and both by the number of objects in the scene
+OBJECT_COUNTS = (1, 2, 3, 4)
+CONDITION_SCORES: dict[str, Callable[[dict], float | None]] = {
+    "one_step_score": lambda p: p["one_step"]["controllability"],
+    "one_step_shuffled_score": lambda p: p["one_step_shuffled"]["controllability"],
+    "sampled_score": lambda p: p.get("sampling", {}).get("controllability"),
+    "sampled_object_iou": lambda p: p.get("sampling", {}).get("object_iou"),
+    "sampled_right_object_count": lambda p: p.get("sampling", {}).get("right_object_count"),
+    "sampled_object_colour_error": lambda p: p.get("sampling", {}).get("object_colour_error"),
+    "no_prompt_score": lambda p: p.get("no_prompt", {}).get("controllability"),
+    **{f"sampled_{name}_{n}_objects": (lambda p, n=n, key=key: p.get("sampling_by_objects", {}).get(str(n), {}).get(key))
+       for n in OBJECT_COUNTS for name, key in (("score", "controllability"), ("object_iou", "object_iou"))},
+}
+PLATEAU = 0.95  # ControlNet has plateaued once its mean sampled score is within 5% of its best
+
+
+def score_names(result: dict) -> dict[str, Any]:
+    """The keys a study's summary reads, by role: Fill50k's disk IoU, or, for a study of a
+    condition (its result names it), the condition's controllability and the object scores."""
+    if result.get("condition"):
+        return {"scores": CONDITION_SCORES, "one_step": "one_step_score", "shuffled": "one_step_shuffled_score",
+                "sampled": "sampled_score", "text_key": "controllability",
+                "read": ["sampled_object_iou", "sampled_right_object_count", "sampled_object_colour_error",
+                         *(k for k in CONDITION_SCORES if k.endswith("_objects"))],
+                "shares": ["sampled_score", "sampled_object_iou",
+                           *(k for k in CONDITION_SCORES if k.endswith("_objects"))]}
+    return {"scores": SCORES, "one_step": "one_step_iou", "shuffled": "one_step_shuffled_iou", "sampled": "sampled_iou",
+            "text_key": "disk_iou", "read": ["sampled_edge_f1"], "shares": ["sampled_iou"]}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def mean_curve(curves: Sequence[list[dict]], step_seconds: float | None = None) -> list[dict]:
+def mean_curve(curves: Sequence[list[dict]], step_seconds: float | None = None,
+               scores: dict[str, Callable[[dict], float | None]] = SCORES) -> list[dict]:
     """One curve per seed -> one curve of {step, seconds, <score>: {mean, min, max}} (a score only
     where every seed has it). With `step_seconds` (a step's time measured on a quiet machine), the
     seconds are steps x that time, and the runs' own wall-clock is kept as "recorded_seconds"."""
@@ -46,7 +75,7 @@ def mean_curve(curves: Sequence[list[dict]], step_seconds: float | None = None) 
         if step_seconds is not None:
             point["seconds"] = _spread([round(point["step"] * step_seconds, 2)])
             point["recorded_seconds"] = recorded
-        for name, value in SCORES.items():
+        for name, value in scores.items():
             values = [value(p) for p in points]
             if all(v is not None for v in values):
                 point[name] = _spread(values)
@@ -60,29 +89,37 @@ def _at(curve: list[dict], seconds: float, score: str) -> dict | None:
     return points[-1] if points else None
 
 
-def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None = None) -> dict:
+def combine_seeds(results: Sequence[dict], step_seconds: dict[str, float] | None = None,
+                  partial: bool = False) -> dict:
     """One `study.fidelity_curves` result per seed -> {"seeds", "variants", "text_only", "curves": {label:
     mean curve}, "summary"}.
 
     Args:
-        results: one `fidelity_curves` result per seed, same variants.
+        results: one `fidelity_curves` result per seed; a variant that only some seeds ran is the
+            mean of those (its "seeds" says which), when `partial` allows it.
         step_seconds: control kind -> its training step's seconds, measured alone on a quiet machine
             (`benchmarks/proxy_step_time.py`): the seconds axis becomes steps x that, instead of the
             runs' wall-clock, which depends on what else shared the machine. Every kind or none.
     """
-    labels = list(results[0]["curves"])
-    if any(list(r["curves"]) != labels for r in results):
+    labels = list(dict.fromkeys(label for r in results for label in r["curves"]))
+    if not partial and any(list(r["curves"]) != labels for r in results):
         raise ValueError(f"every seed needs the same variants: {[list(r['curves']) for r in results]}.")
     seeds = [next(iter(r["variants"].values())).get("seed", 0) for r in results]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"each seed once: got {seeds}.")
-    variants = {label: {k: v for k, v in results[0]["variants"][label].items() if k != "seed"} for label in labels}
+    having = {label: [r for r in results if label in r["curves"]] for label in labels}
+    variants = {label: {**{k: v for k, v in having[label][0]["variants"][label].items() if k != "seed"},
+                        **({"seeds": [r["variants"][label]["seed"] for r in having[label]]} if partial else {})}
+                for label in labels}
     missing = sorted({v["kind"] for v in variants.values()} - set(step_seconds)) if step_seconds else []
     if missing:
         raise ValueError(f"step_seconds lacks the kind(s) {missing}: measure every kind of the study, or give none.")
-    curves = {label: mean_curve([r["curves"][label] for r in results],
-                                step_seconds[variants[label]["kind"]] if step_seconds else None) for label in labels}
+    scores = score_names(results[0])["scores"]
+    curves = {label: mean_curve([r["curves"][label] for r in having[label]],
+                                step_seconds[variants[label]["kind"]] if step_seconds else None, scores)
+              for label in labels}
     combined = {"seeds": seeds, "variants": variants, "text_only": results[0]["text_only"], "curves": curves,
+                **({"condition": results[0]["condition"]} if results[0].get("condition") else {}),
                 "seconds": "steps x step time measured alone" if step_seconds else "the runs' wall-clock"}
     if step_seconds:
         kinds = dict.fromkeys(v["kind"] for v in variants.values())
@@ -97,12 +134,16 @@ def summarize(result: dict) -> dict:
 
 
 def summarize_seeds(combined: dict) -> dict:
-    """Each kind at its best learning rate (best final mean sampled IoU), read where the best
-    ControlNet's mean sampled IoU has plateaued (equal wall-clock) and at the end; the default
+    """Each kind at its best learning rate (best final mean sampled score), read where the best
+    ControlNet's mean sampled score has plateaued (equal wall-clock) and at the end; the default
     Lite's share of ControlNet's gains there."""
     curves, variants = combined["curves"], combined["variants"]
+    names = score_names(combined)
+    one_key, shuffled_key, sampled_key = names["one_step"], names["shuffled"], names["sampled"]
     text = combined["text_only"]
-    base = {"one_step_iou": text["one_step"]["disk_iou"], "sampled_iou": text["sampling"]["disk_iou"]}
+    base = {one_key: text["one_step"][names["text_key"]], sampled_key: text["sampling"][names["text_key"]]}
+    if combined.get("condition"):
+        base.update({key: CONDITION_SCORES[key](text) for key in names["read"]})
 
     def final(label: str, score: str) -> float:
         return [p for p in curves[label] if score in p][-1][score]["mean"]
@@ -110,29 +151,29 @@ def summarize_seeds(combined: dict) -> dict:
     best = {}
     for kind in dict.fromkeys(v["kind"] for v in variants.values()):
         best[kind] = max((label for label, v in variants.items() if v["kind"] == kind),
-                         key=lambda label: final(label, "sampled_iou"))
+                         key=lambda label: final(label, sampled_key))
     summary: dict[str, Any] = {"best_variant": best, "text_only": base}
     if "controlnet" not in best:
         return summary
     cn = curves[best["controlnet"]]
-    sampled = [p for p in cn if "sampled_iou" in p]
-    top = max(p["sampled_iou"]["mean"] for p in sampled)
-    plateau = next(p for p in sampled if p["sampled_iou"]["mean"] >= PLATEAU * top)
+    sampled = [p for p in cn if sampled_key in p]
+    top = max(p[sampled_key]["mean"] for p in sampled)
+    plateau = next(p for p in sampled if p[sampled_key]["mean"] >= PLATEAU * top)
     seconds = plateau["seconds"]["mean"]
     # reached only if a later point confirms it: at the last point ControlNet may still be rising
-    summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, "sampled_iou": top,
+    summary["controlnet_plateau"] = {"step": plateau["step"], "seconds": seconds, sampled_key: top,
                                      "reached": plateau is not sampled[-1]}
     rows = {}
     for label in curves:  # every variant, read where the best ControlNet plateaus and at its end
         row = {}
         for when, limit in (("equal_wall_clock", seconds), ("end", float("inf"))):
-            one, samp = _at(curves[label], limit, "one_step_iou"), _at(curves[label], limit, "sampled_iou")
+            one, samp = _at(curves[label], limit, one_key), _at(curves[label], limit, sampled_key)
             row[when] = {"step": one["step"] if one else 0,
-                         "one_step_iou": one["one_step_iou"] if one else None,
-                         "one_step_shuffled_iou": one["one_step_shuffled_iou"] if one else None,
+                         one_key: one[one_key] if one else None,
+                         shuffled_key: one[shuffled_key] if one else None,
                          "sampled_step": samp["step"] if samp else 0,
-                         "sampled_iou": samp["sampled_iou"] if samp else None,
-                         "sampled_edge_f1": samp["sampled_edge_f1"] if samp else None}
+                         sampled_key: samp[sampled_key] if samp else None,
+                         **{key: samp.get(key) if samp else None for key in names["read"]}}
         rows[label] = row
     summary["by_variant"] = rows
     table = {kind: rows[label] for kind, label in best.items()}
@@ -146,13 +187,14 @@ def summarize_seeds(combined: dict) -> dict:
         return round((mine["mean"] - b) / (theirs["mean"] - b), 3) if theirs["mean"] - b >= MIN_GAIN else None
 
     summary["share_of_controlnet"] = {
-        kind: {when: {"one_step_gain": share(kind, when, "one_step_iou", True),
-                      "sampled_iou": share(kind, when, "sampled_iou", False)} for when in ("equal_wall_clock", "end")}
+        kind: {when: {"one_step_gain": share(kind, when, one_key, True),
+                      **{score: share(kind, when, score, False) for score in names["shares"]}}
+               for when in ("equal_wall_clock", "end")}
         for kind in best if kind != "controlnet"}
     # shuffled controls must not help: no variant of a kind beats no control by a gain that counts
     summary["shuffled_helps"] = {
-        kind: any(rows[label]["end"]["one_step_shuffled_iou"]["mean"] - base["one_step_iou"] >= MIN_GAIN
-                  for label, v in variants.items() if v["kind"] == kind and rows[label]["end"]["one_step_shuffled_iou"])
+        kind: any(rows[label]["end"][shuffled_key]["mean"] - base[one_key] >= MIN_GAIN
+                  for label, v in variants.items() if v["kind"] == kind and rows[label]["end"][shuffled_key])
         for kind in best}
     return summary
 
@@ -162,9 +204,16 @@ def plot_seeds(combined: dict, title: str = "") -> Any:
     training seconds (bottom); dashed grey: no control; dotted vertical: ControlNet's plateau."""
     from matplotlib.figure import Figure
 
-    panels = (("one-step disk IoU", "one_step_iou", combined["text_only"]["one_step"]["disk_iou"]),
-              ("sampled disk IoU", "sampled_iou", combined["text_only"]["sampling"]["disk_iou"]),
-              ("sampled edge F1", "sampled_edge_f1", combined["text_only"]["sampling"]["edge_f1"]))
+    text = combined["text_only"]
+    if combined.get("condition"):
+        metric = combined["condition"]["metric"]
+        panels = ((f"one-step {metric}", "one_step_score", CONDITION_SCORES["one_step_score"](text)),
+                  (f"sampled {metric}", "sampled_score", CONDITION_SCORES["sampled_score"](text)),
+                  ("sampled per-object IoU", "sampled_object_iou", CONDITION_SCORES["sampled_object_iou"](text)))
+    else:
+        panels = (("one-step disk IoU", "one_step_iou", text["one_step"]["disk_iou"]),
+                  ("sampled disk IoU", "sampled_iou", text["sampling"]["disk_iou"]),
+                  ("sampled edge F1", "sampled_edge_f1", text["sampling"]["edge_f1"]))
     fig = Figure(figsize=(4.2 * len(panels), 6.6))
     axes = fig.subplots(2, len(panels))
     plateau = combined["summary"].get("controlnet_plateau")
