@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+import shapes_tables
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -126,7 +128,7 @@ def benchmarks_block() -> str:
 
 
 KIND_NAMES = {"lite": "Lite (default, feedback)", "lite-static": "Lite static", "lite-seed": "Lite MLP (the paper's design)",
-              "t2i-adapter": "T2I-Adapter", "controlnet": "ControlNet"}
+              "lite-mlp": "Lite MLP (the paper's design)", "t2i-adapter": "T2I-Adapter", "controlnet": "ControlNet"}
 
 
 def _ms(value: dict | None, fmt: str = ".3f") -> str:
@@ -455,9 +457,10 @@ def shown(text: str) -> str:
 
 # Which blocks each file holds, each made from the committed results.
 BLOCKS = {
-    "README.md": {"demo": demo_block, "results": frontier_block},
+    "README.md": {"demo": demo_block, "results": frontier_block, "shapes": shapes_tables.summary_block},
     "benchmarks/RESULTS.md": {"params": params_block, "benchmarks": benchmarks_block, "suite": suite_block,
                               "fidelity": fidelity_block, "proxy": proxy_block, "proxy_shapes": proxy_shapes_block,
+                              "shapes_study": shapes_tables.study_block,
                               "designs": designs_block,
                               "by_size": by_size_block, "variants": variants_block, "fill50k": fill50k_block,
                               "cpu_sharing": cpu_sharing_block},

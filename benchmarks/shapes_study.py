@@ -13,7 +13,8 @@ with the same trainer, taking turns in chunks of --eval-every steps, and are sco
 scores). A variant is `kind:lr:timesteps@steps` as in benchmarks/fidelity.py. The seconds axis of
 `--combine` is steps times each kind's step measured alone (`benchmarks/proxy_step_time.py --base
 proxy-shapes`). Each seed writes benchmarks/results/shapes-<condition>/seed-<n>.json; `--combine`
-writes benchmarks/results/shapes-<condition>.json, its curves' plot and the complexity plot.
+writes benchmarks/results/shapes-<condition>.json, its curves' plot and the complexity plot of every
+condition combined (shapes-complexity.png).
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ def write_combined(condition: str, step_time: Path) -> None:
     out.write_text(json.dumps(combined, indent=1) + "\n")
     title = f"{condition} on proxy-shapes: {len(seeds)} seeds (mean, min-max), {combined['machine']}"
     plot_seeds(combined, title).savefig(out.with_suffix(".png"), dpi=100)
-    plot_complexity(combined, f"{condition}: by objects in the scene, at equal wall-clock").savefig(
-        out.with_name(f"shapes-{condition}-complexity.png"), dpi=100)
+    found = {c: json.loads((HERE / "results" / f"shapes-{c}.json").read_text()) for c in CONDITIONS
+             if (HERE / "results" / f"shapes-{c}.json").is_file()}
+    complexity = HERE / "results" / "shapes-complexity.png"
+    plot_complexity(found, "by objects in the scene, each kind at equal wall-clock (mean, min-max of the seeds)"
+                    ).savefig(complexity, dpi=100)
     print(json.dumps(combined["summary"]["share_of_controlnet"], indent=1))
-    print(f"Wrote {out}, {out.with_suffix('.png')} and {out.with_name(f'shapes-{condition}-complexity.png')}")
+    print(f"Wrote {out}, {out.with_suffix('.png')} and {complexity}")
 
 
 def main() -> None:

@@ -205,14 +205,18 @@ def _evaluate(args: argparse.Namespace) -> None:
                             image_column=settings.image_column, caption_column=settings.caption_column,
                             conditioning_image_column=settings.conditioning_image_column)
     condition = _scoring_condition(settings)
+    objects = _shapes_scenes(settings.data)
     report, grid = evaluate(pipe, dataset, num=settings.num, sampling=sampling, timestep=settings.one_step_t,
-                            progress=True, condition=condition)
+                            progress=True, condition=condition, objects=objects)
     report_path, grid_path = write_report(report, grid, out)
     mean = report["mean"]
     if condition is not None:
         print(f"{condition.name} controllability ({condition.metric}) {mean['controllability']:.3f} over "
               f"{mean['count']} samples; one-step (t={settings.one_step_t}) "
               f"{report['one_step']['with_control']['controllability']:.3f}")
+        if objects:
+            print(f"objects: per-object IoU {mean['object_iou']:.3f}, right number of objects "
+                  f"{mean['right_object_count']:.0%}, object colour error {mean['object_colour_error'] or float('nan'):.1f}")
         print(f"Wrote {report_path} and {grid_path}")
         return
     print(f"disk IoU {mean['disk_iou']:.3f}, circle colour error {mean['circle_colour_error'] or float('nan'):.1f}, "
@@ -220,6 +224,13 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"over {mean['count']} samples; one-step IoU (t={settings.one_step_t}) "
           f"{report['one_step']['with_control']['disk_iou']:.3f}")
     print(f"Wrote {report_path} and {grid_path}")
+
+
+def _shapes_scenes(data: str) -> bool:
+    """Whether the dataset folder holds shapes scenes (`make-shapes` wrote it): their objects are scored too."""
+    from .data.dataset_folder import dataset_info
+
+    return Path(data).is_dir() and (dataset_info(data) or {}).get("generator") == "make_shapes"
 
 
 def _scoring_condition(settings: Any) -> Any:

@@ -197,7 +197,11 @@ def test_evaluate_cli_scores_as_the_condition_the_dataset_records(tiny_base_dir,
     assert report["settings"]["condition"] == {"name": "canny", "metric": "edge_f1", "low_threshold": 50,
                                                "high_threshold": 150}
     assert [s["controllability"] for s in report["per_sample"]] == [s["edge_f1"] for s in report["per_sample"]]
-    assert "canny controllability (edge_f1)" in capsys.readouterr().out
+    # shapes scenes: their objects are scored too, and by number of objects
+    assert all("object_iou" in s for s in report["per_sample"]) and sum(
+        group["count"] for group in report["by_objects"].values()) == 2
+    out = capsys.readouterr().out
+    assert "canny controllability (edge_f1)" in out and "objects: per-object IoU" in out
     cli_main(args[:-2] + ["--condition", "outline", "--out", str(tmp_path / "outline.json")])
     outline = json.loads((tmp_path / "outline.json").read_text())
     assert outline["settings"]["condition"]["metric"] == "outline_iou"

@@ -141,6 +141,6 @@ def test_a_conditions_study_is_read_by_its_controllability_and_object_scores():
     table = complexity_table(combined)
     assert table["score"]["lite"][2]["mean"] == pytest.approx(0.18) and table["score"]["text_only"][4] == 0.05
     assert table["object_iou"]["controlnet"][4]["mean"] == pytest.approx(0.05)
-    assert len(plot_complexity(combined).axes) == 2
+    assert len(plot_complexity({"canny": combined, "outline": combined}).axes) == 4
     with pytest.raises(ValueError, match="same variants"):  # unless asked, every seed must run every variant
         combine_seeds([condition_result(0, with_uniform=True), condition_result(1)])

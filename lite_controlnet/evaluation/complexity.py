@@ -34,29 +34,31 @@ def complexity_table(combined: dict, kinds: tuple[str, ...] = ("lite", "controln
     return table
 
 
-def plot_complexity(combined: dict, title: str = "") -> Any:
-    """The sampled controllability and per-object IoU against the number of objects: Lite and
-    ControlNet at equal wall-clock (mean and min-max over seeds), and the text-only base."""
+def plot_complexity(studies: dict[str, dict], title: str = "") -> Any:
+    """The sampled controllability and per-object IoU against the number of objects, one row per
+    condition (`studies`: condition name -> its combined study): Lite and ControlNet at equal
+    wall-clock (mean and min-max over seeds), and the text-only base."""
     from matplotlib.figure import Figure
 
-    table = complexity_table(combined)
-    metric = combined["condition"]["metric"]
-    fig = Figure(figsize=(8.4, 3.4))
-    axes = fig.subplots(1, len(SCORES))
-    for ax, (name, label) in zip(axes, SCORES):
-        for kind, values in table[name].items():
-            counts = [n for n in OBJECT_COUNTS if values.get(n) is not None]
-            if kind == "text_only":
-                ax.plot(counts, [values[n] for n in counts], color="grey", ls="--", marker=".", label="no control")
-                continue
-            means = [values[n]["mean"] for n in counts]
-            low = [m - values[n]["min"] for m, n in zip(means, counts)]
-            high = [values[n]["max"] - m for m, n in zip(means, counts)]
-            ax.errorbar(counts, means, yerr=[low, high], marker="o", capsize=3, label=kind)
-        ax.set_xticks(list(OBJECT_COUNTS))
-        ax.set_xlabel("objects in the scene")
-        ax.set_ylabel(f"sampled {metric}" if name == "score" else f"sampled {label}")
-    axes[0].legend(fontsize=7)
+    fig = Figure(figsize=(8.4, 3.0 * len(studies)))
+    axes = fig.subplots(len(studies), len(SCORES), squeeze=False)
+    for row, (condition, combined) in zip(axes, studies.items()):
+        table = complexity_table(combined)
+        metric = combined["condition"]["metric"]
+        for ax, (name, label) in zip(row, SCORES):
+            for kind, values in table[name].items():
+                counts = [n for n in OBJECT_COUNTS if values.get(n) is not None]
+                if kind == "text_only":
+                    ax.plot(counts, [values[n] for n in counts], color="grey", ls="--", marker=".", label="no control")
+                    continue
+                means = [values[n]["mean"] for n in counts]
+                low = [m - values[n]["min"] for m, n in zip(means, counts)]
+                high = [values[n]["max"] - m for m, n in zip(means, counts)]
+                ax.errorbar(counts, means, yerr=[low, high], marker="o", capsize=3, label=kind)
+            ax.set_xticks(list(OBJECT_COUNTS))
+            ax.set_xlabel("objects in the scene")
+            ax.set_ylabel(f"{condition}: sampled {metric}" if name == "score" else f"{condition}: sampled {label}")
+        row[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -379,6 +379,7 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = False,
     condition: Condition | None = None,
+    objects: bool = False,
 ) -> tuple[dict[str, Any], PIL.Image.Image]:
     """Score the first `num` pairs of `dataset` (`score_control`) and report it: what the `evaluate`
     command writes.
@@ -394,6 +395,8 @@ def evaluate(
         progress: say what is being scored and how far sampling is.
         condition: score as this condition does (e.g. ``get_condition("canny")``, the condition
             the dataset records: `data.dataset_folder.dataset_condition`); None: Fill50k's disk scores.
+        objects: the pairs are shapes scenes (`make_shapes`): each sample also gets the object
+            scores against its target, and the report their means by number of objects ("by_objects").
     Returns:
         (report with the settings, the "mean" and "per_sample" sampled scores and the "one_step"
         scores, a grid PNG of the first 8 samples)
@@ -404,7 +407,7 @@ def evaluate(
                             guidance=sampling.guidance)
     scores = score_control(pipe.base_models(), pipe.controlnet, dataset, scoring, sampling.seed, pipe=pipe,
                            scale=sampling.scale, control_window=sampling.control_window, batch_size=batch_size,
-                           progress=progress, condition=condition)
+                           progress=progress, condition=condition, objects=objects)
     items = [dataset[i] for i in range(num)]
     samples = scores.samples
     per_sample = [{"index": k, "prompt": item["prompt"], **score}
@@ -425,6 +428,8 @@ def evaluate(
         "per_sample": per_sample,
         "one_step": one_step,
     }
+    if scores.by_objects is not None:
+        report["by_objects"] = scores.by_objects
     return report, table_grid(SCORE_COLUMNS, rows)
 
 
