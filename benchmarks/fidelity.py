@@ -31,7 +31,7 @@ from machine import machine_description
 
 from lite_controlnet import load_base
 from lite_controlnet.evaluation.scoring import ScoreSettings
-from lite_controlnet.evaluation.study import Variant, fidelity_curves, variant_configs
+from lite_controlnet.evaluation.study import fidelity_curves, parse_variants, variant_configs
 from lite_controlnet.evaluation.summary import combine_seeds, plot_fidelity, plot_seeds, summarize
 from lite_controlnet.training.config import add_config_arguments
 from lite_controlnet.bases import PROXY_BASE_DIR
@@ -103,7 +103,7 @@ def main() -> None:
         print(json.dumps(result["summary"], indent=1))
         return
     try:
-        variants = [dataclasses.replace(Variant.parse(v), seed=args.seed) for v in args.variants]
+        variants = parse_variants(args.variants, args.seed)
     except ValueError as error:
         raise SystemExit(f"--variants: {error}") from None
     torch.set_num_threads(args.threads)

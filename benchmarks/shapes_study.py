@@ -20,7 +20,6 @@ condition combined (shapes-complexity.png).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from lite_controlnet.conditions.shapes_dataset import make_shapes
 from lite_controlnet.data.paired import PairedDataset
 from lite_controlnet.evaluation.complexity import plot_complexity
 from lite_controlnet.evaluation.scoring import ScoreSettings
-from lite_controlnet.evaluation.study import Variant, fidelity_curves, variant_configs
+from lite_controlnet.evaluation.study import fidelity_curves, parse_variants, variant_configs
 from lite_controlnet.evaluation.summary import OBJECT_COUNTS, combine_seeds, plot_seeds
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +126,7 @@ def main() -> None:
         write_combined(args.condition, args.step_time)
         return
     try:
-        variants = [dataclasses.replace(Variant.parse(v), seed=args.seed) for v in args.variants]
+        variants = parse_variants(args.variants, args.seed)
     except ValueError as error:
         raise SystemExit(f"--variants: {error}") from None
     torch.set_num_threads(args.threads)

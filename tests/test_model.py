@@ -333,6 +333,16 @@ def test_a_feedback_module_refuses_a_scale_it_cannot_apply(tiny_base):
             lite(control, conditioning_scale=scale)
 
 
+def assert_steers_alike(tiny_base, a, b):
+    """Both modules give the tiny UNet the same output, exactly, for one random control image."""
+    cond = torch.rand(2, 3, 64, 64)
+    latents, t, text = unet_inputs(tiny_base)
+    with torch.no_grad():
+        outputs = [controlled_unet(tiny_base.unet, latents, t, text, prepare_control(m, cond, torch.float32))
+                   for m in (a, b)]
+    assert torch.equal(*outputs)
+
+
 FORMAT_0 = ROOT / "tests" / "fixtures" / "lite-format-0"  # configs saved by the code at commit 8ce729c
 
 
@@ -362,12 +372,7 @@ def test_files_saved_before_formats_were_numbered_load_as_what_they_were(name, e
               folder / "diffusion_pytorch_model.safetensors")
     loaded = load_control(folder).eval()
     assert loaded.config.lite_format == LITE_FORMAT
-    cond = torch.rand(2, 3, 64, 64)
-    latents, t, text = unet_inputs(tiny_base)
-    with torch.no_grad():
-        outputs = [controlled_unet(tiny_base.unet, latents, t, text, prepare_control(m, cond, torch.float32))
-                   for m in (reference, loaded)]
-    assert torch.equal(*outputs)
+    assert_steers_alike(tiny_base, reference, loaded)
     loaded.save_pretrained(tmp_path / "again")  # saved again: in today's format, with the same design
     assert json.loads((tmp_path / "again" / "config.json").read_text())["lite_format"] == LITE_FORMAT
     assert dict(load_control(tmp_path / "again").config) == {**dict(loaded.config), "_name_or_path": tmp_path / "again"}
@@ -422,12 +427,7 @@ def test_files_of_format_1_read_single_pixels_as_they_did(tiny_base, tmp_path):
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
     loaded = load_control(folder).eval()
     assert loaded.config.pixel_mlp_patch_size == 1 and loaded.config.lite_format == LITE_FORMAT
-    cond = torch.rand(2, 3, 64, 64)
-    latents, t, text = unet_inputs(tiny_base)
-    with torch.no_grad():
-        outputs = [controlled_unet(tiny_base.unet, latents, t, text, prepare_control(m, cond, torch.float32))
-                   for m in (reference, loaded)]
-    assert torch.equal(*outputs)
+    assert_steers_alike(tiny_base, reference, loaded)
     assert LiteControlNetModel.from_unet(tiny_base.unet).config.pixel_mlp_patch_size == 8
 
 

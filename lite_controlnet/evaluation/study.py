@@ -165,6 +165,11 @@ class Variant:
         return cls(kind, learning_rate, steps=int(steps) if steps else None, timesteps=timesteps or None)
 
 
+def parse_variants(texts: Sequence[str], seed: int = 0) -> list[Variant]:
+    """`Variant.parse` of each text, each trained with `seed`; a ValueError names the bad one."""
+    return [dataclasses.replace(Variant.parse(text), seed=seed) for text in texts]
+
+
 def variant_configs(variants: Sequence[Variant], data: str | Path, work: str | Path, steps: int,
                     **settings: Any) -> dict[str, TrainConfig]:
     """One `TrainConfig` per variant (`<work>/<variant.folder>`) for its steps (or `steps`), the same
