@@ -31,6 +31,11 @@ def test_mean_curve_gives_mean_min_and_max_where_every_seed_has_the_score():
     assert "sampled_iou" not in curve[0]  # only one seed was sampled there
     with pytest.raises(ValueError, match="different steps"):
         mean_curve([[point(1, 1.0, 0.7)], [point(2, 1.0, 0.7)]])
+    # a seed scored every step, another every second one: combined where both were scored
+    sparse = mean_curve([[point(1, 1.0, 0.7), point(2, 2.0, 0.8)], [point(2, 2.0, 0.6)]])
+    assert [p["step"] for p in sparse] == [2] and sparse[0]["one_step_iou"]["mean"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="different steps"):  # but they must end alike
+        mean_curve([[point(1, 1.0, 0.7), point(2, 2.0, 0.8)], [point(1, 1.0, 0.6)]])
 
 
 def test_combined_seeds_are_read_at_controlnets_plateau_and_at_the_end():

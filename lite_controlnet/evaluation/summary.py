@@ -62,14 +62,16 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 
 def mean_curve(curves: Sequence[list[dict]], step_seconds: float | None = None,
                scores: dict[str, Callable[[dict], float | None]] = SCORES) -> list[dict]:
-    """One curve per seed -> one curve of {step, seconds, <score>: {mean, min, max}} (a score only
-    where every seed has it). With `step_seconds` (a step's time measured on a quiet machine), the
+    """One curve per seed -> one curve of {step, seconds, <score>: {mean, min, max}} at the steps
+    every seed scored (a seed scored more often adds nothing between them), a score only where
+    every seed has it. With `step_seconds` (a step's time measured on a quiet machine), the
     seconds are steps x that time, and the runs' own wall-clock is kept as "recorded_seconds"."""
     steps = [[p["step"] for p in curve] for curve in curves]
-    if any(s != steps[0] for s in steps):
+    common = sorted(set(steps[0]).intersection(*steps[1:]))
+    if not common or any(s[-1] != steps[0][-1] for s in steps):
         raise ValueError(f"the seeds were scored at different steps: {steps}.")
     out = []
-    for points in zip(*curves):
+    for points in zip(*([p for p in curve if p["step"] in common] for curve in curves)):
         recorded = _spread([p["seconds"] for p in points])
         point: dict[str, Any] = {"step": points[0]["step"], "seconds": recorded}
         if step_seconds is not None:
