@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 # Tests never reach a model hub: everything they load is built in code.
@@ -95,6 +96,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def load_script(relative: str):
     """A repository script (e.g. "benchmarks/readme.py") imported as a module."""
     path = ROOT / relative
+    if str(path.parent) not in sys.path:  # as `python benchmarks/x.py` does: its folder's modules import
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -117,12 +117,13 @@ def test_a_study_can_gain_a_variant_and_keeps_the_points_it_has(tiny_base_dir, t
     train_dir, heldout = splits
     settings = dict(base=str(tiny_base_dir), resolution=64, batch_size=4, num_validation=1, validation_steps=1)
     state = tmp_path / "state.json"
-    first = fidelity_curves(variant_configs([Variant.parse("lite:1e-3")], train_dir, tmp_path, 1, **settings),
+    first = fidelity_curves(variant_configs([Variant.parse("lite:1e-3")], train_dir, tmp_path, 2, **settings),
                             tiny_base, heldout, eval_every=1, scoring=SCORING, log=lambda _: None, state=state)
     lines = []
-    both = variant_configs([Variant.parse("lite:1e-3"), Variant.parse("lite:1e-3:uniform")], train_dir, tmp_path, 1,
-                           **settings)
-    again = fidelity_curves(both, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state)
+    shorter = variant_configs([Variant.parse("lite:1e-3:uniform@1")], train_dir, tmp_path, 2, **settings)
+    again = fidelity_curves(shorter, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state)
+    # the runs of the first call keep every point, past the new variant's shorter end too
+    assert [p["step"] for p in again["curves"]["lite lr 0.001"]] == [1, 2]
     assert again["curves"]["lite lr 0.001"] == first["curves"]["lite lr 0.001"]
     assert len(lines) == 1 and "lite lr 0.001 uniform" in lines[0]  # only the new variant was trained
     assert again["variants"]["lite lr 0.001 uniform"]["timestep_sampling"] == "uniform"

@@ -257,7 +257,8 @@ def fidelity_curves(
         }
     result["variants"].update({label: {"kind": cfg.control_kind, "learning_rate": cfg.lr, "seed": cfg.seed,
                                        "timestep_sampling": cfg.timesteps} for label, cfg in configs.items()})
-    result["curves"] = {label: [p for p in curve if p["step"] <= max_steps.get(label, steps)]
+    # a run of this call that ends sooner drops its later points; the runs of other calls keep theirs
+    result["curves"] = {label: [p for p in curve if label not in max_steps or p["step"] <= max_steps[label]]
                         for label, curve in result["curves"].items()}
     for chunk, target in enumerate(range(eval_every, steps + 1, eval_every), start=1):
         for label, cfg in configs.items():
