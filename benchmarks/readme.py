@@ -244,28 +244,31 @@ def frontier_block() -> str:
     the end (mean of the seeds); then the T4 rehearsal, with the design it was measured with."""
     counts = json.loads((RESULTS / "params.json").read_text())
     cpu = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cpu-*.json"))]
+    cpu = [run for run in cpu if "training" in run and "sampling" in run]  # (not cpu-sharing.json)
     fid = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("fidelity-*.json"))]
     if not cpu or not fid:
         return _missing("the results table", "python benchmarks/run.py and benchmarks/fidelity.py")
-    cpu, fid = cpu[0], fid[0]
-    by = {(r["variant"], r["batch"]): r for r in cpu["training"] if "error" not in r}
-    batch = max(b for _, b in by)
-    cn_step, cn_mem = by[("controlnet", batch)]["step_s"], by[("controlnet", batch)]["peak_memory_bytes"]
-    over, by_kind = cpu["sampling"]["overhead_vs_sd"], fid["summary"]["by_kind"]
+    fid = fid[0]
+    batch = max(r["batch"] for run in cpu for r in run["training"])
+    measured = {kind: _cpu_measurement(cpu, kind, batch, counts.get(PARAMS_KEYS[kind])) for kind in PARAMS_KEYS}
+    by_kind = fid["summary"]["by_kind"]
+    machines = sorted({run["machine"]["name"] for run, _, _ in filter(None, measured.values())})
     text = fid["summary"]["text_only"]
     plateau = fid["summary"]["controlnet_plateau"]
     wall = (f"{plateau['seconds']:.0f} s of training, where the best ControlNet's sampled disk IoU plateaus"
             if plateau["reached"] else f"{plateau['seconds']:.0f} s of training, ControlNet's last point (still rising)")
-    lines = [f"Costs at the SD1.5 configuration (random weights, {cpu['settings']['resolution']} px, CPU, "
-             f"`python benchmarks/run.py`; training at batch {batch}); fidelity on the shipped proxy base (disk IoU, "
+    lines = [f"Costs at the SD1.5 configuration (random weights, {cpu[0]['settings']['resolution']} px, CPU "
+             f"({', '.join(machines)}; each kind against the ControlNet of its own run), `python benchmarks/run.py`; "
+             f"training at batch {batch}); fidelity on the shipped proxy base (disk IoU, "
              f"0 to 1: one-step / sampled in full, mean of {len(fid['seeds'])} seeds, `python benchmarks/fidelity.py`; "
              f"no control: {text['one_step_iou']:.3f} / {text['sampled_iou']:.3f}; equal wall-clock: {wall}):", "",
              "| module | parameters | vs. ControlNet | sampling overhead | training step vs. ControlNet | "
              "peak memory vs. ControlNet | fidelity at equal wall-clock | fidelity at the end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet"):
-        n, row, fk = counts.get(PARAMS_KEYS[kind]), by.get((kind, batch)), by_kind.get(kind)
-        o = over.get(SAMPLING_KEYS[kind])
+        n, fk = counts.get(PARAMS_KEYS[kind]), by_kind.get(kind)
+        _, row, cn = measured[kind] or (None, None, None)
+        o = measured[kind][0]["sampling"]["overhead_vs_sd"].get(SAMPLING_KEYS[kind]) if measured[kind] else None
 
         def fidelity(when: str) -> str:
             if not fk or fk[when]["one_step_iou"] is None or fk[when]["sampled_iou"] is None:
@@ -278,8 +281,8 @@ def frontier_block() -> str:
                  "" if n is None else f"{n:,}",
                  "" if n is None else f"{n / counts[PARAMS_KEYS['controlnet']]:.2%}",
                  "" if o is None else f"{o:+.1%}",
-                 "" if row is None else ("1x" if kind == "controlnet" else f"{cn_step / row['step_s']:.2f}x faster"),
-                 "" if row is None else f"{row['peak_memory_bytes'] / cn_mem:.1%}",
+                 "" if row is None else ("1x" if kind == "controlnet" else f"{cn['step_s'] / row['step_s']:.2f}x faster"),
+                 "" if row is None else f"{row['peak_memory_bytes'] / cn['peak_memory_bytes']:.1%}",
                  fidelity("equal_wall_clock"), fidelity("end")]
         lines.append("| " + " | ".join(cells) + " |")
     for path in sorted(RESULTS.glob("t4-cap-*.json")):
@@ -295,6 +298,19 @@ def frontier_block() -> str:
                 f"{t4['batch_size']} takes {runs['lite']['step_seconds_median']} s against "
                 f"{runs['controlnet']['step_seconds_median']} s.")
     return "\n".join(lines)
+
+
+def _cpu_measurement(runs: list[dict], kind: str, batch: int, params: int | None) -> tuple | None:
+    """(run, the kind's training row, that run's ControlNet row) of the newest CPU run (by date, then
+    name) that measured this kind as it is now (its trainable parameters those of params.json)."""
+    names = {kind, {"lite-seed": "lite-mlp"}.get(kind, kind)}
+    found = []
+    for run in sorted(runs, key=lambda r: (r["machine"]["date"], r["machine"]["name"])):
+        by = {r["variant"]: r for r in run["training"] if r["batch"] == batch and "error" not in r}
+        row = next((by[n] for n in names if n in by), None)
+        if row and "controlnet" in by and (params is None or row.get("trainable_params") in (None, params)):
+            found.append((run, row, by["controlnet"]))
+    return found[-1] if found else None
 
 
 def variants_block() -> str:

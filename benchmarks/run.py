@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def machine_name(device: str) -> str:
         return torch.cuda.get_device_name().replace(" ", "-").lower()
     import os
 
-    return f"cpu-{os.cpu_count()}core-" + "-".join(cpu_model().lower().split()[:3])
+    words = re.sub(r"\((r|tm)\)", "", cpu_model().lower()).split()  # "Intel(R) Xeon(R)" -> intel xeon
+    return f"cpu-{os.cpu_count()}core-" + "-".join(words[:3])
 
 
 def sampling(args: argparse.Namespace) -> dict:

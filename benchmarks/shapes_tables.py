@@ -9,6 +9,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONDITIONS = ("canny", "segmentation", "outline")
+NAMES = {"edge_f1": "canny edge F1", "miou": "segmentation mIoU", "outline_iou": "outline IoU"}
 METRICS = {"edge_f1": "edge F1 of canny edges found in the image against the control's",
            "miou": "mIoU of the object classes found in the image, objects told apart by the prompt's colours",
            "outline_iou": "IoU of the regions the outlines enclose and the objects found in the image"}
@@ -134,13 +135,14 @@ def summary_block() -> str:
         lite, cn = s["by_kind"]["lite"]["equal_wall_clock"], s["by_kind"]["controlnet"]["equal_wall_clock"]
         share = s["share_of_controlnet"]["lite"]["equal_wall_clock"]
         seeds = len(r["variants"][s["best_variant"]["lite"]].get("seeds", r["seeds"]))
-        parts.append(f"{_share(share['sampled_score'])} of its {condition} {r['condition']['metric']} "
+        metric = r["condition"]["metric"]
+        parts.append(f"{_share(share['sampled_score'])} of the best ControlNet's {NAMES.get(metric, metric)} "
                      f"({lite['sampled_score']['mean']:.2f} against {cn['sampled_score']['mean']:.2f}, no control "
                      f"{s['text_only']['sampled_score']:.2f}; {seeds} seed{'s' if seeds > 1 else ''}) and "
                      f"{_share(share['sampled_object_iou'])} of its per-object IoU")
     return ("Beyond one disk (`python benchmarks/shapes_study.py`: scenes of 1 to 4 objects on the latent "
-            "proxy-shapes base, 128 px through a VAE; sampled scores, each kind read at equal wall-clock, where the "
-            "best ControlNet plateaus): Lite reaches " + "; ".join(parts) + ". By objects in the scene below; the "
+            "proxy-shapes base, 128 px through a VAE; sampled scores at equal wall-clock: where the best ControlNet "
+            "plateaus or, still rising, ends): Lite reaches " + "; ".join(parts) + ". By objects in the scene below; the "
             "details, and every other study (each kind at equal budget, Lite's designs, costs on CPU and GPU), in "
             "[RESULTS.md](benchmarks/RESULTS.md#the-shapes-world): "
             "![sampled scores by objects in the scene](benchmarks/results/shapes-complexity.png)")
