@@ -267,8 +267,8 @@ def frontier_block() -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in ("lite", "lite-static", "lite-seed", "t2i-adapter", "controlnet"):
         n, fk = counts.get(PARAMS_KEYS[kind]), by_kind.get(kind)
-        _, row, cn = measured[kind] or (None, None, None)
-        o = measured[kind][0]["sampling"]["overhead_vs_sd"].get(SAMPLING_KEYS[kind]) if measured[kind] else None
+        run, row, cn = measured[kind] or (None, None, None)
+        o = run["sampling"]["overhead_vs_sd"].get(SAMPLING_KEYS[kind]) if run else None
 
         def fidelity(when: str) -> str:
             if not fk or fk[when]["one_step_iou"] is None or fk[when]["sampled_iou"] is None:

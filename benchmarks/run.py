@@ -217,7 +217,7 @@ def main() -> None:
         new_rows = training(args)
         measured = {(r["variant"], r["batch"]) for r in new_rows}
         rows = [r for r in data.get("training", []) if (r["variant"], r["batch"]) not in measured] + new_rows
-        order = {**{v: i for i, v in enumerate(TRAIN_VARIANTS)}, "lite-seed": TRAIN_VARIANTS.index("lite-mlp")}
+        order = {v: i for i, v in enumerate(TRAIN_VARIANTS)}  # older kind names (lite-seed) last
         data["training"] = sorted(rows, key=lambda r: (r["batch"], order.get(r["variant"], len(order))))
     data["summary"] = summarize(data)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,11 @@ def test_a_study_can_gain_a_variant_and_keeps_the_points_it_has(tiny_base_dir, t
     assert len(lines) == 1 and "lite lr 0.001 uniform" in lines[0]  # only the new variant was trained
     assert again["variants"]["lite lr 0.001 uniform"]["timestep_sampling"] == "uniform"
     assert again["variants"]["lite lr 0.001"]["timestep_sampling"] == "cubic"  # the default Lite's
+    both = variant_configs([Variant.parse("lite:1e-3"), Variant.parse("lite:1e-3:uniform@1")], train_dir, tmp_path,
+                           2, **settings)
+    lines.clear()
+    last = fidelity_curves(both, tiny_base, heldout, eval_every=1, scoring=SCORING, log=lines.append, state=state)
+    assert lines == [] and last["curves"] == again["curves"]  # runs already scored are not trained again
 
 
 def test_one_seeds_summary_reads_equal_wall_clock_where_controlnet_plateaus():
